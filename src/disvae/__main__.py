@@ -1,0 +1,3 @@
+from disvae.cli import main
+
+raise SystemExit(main())

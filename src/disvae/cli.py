@@ -1,0 +1,270 @@
+"""The `disvae` command: a thin shell; each subcommand calls one library function.
+
+Nothing heavy is imported at module level, so `disvae --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from disvae import __version__
+from disvae.errors import UserError
+
+# flag destination -> config key
+FLAG_KEYS = {
+    "loss": "loss.name", "dataset": "data.name", "data_path": "data.path",
+    "val_fraction": "data.val_fraction", "split_seed": "data.split_seed", "subset": "data.subset",
+    "arch": "model.arch", "latent_dim": "model.latent_dim",
+    "rec_dist": "loss.rec_dist", "rec_scale": "loss.rec_scale", "beta": "loss.beta",
+    "gamma": "loss.gamma", "alpha": "loss.alpha", "c_init": "loss.c_init", "c_fin": "loss.c_fin",
+    "c_steps": "loss.c_steps", "lr_disc": "loss.lr_disc", "sampling": "loss.sampling",
+    "reg_anneal": "loss.reg_anneal",
+    "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "train.lr", "seed": "train.seed", "device": "train.device",
+    "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
+    "log_every": "train.log_every",
+}  # fmt: skip
+# What may change when a run is resumed (everything else would make it a different run).
+RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.log_every"}  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="disvae",
+        description="Train and evaluate disentangling VAEs (VAE, beta-VAE_H, beta-VAE_B, "
+        "FactorVAE, beta-TCVAE).",
+        epilog="Run `disvae CMD --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"disvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="CMD", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    S = argparse.SUPPRESS  # flags left out do not override the preset/config file
+    p = sub.add_parser(
+        "train", help="train a model into a run directory",
+        description="Train a model. Settings come from (later wins): defaults, --preset, "
+        "--config, the flags below, --set key=value.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=S,
+    )  # fmt: skip
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="run directory to create (default: runs/LOSS_DATASET_TIME)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    g.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint; "
+                   "only --steps/--epochs/--device/--log-every/--checkpoint-every may change")
+    g.add_argument("--preset", help="a shipped config, e.g. betaB_dsprites (see --list-presets)")
+    g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    g.add_argument("--config", metavar="FILE", help="a TOML or JSON config file")
+    g.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
+                   help="override any config key, e.g. --set lr=5e-4 --set loss.beta=8")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(g)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="dataset name (default: dsprites)")
+    g.add_argument("--data-path", help="where the dataset's files are (dsprites: optional)")
+    g.add_argument("--val-fraction", type=float, help="held-out share of the data (default 0.1)")
+    g.add_argument("--split-seed", type=int, help="seed of the train/val split (default 0)")
+    g.add_argument("--subset", type=_positive_int, help="use only this many images")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help="architecture (default: burgess)")
+    g.add_argument("--latent-dim", type=int, help="number of latent dimensions (default: 10)")
+    g = p.add_argument_group("objective")
+    g.add_argument("--loss", help="vae | betaH | betaB | factor | btcvae (default: betaB)")
+    g.add_argument("--rec-dist", help="pixel likelihood: bernoulli | gaussian | laplace")
+    g.add_argument("--rec-scale", type=float, help="sigma (gaussian) or b (laplace); default 0.1")
+    g.add_argument("--beta", type=float, help="betaH: KL weight (4); btcvae: TC weight (6)")
+    g.add_argument("--gamma", type=float, help="betaB: capacity weight (1000); factor: TC weight "
+                   "(6); btcvae: dimension-wise KL weight (1)")
+    g.add_argument("--alpha", type=float, help="btcvae: mutual-information weight (1)")
+    g.add_argument("--c-init", type=float, help="betaB: capacity at step 0, nats (0)")
+    g.add_argument("--c-fin", type=float, help="betaB: final capacity, nats (25)")
+    g.add_argument("--c-steps", type=int, help="betaB: steps to anneal the capacity (100000)")
+    g.add_argument("--lr-disc", type=float, help="factor: discriminator learning rate (5e-5)")
+    g.add_argument("--sampling", choices=("mws", "mss"), help="btcvae: minibatch weighted or "
+                   "stratified sampling estimate of q(z) (mws)")
+    g.add_argument("--reg-anneal", type=int, help="steps of linear warm-up of the regulariser (0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, help="optimisation steps (default 300000)")
+    g.add_argument("--epochs", type=float, help="passes over the training split, instead of steps")
+    g.add_argument("--batch-size", type=int, help="images per step (default 64)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
+    g.add_argument("--seed", type=int, help="seed of weights, data order and sampling (1234)")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (5000)")
+    g.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (3)")
+    g.add_argument("--log-every", type=int, help="steps between log lines (100)")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="losses of a run on its held-out split",
+        description="Compute the objective's terms (reconstruction, KL, per-dimension KL, ...) "
+        "over the whole held-out split of RUN; writes RUN/eval_losses.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("run", help="a run directory written by `disvae train`")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, help="images per forward")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--data-path", help="where the dataset is, if not where training found it")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from disvae import config as C
+
+    if getattr(args, "list_presets", False):
+        for name in C.preset_names():
+            print(name)
+        return 0
+    flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS}
+    overrides = getattr(args, "overrides", None) or []
+    if hasattr(args, "resume"):
+        cfg, out = _resume_config(args, flags, overrides)
+    else:
+        cfg = C.RunConfig()
+        if hasattr(args, "preset"):
+            cfg = C.load_preset(args.preset, cfg)
+        if hasattr(args, "config"):
+            cfg = C.load_file(args.config, cfg)
+        cfg = C.apply_overrides(cfg, [f"{k}={_toml(v)}" for k, v in flags.items()])
+        cfg = C.apply_overrides(cfg, overrides)
+        out = Path(getattr(args, "out", None) or _default_out(cfg))
+    from disvae.training import train
+
+    t0 = time.perf_counter()
+    run = train(cfg, out, resume=hasattr(args, "resume"), overwrite=getattr(args, "overwrite", False),
+                progress=False if getattr(args, "no_progress", False) else None)
+    _print_summary(run, time.perf_counter() - t0)
+    return 0
+
+
+def _resume_config(args, flags, overrides):
+    from disvae import config as C
+    from disvae import runs
+
+    run = Path(args.resume)
+    if hasattr(args, "out") and Path(args.out).resolve() != run.resolve():
+        raise UserError("--resume continues a run in place; leave out --out (or give the same)")
+    for bad in ("preset", "config", "overwrite"):
+        if hasattr(args, bad):
+            raise UserError(f"--{bad} cannot be combined with --resume")
+    cfg = runs.read_config(run)
+    changes = dict(flags)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, name = C.resolve_key(key.strip())
+        changes[f"{section}.{name}"] = C.parse_value(value.strip())
+    fixed = sorted(k for k in changes if k not in RESUMABLE_KEYS)
+    if fixed:
+        raise UserError(f"cannot change {fixed[0]} when resuming (it would be another run); "
+                        f"only {', '.join(sorted(RESUMABLE_KEYS))} may change")
+    if "train.steps" in changes:
+        cfg = C.apply_overrides(cfg, ["train.epochs=none"])
+    if "train.epochs" in changes:
+        cfg = C.apply_overrides(cfg, ["train.steps=none"])
+    cfg = C.apply_overrides(cfg, [f"{k}={_toml(v)}" for k, v in changes.items()])
+    return cfg, run
+
+
+def _toml(value: object) -> str:
+    import json
+
+    return "none" if value is None else json.dumps(value)
+
+
+def _default_out(cfg) -> str:
+    return f"runs/{cfg.loss.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_summary(run: Path, seconds: float) -> None:
+    import json
+
+    from disvae import runs
+
+    lines = (run / runs.TRAIN_LOG).read_text().splitlines() if (run / runs.TRAIN_LOG).exists() else []
+    last = json.loads(lines[-1]) if lines else {}
+    done = (run / runs.MODEL).is_file()
+    state = "finished" if done else f"stopped; continue with: disvae train --resume {run}"
+    terms = "  ".join(f"{k}={last[k]:.4g}" for k in ("loss", "recon", "kl") if k in last)
+    print(f"run {run}: {state} at step {last.get('step', 0)} in {seconds:.0f}s  {terms}")
+    if done:
+        print(f"held-out losses: disvae evaluate {run}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from disvae.evaluation import evaluate
+
+    data = None
+    if args.data_path:
+        from disvae import runs
+        from disvae.data import load_dataset
+
+        data = load_dataset(runs.read_config(args.run).data.name, args.data_path)
+    result = evaluate(args.run, data=data, batch_size=args.batch_size, device=args.device)
+    print(f"held-out losses of {args.run} at step {result['step']} "
+          f"({result['n_images']} images, {result['seconds']}s):")
+    for k, v in result["losses"].items():
+        if isinstance(v, list):
+            print(f"  {k:<12} " + " ".join(f"{x:.3f}" for x in v))
+        else:
+            print(f"  {k:<12} {v:.4f}")
+    print(f"written to {Path(args.run) / 'eval_losses.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    """Send disvae's own log records to stderr (the library itself configures no handler)."""
+    logger = logging.getLogger("disvae")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug
+                                               else "%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    _setup_logging(quiet=getattr(args, "quiet", False), debug=debug)
+    try:
+        return args.func(args)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"disvae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("disvae: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,322 @@
+"""Run configuration: frozen dataclasses, one per component, loaded from TOML/JSON and flags.
+
+A run's effective configuration (every default resolved) is saved as ``config.json`` in the run
+directory and is the single source of truth for ``--resume``, ``evaluate`` and ``load_run``.
+Unknown keys and values of the wrong type are `UserError`s that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from disvae.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to train on and how to split them."""
+
+    name: str = "dsprites"
+    path: str | None = None  # None: the built-in renderer (dSprites) or an error naming the source
+    val_fraction: float = 0.1  # held-out share, drawn once with `split_seed`
+    split_seed: int = 0  # fixed apart from the training seed so runs share one held-out split
+    subset: int | None = None  # train/evaluate on this many images drawn at random (quick tests)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder/decoder architecture."""
+
+    arch: str = "burgess"
+    latent_dim: int = 10
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The objective and its hyperparameters.
+
+    Hyperparameters left as None take the chosen objective's default (see `OBJECTIVE_DEFAULTS`);
+    setting one the objective does not use is an error.
+    """
+
+    name: str = "betaB"
+    rec_dist: str | None = None  # bernoulli | gaussian | laplace; None: the dataset's default
+    rec_scale: float | None = None  # sigma (gaussian) or b (laplace) of the pixel likelihood
+    beta: float | None = None
+    gamma: float | None = None
+    alpha: float | None = None
+    c_init: float | None = None
+    c_fin: float | None = None
+    c_steps: int | None = None
+    lr_disc: float | None = None
+    sampling: str | None = None  # btcvae: mws | mss
+    reg_anneal: int = 0  # steps of linear warm-up of the regulariser's weight from 0 to 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    steps: int | None = None  # None: `epochs` if given, else DEFAULT_STEPS
+    epochs: float | None = None
+    batch_size: int = 64
+    lr: float = 5e-4
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    log_every: int = 100
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# The protocol of the large disentanglement studies (Locatello et al., 2019): 300,000 steps.
+DEFAULT_STEPS = 300_000
+
+# Default hyperparameters of each objective; keys not listed are unused by that objective.
+# Values follow the papers (and the disentangling-vae presets where the papers leave a choice).
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vae": {},
+    "betaH": {"beta": 4.0},  # Higgins et al. 2017
+    "betaB": {"gamma": 1000.0, "c_init": 0.0, "c_fin": 25.0, "c_steps": 100_000},  # Burgess 2018
+    "factor": {"gamma": 6.0, "lr_disc": 5e-5},  # Kim & Mnih 2018
+    "btcvae": {"alpha": 1.0, "beta": 6.0, "gamma": 1.0, "sampling": "mws"},  # Chen et al. 2018
+}
+_HYPER = ("beta", "gamma", "alpha", "c_init", "c_fin", "c_steps", "lr_disc", "sampling")
+REC_DISTS = ("bernoulli", "gaussian", "laplace")
+DEFAULT_REC_SCALE = {"bernoulli": None, "gaussian": 0.1, "laplace": 0.1}
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def from_dict(d: dict[str, Any], base: RunConfig | None = None, source: str = "config") -> RunConfig:
+    """A `RunConfig` from nested ``{section: {key: value}}``, on top of ``base``."""
+    cfg = base or RunConfig()
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a table of sections, got {type(d).__name__}")
+    for section, values in d.items():
+        if section not in _SECTION_TYPES:
+            raise UserError(
+                f"{source}: unknown section [{section}]; valid sections: {', '.join(_SECTION_TYPES)}"
+            )
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: [{section}] must be a table of key = value")
+        cfg = _update(cfg, section, values, source)
+    return cfg
+
+
+def _update(cfg: RunConfig, section: str, values: dict[str, Any], source: str) -> RunConfig:
+    cls = _SECTION_TYPES[section]
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in values.items():
+        if key not in hints:
+            valid = ", ".join(f.name for f in fields(cls))
+            raise UserError(f"{source}: unknown key {section}.{key}; valid keys: {valid}")
+        checked[key] = _check_type(value, hints[key], f"{section}.{key}", source)
+    return replace(cfg, **{section: replace(getattr(cfg, section), **checked)})
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise UserError(f"{source}: {key} must be {names}, got {value!r}")
+
+
+def load_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a TOML or JSON config file (sections data/model/loss/train)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(p)!r} not found; pass the path of a .toml or .json file")
+    try:
+        if p.suffix == ".json":
+            d = json.loads(p.read_text())
+            d = {k: v for k, v in d.items() if k in _SECTION_TYPES}  # config.json carries versions
+        else:
+            d = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {str(p)!r} is not valid {p.suffix[1:] or 'TOML'}: {e}") from None
+    return from_dict(d, base, source=str(p))
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``disvae/presets``."""
+    root = resources.files("disvae") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    path = resources.files("disvae") / "presets" / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return path.read_text()
+
+
+def load_preset(name: str, base: RunConfig | None = None) -> RunConfig:
+    return from_dict(tomllib.loads(preset_text(name)), base, source=f"preset {name}")
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key=value`` strings; ``key`` is ``section.name`` or a unique ``name`` (``lr``);
+    ``loss`` and ``dataset`` stand for ``loss.name`` and ``data.name``.
+
+    Values are parsed as TOML values (``5e-4``, ``true``, ``"text"``); a bare word that is not
+    valid TOML is taken as a string (``loss=btcvae``); ``none`` or ``null`` clears an optional key.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set lr=5e-4")
+        section, name = resolve_key(key.strip())
+        cfg = _update(cfg, section, {name: parse_value(raw.strip())}, source="--set")
+    return cfg
+
+
+_ALIASES = {"loss": ("loss", "name"), "dataset": ("data", "name")}
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """``("train", "lr")`` for ``"train.lr"`` or ``"lr"``; `UserError` if unknown or ambiguous."""
+    if key in _ALIASES:
+        return _ALIASES[key]
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section not in _SECTION_TYPES or name not in {f.name for f in fields(_SECTION_TYPES[section])}:
+            raise UserError(f"unknown config key {key!r}; see `disvae train --help` for the keys")
+        return section, name
+    owners = [s for s, cls in _SECTION_TYPES.items() if key in {f.name for f in fields(cls)}]
+    if len(owners) == 1:
+        return owners[0], key
+    if not owners:
+        raise UserError(f"unknown config key {key!r}; see `disvae train --help` for the keys")
+    raise UserError(f"config key {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}")
+
+
+def parse_value(raw: str) -> Any:
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
+    """Fill every default that depends on other settings and check every value.
+
+    Raises `UserError` naming the first bad setting.
+    """
+    loss = cfg.loss
+    if loss.name not in OBJECTIVE_DEFAULTS:
+        raise UserError(
+            f"unknown loss {loss.name!r}; choose one of: {', '.join(OBJECTIVE_DEFAULTS)}"
+        )
+    defaults = OBJECTIVE_DEFAULTS[loss.name]
+    updates: dict[str, Any] = {}
+    for key in _HYPER:
+        value = getattr(loss, key)
+        if key in defaults:
+            updates[key] = defaults[key] if value is None else value
+        elif value is not None:
+            used = ", ".join(defaults) or "none"
+            raise UserError(
+                f"loss.{key} is not used by loss {loss.name!r} (its hyperparameters: {used})"
+            )
+    rec_dist = loss.rec_dist or default_rec_dist
+    updates["rec_dist"] = rec_dist
+    if rec_dist not in REC_DISTS:
+        raise UserError(f"unknown rec_dist {rec_dist!r}; choose one of: {', '.join(REC_DISTS)}")
+    if loss.rec_scale is not None and rec_dist == "bernoulli":
+        raise UserError("loss.rec_scale applies to gaussian or laplace likelihoods, not bernoulli")
+    updates["rec_scale"] = loss.rec_scale if loss.rec_scale is not None else DEFAULT_REC_SCALE[rec_dist]
+    cfg = replace(cfg, loss=replace(loss, **updates))
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: RunConfig) -> None:
+    L, T, M, D = cfg.loss, cfg.train, cfg.model, cfg.data
+    _positive = [("model.latent_dim", M.latent_dim), ("train.batch_size", T.batch_size),
+                 ("train.lr", T.lr), ("train.checkpoint_every", T.checkpoint_every),
+                 ("train.log_every", T.log_every), ("train.keep_checkpoints", T.keep_checkpoints),
+                 ("train.steps", T.steps), ("train.epochs", T.epochs), ("data.subset", D.subset),
+                 ("loss.rec_scale", L.rec_scale), ("loss.lr_disc", L.lr_disc)]
+    for key, value in _positive:
+        if value is not None and not value > 0:
+            raise UserError(f"{key} must be positive, got {value}")
+    _nonneg = [("loss.beta", L.beta), ("loss.gamma", L.gamma), ("loss.alpha", L.alpha),
+               ("loss.c_init", L.c_init), ("loss.c_fin", L.c_fin), ("loss.c_steps", L.c_steps),
+               ("loss.reg_anneal", L.reg_anneal), ("train.seed", T.seed)]
+    for key, value in _nonneg:
+        if value is not None and not value >= 0:
+            raise UserError(f"{key} must be non-negative, got {value}")
+    if L.sampling is not None and L.sampling not in ("mws", "mss"):
+        raise UserError(f"loss.sampling must be mws or mss, got {L.sampling!r}")
+    if not 0 <= D.val_fraction < 1:
+        raise UserError(f"data.val_fraction must be in [0, 1), got {D.val_fraction}")
+    if T.steps is not None and T.epochs is not None:
+        raise UserError("give train.steps or train.epochs, not both")
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    """Number of optimisation steps: `steps`, or `epochs` worth of batches, or DEFAULT_STEPS."""
+    if cfg.steps is not None:
+        return cfg.steps
+    if cfg.epochs is not None:
+        return max(1, round(cfg.epochs * n_train / cfg.batch_size))
+    return DEFAULT_STEPS
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dumps_toml(cfg: RunConfig) -> str:
+    """The config as TOML (keys whose value is None are left out: None is their default)."""
+    lines = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            if v is not None:
+                lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The run directory: the single source of truth for a trained (or training) model.
+
+    RUN/config.json            every setting, resolved, plus versions and git commit
+    RUN/model.safetensors      final weights (written when training ends)
+    RUN/checkpoints/           step_*.safetensors: weights, optimizers, RNG states, data order
+    RUN/train_log.jsonl        one JSON object per logged step
+    RUN/events.out.tfevents.*  TensorBoard
+    RUN/eval_losses.json       held-out losses written by `disvae evaluate`
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from disvae import config as C
+from disvae.errors import UserError
+
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.jsonl"
+EVAL_LOSSES = "eval_losses.json"
+_RUN_FILES = (CONFIG, MODEL, TRAIN_LOG, EVAL_LOSSES)
+
+
+class LoadedRun(NamedTuple):
+    """``(model, config)`` of a run; ``model`` is in eval mode on the CPU."""
+
+    model: Any
+    config: C.RunConfig
+
+
+def read_config(run_dir: str | Path) -> C.RunConfig:
+    """The resolved `RunConfig` saved in ``run_dir/config.json``."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise UserError(f"{str(run_dir)!r} is not a disvae run (no {CONFIG}); pass a run directory")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{str(path)!r} is not valid JSON; the run directory is damaged") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{str(path)!r} is not a disvae config")
+    return C.from_dict({k: v for k, v in d.items() if k in C.SECTIONS}, source=str(path))
+
+
+def config_record(cfg: C.RunConfig) -> dict[str, Any]:
+    """What goes into config.json: the config plus provenance."""
+    from disvae.utils import git_commit, versions
+
+    record = C.to_dict(cfg)
+    record["versions"] = versions()
+    record["git_commit"] = git_commit()
+    record["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return record
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create ``out`` for a new run. Refuses a non-empty directory unless ``overwrite``.
+
+    ``overwrite`` removes only a previous disvae run's files, never an arbitrary directory.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"--out {str(out)!r} is not empty; pass --resume {out} to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        if not (out / CONFIG).is_file():
+            raise UserError(
+                f"--out {str(out)!r} is not empty and is not a disvae run; --overwrite only "
+                "replaces runs, choose another --out"
+            )
+        _remove_run_files(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to --out {str(out)!r}: {e.strerror}; choose another") from None
+    return out
+
+
+def _remove_run_files(out: Path) -> None:
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    for p in out.glob("events.out.tfevents.*"):
+        p.unlink()
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """The model and config of a run: final weights, or the latest checkpoint while it trains."""
+    model, cfg, _, _ = load_run_state(run_dir)
+    return LoadedRun(model.to(device).eval(), cfg)
+
+
+def load_run_state(run_dir: str | Path) -> tuple[Any, C.RunConfig, dict, dict]:
+    """(model, config, all saved tensors, metadata) of a run, from its final weights or else
+    its newest good checkpoint. The tensors include the discriminator of a FactorVAE run."""
+    from disvae.models import build_model
+    from disvae.training.checkpoint import load_latest, load_module_state, load_state
+
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    model = build_model(cfg.model.arch, image_shape_of(run_dir), cfg.model.latent_dim)
+    final = run_dir / MODEL
+    if final.is_file():
+        tensors, meta = load_state(final)
+        source = str(final)
+    else:
+        latest = load_latest(run_dir / CHECKPOINTS)
+        if latest is None:
+            raise UserError(f"{str(run_dir)!r} has no weights yet (no {MODEL}, no checkpoint)")
+        tensors, meta, path = latest
+        source = str(path)
+    load_module_state("model", model, tensors, source)
+    return model, cfg, tensors, meta
+
+
+def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
+    """The image shape recorded in config.json (saved by the trainer)."""
+    d = json.loads((Path(run_dir) / CONFIG).read_text())
+    shape = d.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3):
+        raise UserError(f"{str(run_dir)!r}: config.json lacks image_shape; the run is damaged")
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]

@@ -1,0 +1,5 @@
+"""The training loop and checkpoints."""
+
+from disvae.training.loop import Trainer, train
+
+__all__ = ["Trainer", "train"]

@@ -1,0 +1,57 @@
+"""The Burgess architecture: shapes, parameter count, the reparameterisation."""
+
+import pytest
+import torch
+
+from disvae.errors import UserError
+from disvae.models import VAE, build_model
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 64, 64), (3, 32, 32), (1, 128, 128)])
+def test_shapes(shape):
+    model = build_model("burgess", shape, latent_dim=7)
+    out = model(torch.rand(5, *shape))
+    assert out.logits.shape == (5, *shape)
+    assert out.mu.shape == out.logvar.shape == out.z.shape == (5, 7)
+
+
+def test_burgess_layer_sizes_match_the_paper():
+    model = build_model("burgess", (1, 64, 64), latent_dim=10)
+    convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and all(c.out_channels == 32 and c.kernel_size == (4, 4) for c in convs)
+    linears = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 256), (256, 256), (256, 20)]
+    n = sum(p.numel() for p in model.parameters())
+    # encoder: 4 convs (4*4*(1*32) + 3*4*4*32*32 + biases) + dense; decoder mirrors it
+    enc = (16 * 32 + 32) + 3 * (16 * 32 * 32 + 32) + (512 * 256 + 256) + (256 * 256 + 256) + (
+        256 * 20 + 20)  # fmt: skip
+    dec = (10 * 256 + 256) + (256 * 256 + 256) + (256 * 512 + 512) + 3 * (16 * 32 * 32 + 32) + (
+        16 * 32 + 1)  # fmt: skip
+    assert n == enc + dec
+
+
+def test_eval_uses_the_mean_and_training_samples():
+    torch.manual_seed(0)
+    model = build_model("burgess", (1, 64, 64), latent_dim=4)
+    x = torch.rand(3, 1, 64, 64)
+    model.eval()
+    out = model(x)
+    assert torch.equal(out.z, out.mu)
+    model.train()
+    out = model(x)
+    assert not torch.equal(out.z, out.mu)
+
+
+def test_reparameterisation_moments():
+    torch.manual_seed(0)
+    mu = torch.full((200_000, 1), 2.0)
+    logvar = torch.full((200_000, 1), torch.log(torch.tensor(0.25)).item())
+    z = VAE.sample(mu, logvar)
+    assert abs(z.mean().item() - 2.0) < 0.01 and abs(z.std().item() - 0.5) < 0.01
+
+
+def test_bad_image_size_and_unknown_arch():
+    with pytest.raises(UserError, match="32, 64 or 128"):
+        build_model("burgess", (1, 28, 28), 10)
+    with pytest.raises(UserError, match="unknown architecture 'resnet'; choose one of: burgess"):
+        build_model("resnet", (1, 64, 64), 10)
