@@ -71,13 +71,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory to create (default: runs/LOSS_DATASET_TIME)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    g.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint; "
-                   "only --steps/--epochs/--device/--log-every/--checkpoint-every may change")
+    g.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN from its newest checkpoint; "
+        "only --steps/--epochs/--device/--log-every/--checkpoint-every may change",
+    )
     g.add_argument("--preset", help="a shipped config, e.g. betaB_dsprites (see --list-presets)")
     g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     g.add_argument("--config", metavar="FILE", help="a TOML or JSON config file")
-    g.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
-                   help="override any config key, e.g. --set lr=5e-4 --set loss.beta=8")
+    g.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        dest="overrides",
+        help="override any config key, e.g. --set lr=5e-4 --set loss.beta=8",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(g)
     g = p.add_argument_group("data")
@@ -94,15 +103,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rec-dist", help="pixel likelihood: bernoulli | gaussian | laplace")
     g.add_argument("--rec-scale", type=float, help="sigma (gaussian) or b (laplace); default 0.1")
     g.add_argument("--beta", type=float, help="betaH: KL weight (4); btcvae: TC weight (6)")
-    g.add_argument("--gamma", type=float, help="betaB: capacity weight (1000); factor: TC weight "
-                   "(6); btcvae: dimension-wise KL weight (1)")
+    g.add_argument(
+        "--gamma",
+        type=float,
+        help="betaB: capacity weight (1000); factor: TC weight "
+        "(6); btcvae: dimension-wise KL weight (1)",
+    )
     g.add_argument("--alpha", type=float, help="btcvae: mutual-information weight (1)")
     g.add_argument("--c-init", type=float, help="betaB: capacity at step 0, nats (0)")
     g.add_argument("--c-fin", type=float, help="betaB: final capacity, nats (25)")
     g.add_argument("--c-steps", type=int, help="betaB: steps to anneal the capacity (100000)")
     g.add_argument("--lr-disc", type=float, help="factor: discriminator learning rate (5e-5)")
-    g.add_argument("--sampling", choices=("mws", "mss"), help="btcvae: minibatch weighted or "
-                   "stratified sampling estimate of q(z) (mws)")
+    g.add_argument(
+        "--sampling",
+        choices=("mws", "mss"),
+        help="btcvae: minibatch weighted or stratified sampling estimate of q(z) (mws)",
+    )
     g.add_argument("--reg-anneal", type=int, help="steps of linear warm-up of the regulariser (0)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, help="optimisation steps (default 300000)")
@@ -158,8 +174,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from disvae.training import train
 
     t0 = time.perf_counter()
-    run = train(cfg, out, resume=hasattr(args, "resume"), overwrite=getattr(args, "overwrite", False),
-                progress=False if getattr(args, "no_progress", False) else None)
+    run = train(
+        cfg,
+        out,
+        resume=hasattr(args, "resume"),
+        overwrite=getattr(args, "overwrite", False),
+        progress=False if getattr(args, "no_progress", False) else None,
+    )
     _print_summary(run, time.perf_counter() - t0)
     return 0
 
@@ -182,8 +203,10 @@ def _resume_config(args, flags, overrides):
         changes[f"{section}.{name}"] = C.parse_value(value.strip())
     fixed = sorted(k for k in changes if k not in RESUMABLE_KEYS)
     if fixed:
-        raise UserError(f"cannot change {fixed[0]} when resuming (it would be another run); "
-                        f"only {', '.join(sorted(RESUMABLE_KEYS))} may change")
+        raise UserError(
+            f"cannot change {fixed[0]} when resuming (it would be another run); "
+            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change"
+        )
     if "train.steps" in changes:
         cfg = C.apply_overrides(cfg, ["train.epochs=none"])
     if "train.epochs" in changes:
@@ -207,7 +230,9 @@ def _print_summary(run: Path, seconds: float) -> None:
 
     from disvae import runs
 
-    lines = (run / runs.TRAIN_LOG).read_text().splitlines() if (run / runs.TRAIN_LOG).exists() else []
+    lines = (
+        (run / runs.TRAIN_LOG).read_text().splitlines() if (run / runs.TRAIN_LOG).exists() else []
+    )
     last = json.loads(lines[-1]) if lines else {}
     done = (run / runs.MODEL).is_file()
     state = "finished" if done else f"stopped; continue with: disvae train --resume {run}"
@@ -227,8 +252,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         data = load_dataset(runs.read_config(args.run).data.name, args.data_path)
     result = evaluate(args.run, data=data, batch_size=args.batch_size, device=args.device)
-    print(f"held-out losses of {args.run} at step {result['step']} "
-          f"({result['n_images']} images, {result['seconds']}s):")
+    print(
+        f"held-out losses of {args.run} at step {result['step']} "
+        f"({result['n_images']} images, {result['seconds']}s):"
+    )
     for k, v in result["losses"].items():
         if isinstance(v, list):
             print(f"  {k:<12} " + " ".join(f"{x:.3f}" for x in v))
@@ -244,11 +271,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _setup_logging(quiet: bool, debug: bool) -> None:
     """Send disvae's own log records to stderr (the library itself configures no handler)."""
     logger = logging.getLogger("disvae")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug
-                                               else "%(message)s"))
-        logger.addHandler(handler)
+    for h in [h for h in logger.handlers if getattr(h, "_disvae_cli", False)]:
+        logger.removeHandler(h)  # main() may run more than once in a process
+    handler = logging.StreamHandler(sys.stderr)
+    handler._disvae_cli = True  # type: ignore[attr-defined]
+    fmt = "%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
 
 

@@ -105,22 +105,28 @@ _HYPER = ("beta", "gamma", "alpha", "c_init", "c_fin", "c_steps", "lr_disc", "sa
 REC_DISTS = ("bernoulli", "gaussian", "laplace")
 DEFAULT_REC_SCALE = {"bernoulli": None, "gaussian": 0.1, "laplace": 0.1}
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
-_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
 
 
 # --------------------------------------------------------------------------- building
 
 
-def from_dict(d: dict[str, Any], base: RunConfig | None = None, source: str = "config") -> RunConfig:
+def from_dict(
+    d: dict[str, Any], base: RunConfig | None = None, source: str = "config"
+) -> RunConfig:
     """A `RunConfig` from nested ``{section: {key: value}}``, on top of ``base``."""
     cfg = base or RunConfig()
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a table of sections, got {type(d).__name__}")
     for section, values in d.items():
         if section not in _SECTION_TYPES:
-            raise UserError(
-                f"{source}: unknown section [{section}]; valid sections: {', '.join(_SECTION_TYPES)}"
-            )
+            valid = ", ".join(_SECTION_TYPES)
+            raise UserError(f"{source}: unknown section [{section}]; valid sections: {valid}")
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table of key = value")
         cfg = _update(cfg, section, values, source)
@@ -168,7 +174,9 @@ def load_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         else:
             d = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {str(p)!r} is not valid {p.suffix[1:] or 'TOML'}: {e}") from None
+        raise UserError(
+            f"config file {str(p)!r} is not valid {p.suffix[1:] or 'TOML'}: {e}"
+        ) from None
     return from_dict(d, base, source=str(p))
 
 
@@ -214,7 +222,9 @@ def resolve_key(key: str) -> tuple[str, str]:
         return _ALIASES[key]
     if "." in key:
         section, _, name = key.partition(".")
-        if section not in _SECTION_TYPES or name not in {f.name for f in fields(_SECTION_TYPES[section])}:
+        if section not in _SECTION_TYPES or name not in {
+            f.name for f in fields(_SECTION_TYPES[section])
+        }:
             raise UserError(f"unknown config key {key!r}; see `disvae train --help` for the keys")
         return section, name
     owners = [s for s, cls in _SECTION_TYPES.items() if key in {f.name for f in fields(cls)}]
@@ -222,7 +232,9 @@ def resolve_key(key: str) -> tuple[str, str]:
         return owners[0], key
     if not owners:
         raise UserError(f"unknown config key {key!r}; see `disvae train --help` for the keys")
-    raise UserError(f"config key {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}")
+    raise UserError(
+        f"config key {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}"
+    )
 
 
 def parse_value(raw: str) -> Any:
@@ -264,7 +276,9 @@ def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
         raise UserError(f"unknown rec_dist {rec_dist!r}; choose one of: {', '.join(REC_DISTS)}")
     if loss.rec_scale is not None and rec_dist == "bernoulli":
         raise UserError("loss.rec_scale applies to gaussian or laplace likelihoods, not bernoulli")
-    updates["rec_scale"] = loss.rec_scale if loss.rec_scale is not None else DEFAULT_REC_SCALE[rec_dist]
+    updates["rec_scale"] = (
+        loss.rec_scale if loss.rec_scale is not None else DEFAULT_REC_SCALE[rec_dist]
+    )
     cfg = replace(cfg, loss=replace(loss, **updates))
     _check_values(cfg)
     return cfg
@@ -272,17 +286,32 @@ def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
 
 def _check_values(cfg: RunConfig) -> None:
     L, T, M, D = cfg.loss, cfg.train, cfg.model, cfg.data
-    _positive = [("model.latent_dim", M.latent_dim), ("train.batch_size", T.batch_size),
-                 ("train.lr", T.lr), ("train.checkpoint_every", T.checkpoint_every),
-                 ("train.log_every", T.log_every), ("train.keep_checkpoints", T.keep_checkpoints),
-                 ("train.steps", T.steps), ("train.epochs", T.epochs), ("data.subset", D.subset),
-                 ("loss.rec_scale", L.rec_scale), ("loss.lr_disc", L.lr_disc)]
+    _positive = [
+        ("model.latent_dim", M.latent_dim),
+        ("train.batch_size", T.batch_size),
+        ("train.lr", T.lr),
+        ("train.checkpoint_every", T.checkpoint_every),
+        ("train.log_every", T.log_every),
+        ("train.keep_checkpoints", T.keep_checkpoints),
+        ("train.steps", T.steps),
+        ("train.epochs", T.epochs),
+        ("data.subset", D.subset),
+        ("loss.rec_scale", L.rec_scale),
+        ("loss.lr_disc", L.lr_disc),
+    ]
     for key, value in _positive:
         if value is not None and not value > 0:
             raise UserError(f"{key} must be positive, got {value}")
-    _nonneg = [("loss.beta", L.beta), ("loss.gamma", L.gamma), ("loss.alpha", L.alpha),
-               ("loss.c_init", L.c_init), ("loss.c_fin", L.c_fin), ("loss.c_steps", L.c_steps),
-               ("loss.reg_anneal", L.reg_anneal), ("train.seed", T.seed)]
+    _nonneg = [
+        ("loss.beta", L.beta),
+        ("loss.gamma", L.gamma),
+        ("loss.alpha", L.alpha),
+        ("loss.c_init", L.c_init),
+        ("loss.c_fin", L.c_fin),
+        ("loss.c_steps", L.c_steps),
+        ("loss.reg_anneal", L.reg_anneal),
+        ("train.seed", T.seed),
+    ]
     for key, value in _nonneg:
         if value is not None and not value >= 0:
             raise UserError(f"{key} must be non-negative, got {value}")

@@ -1,11 +1,11 @@
 """The run directory: the single source of truth for a trained (or training) model.
 
-    RUN/config.json            every setting, resolved, plus versions and git commit
-    RUN/model.safetensors      final weights (written when training ends)
-    RUN/checkpoints/           step_*.safetensors: weights, optimizers, RNG states, data order
-    RUN/train_log.jsonl        one JSON object per logged step
-    RUN/events.out.tfevents.*  TensorBoard
-    RUN/eval_losses.json       held-out losses written by `disvae evaluate`
+RUN/config.json            every setting, resolved, plus versions and git commit
+RUN/model.safetensors      final weights (written when training ends)
+RUN/checkpoints/           step_*.safetensors: weights, optimizers, RNG states, data order
+RUN/train_log.jsonl        one JSON object per logged step
+RUN/events.out.tfevents.*  TensorBoard
+RUN/eval_losses.json       held-out losses written by `disvae evaluate`
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to --out {str(out)!r}: {e.strerror}; choose another") from None
+        raise UserError(
+            f"cannot write to --out {str(out)!r}: {e.strerror}; choose another"
+        ) from None
     return out
 
 

@@ -44,7 +44,9 @@ class ArrayDataset:
         self._images = images if isinstance(images, torch.Tensor) else _as_tensor(images)
         expected = (c * h * w // 8,) if packed else (c, h, w)
         if tuple(self._images.shape[1:]) != expected:
-            raise ValueError(f"images of shape {tuple(self._images.shape)}, expected (N, *{expected})")
+            raise ValueError(
+                f"images of shape {tuple(self._images.shape)}, expected (N, *{expected})"
+            )
 
     @property
     def name(self) -> str:
@@ -91,8 +93,9 @@ def _as_tensor(images: np.ndarray) -> torch.Tensor:
         # A read-only memory map: torch wants a writable buffer. A copy-on-write view shares
         # the pages with the file and never writes back.
         if isinstance(images, np.memmap):
-            images = np.memmap(images.filename, dtype=np.uint8, mode="c",
-                               offset=images.offset, shape=images.shape)
+            images = np.memmap(
+                images.filename, dtype=np.uint8, mode="c", offset=images.offset, shape=images.shape
+            )
         else:
             images = images.copy()
     return torch.from_numpy(np.ascontiguousarray(images))

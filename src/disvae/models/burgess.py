@@ -69,7 +69,9 @@ def init_weights(module: nn.Module) -> None:
     He et al. (2015) initialisation keeps activations' scale through ReLU stacks; the output layers
     (posterior statistics, logits) have no ReLU after them, so they get Glorot's.
     """
-    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    layers = [
+        m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))
+    ]
     for m in layers:
         if m is layers[-1]:
             nn.init.xavier_uniform_(m.weight)

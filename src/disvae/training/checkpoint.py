@@ -50,13 +50,10 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def save_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors and JSON-able ``meta`` to ``path`` atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {
-        "format": FORMAT,
-        "version": str(VERSION),
-        "sha256": tensor_digest(tensors),
-        "meta": json.dumps(meta),
-    }
-    atomic_write_bytes(path, st_save(tensors, metadata=header))
+    # One metadata key: safetensors writes several in no fixed order, and identical state must
+    # give identical bytes.
+    header = {"format": FORMAT, "version": VERSION, "sha256": tensor_digest(tensors), "meta": meta}
+    atomic_write_bytes(path, st_save(tensors, metadata={"disvae": json.dumps(header)}))
 
 
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -67,21 +64,21 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror}") from None
     try:
         tensors = st_load(data)
-        header = _read_metadata(data)
+        header = json.loads(_read_metadata(data).get("disvae", "{}"))
     except (SafetensorError, ValueError, json.JSONDecodeError):
         raise CheckpointError(
             f"{str(path)!r} is not a readable safetensors file (torn write or corrupt)"
         ) from None
-    if header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a disvae checkpoint")
-    if int(header.get("version", -1)) > VERSION:
+    if not isinstance(header.get("version"), int) or header["version"] > VERSION:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint format {header['version']}, newer than this disvae "
             f"reads ({VERSION}); upgrade disvae"
         )
     if tensor_digest(tensors) != header.get("sha256"):
         raise CheckpointError(f"{str(path)!r} fails its checksum (corrupt)")
-    return tensors, json.loads(header["meta"])
+    return tensors, header["meta"]
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:
@@ -97,8 +94,9 @@ def module_state(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
 
-def load_module_state(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor],
-                      source: str) -> None:
+def load_module_state(
+    prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+) -> None:
     """Load ``prefix.*`` tensors into ``module``; a mismatch is a `CheckpointError`."""
     state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     own = module.state_dict()
@@ -125,7 +123,9 @@ def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, dict
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_optimizer_state(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def load_optimizer_state(
+    prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith(prefix + "."):
@@ -158,7 +158,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     kind, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    np.random.set_state(
+        (kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss)
+    )
     version, py_state, py_gauss = meta["python"]
     random.setstate((version, tuple(py_state), py_gauss))
 

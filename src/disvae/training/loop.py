@@ -116,8 +116,14 @@ class Trainer:
         if progress is None:
             progress = sys.stderr.isatty()
         writer = _tensorboard(self.out, purge_step=self.step or None)
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress,
-                   unit="step", dynamic_ncols=True, desc=self.cfg.loss.name)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=self.cfg.loss.name,
+        )
         t_last, step_last = time.perf_counter(), self.step
         try:
             with _stop_on_signals(self):

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small dSprites subset rendered by our renderer, registered as a dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from disvae.data import DATASETS, ArrayDataset, DatasetInfo
+
+TINY_N = 2048
+
+
+def make_tiny_dsprites(n: int = TINY_N, seed: int = 0) -> ArrayDataset:
+    """``n`` dSprites images at random factor classes, bit-packed like the full dataset."""
+    from disvae.data.dsprites import render
+
+    rng = np.random.default_rng(seed)
+    classes = np.stack([rng.integers(0, s, n) for s in (3, 6, 40, 32, 32)], axis=1)
+    images = render(classes)
+    packed = np.packbits(images.reshape(n, -1), axis=1)
+    return ArrayDataset(packed, DatasetInfo("dsprites_tiny", (1, 64, 64), "bernoulli"), packed=True)
+
+
+_CACHE: dict[int, np.ndarray] = {}
+
+
+@DATASETS.register("dsprites_tiny")
+def _load_tiny(path: str | None) -> ArrayDataset:
+    """A test-only dataset: the CLI tests train on it in-process (path is ignored)."""
+    if TINY_N not in _CACHE:
+        _CACHE[TINY_N] = make_tiny_dsprites()._images.numpy().copy()
+    return ArrayDataset(
+        _CACHE[TINY_N].copy(), DatasetInfo("dsprites_tiny", (1, 64, 64), "bernoulli"), packed=True
+    )
+
+
+@pytest.fixture
+def tiny_data() -> ArrayDataset:
+    return _load_tiny(None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's dataset cache."""
+    monkeypatch.setenv("DISVAE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,132 @@
+"""The command line: help, a train/evaluate/resume round, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from disvae.cli import main
+
+TINY = ["--dataset", "dsprites_tiny", "--batch-size", "16", "--no-progress", "--log-every", "5"]
+
+
+def test_help_lists_every_flag_the_issue_names():
+    out = subprocess.run([sys.executable, "-m", "disvae", "train", "--help"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for flag in ("--loss", "--dataset", "--data-path", "--preset", "--config", "--set", "--out",
+                 "--overwrite", "--resume", "--steps", "--epochs", "--batch-size", "--lr",
+                 "--latent-dim", "--rec-dist", "--seed", "--device", "--checkpoint-every",
+                 "--log-every", "--no-progress", "--beta", "--gamma", "--c-init", "--c-fin",
+                 "--c-steps", "--alpha", "--lr-disc", "--reg-anneal", "--sampling"):  # fmt: skip
+        assert flag in out, flag
+    top = subprocess.run([sys.executable, "-m", "disvae", "--help"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert "train" in top and "evaluate" in top
+
+
+def test_train_evaluate_resume_round(tmp_path, capsys):
+    run = tmp_path / "b1"
+    assert main(["train", "--loss", "betaB", "--steps", "10", "--out", str(run), *TINY]) == 0
+    assert "finished at step 10" in capsys.readouterr().out
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["loss"]["gamma"] == 1000.0 and cfg["train"]["steps"] == 10
+    assert cfg["versions"]["torch"] and cfg["image_shape"] == [1, 64, 64]
+    assert main(["train", "--resume", str(run), "--steps", "20", "--no-progress"]) == 0
+    assert [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()] == [
+        5, 10, 15, 20]  # fmt: skip
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "recon" in out and "capacity" in out
+    assert json.loads((run / "eval_losses.json").read_text())["step"] == 20
+
+
+def test_preset_with_set_override(tmp_path):
+    run = tmp_path / "p"
+    argv = ["train", "--preset", "betaB_dsprites", "--set", "lr=5e-4", "--set", "steps=5",
+            "--out", str(run), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["lr"] == 5e-4 and cfg["loss"]["name"] == "betaB"
+
+
+def test_list_presets(capsys):
+    assert main(["train", "--list-presets"]) == 0
+    assert "btcvae_dsprites" in capsys.readouterr().out.split()
+
+
+def _bad_npz(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, imgs=np.zeros((3, 64, 64), np.uint8))
+    return str(path)
+
+
+BAD_INPUT = [
+    (["--loss", "nope"], "unknown loss 'nope'"),
+    (["--dataset", "mnistt"], "unknown dataset 'mnistt'"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--loss", "betaH", "--beta", "-1"], "loss.beta must be non-negative"),
+    (["--latent-dim", "0"], "model.latent_dim must be positive"),
+    (["--set", "bogus=1"], "unknown config key 'bogus'"),
+    (["--loss", "betaB", "--beta", "2"], "not used by loss 'betaB'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "r"), "--dataset", "dsprites_tiny", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_and_malformed_dsprites_file(tmp_path, capsys):
+    assert main(["train", "--dataset", "dsprites", "--data-path", str(tmp_path / "no.npz"),
+                 "--out", str(tmp_path / "r")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "dsprites" in err.lower() and err.count("\n") == 1
+    assert main(["train", "--dataset", "dsprites", "--data-path", _bad_npz(tmp_path),
+                 "--out", str(tmp_path / "r2")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("disvae: error:") and err.count("\n") == 1
+
+
+def test_out_that_is_not_writable_or_not_empty(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--out", str(blocker / "run"), *TINY, "--steps", "2"]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(full), *TINY, "--steps", "2"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["train", "--out", str(full), "--overwrite", *TINY, "--steps", "2"]) == 2
+    assert "not a disvae run" in capsys.readouterr().err
+    assert (full / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_a_run(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 0
+    assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 2
+    assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "5",
+                 "--loss", "betaH"]) == 0  # fmt: skip
+    assert json.loads((run / "config.json").read_text())["loss"]["name"] == "betaH"
+
+
+def test_resume_refuses_to_change_the_run(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 0
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    assert "cannot change train.lr when resuming" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert "not a disvae run" in capsys.readouterr().err
+
+
+def test_evaluate_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a disvae run" in capsys.readouterr().err
