@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_OUT ?= runs/demo
-DEMO_STEPS ?= 1500
+DEMO_STEPS ?= 600
 BIN := $(VENV)/bin
 SRC := src tests benchmarks
 
@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/disvae train --preset betaB_dsprites --steps $(DEMO_STEPS) --log-every 100 \
-		--checkpoint-every 500 --out $(DEMO_OUT) --overwrite --no-progress
+	$(BIN)/disvae train --preset btcvae_dsprites --steps $(DEMO_STEPS) --log-every 100 \
+		--checkpoint-every 200 --val-fraction 0.01 --out $(DEMO_OUT) --overwrite --no-progress
 	$(BIN)/disvae evaluate $(DEMO_OUT)
 	@echo "demo run written to $(DEMO_OUT)"
 

@@ -235,11 +235,13 @@ def _print_summary(run: Path, seconds: float) -> None:
     )
     last = json.loads(lines[-1]) if lines else {}
     done = (run / runs.MODEL).is_file()
-    state = "finished" if done else f"stopped; continue with: disvae train --resume {run}"
     terms = "  ".join(f"{k}={last[k]:.4g}" for k in ("loss", "recon", "kl") if k in last)
+    state = "finished" if done else "stopped"
     print(f"run {run}: {state} at step {last.get('step', 0)} in {seconds:.0f}s  {terms}")
     if done:
         print(f"held-out losses: disvae evaluate {run}")
+    else:
+        print(f"continue with: disvae train --resume {run}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
