@@ -79,6 +79,13 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     log_every: int = 100
+    snapshot_every: int | None = None  # training.gif frames; None: every 1% of training; 0: off
+    # Non-finite loss or gradient: the step is skipped; after `nan_patience` in a row the run
+    # rolls back to its last checkpoint with the learning rate times `nan_lr_factor`, at most
+    # `nan_rollbacks` times, then stops with a message naming the step and the term.
+    nan_patience: int = 10
+    nan_rollbacks: int = 3
+    nan_lr_factor: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -298,6 +305,8 @@ def _check_values(cfg: RunConfig) -> None:
         ("data.subset", D.subset),
         ("loss.rec_scale", L.rec_scale),
         ("loss.lr_disc", L.lr_disc),
+        ("train.nan_patience", T.nan_patience),
+        ("train.nan_lr_factor", T.nan_lr_factor),
     ]
     for key, value in _positive:
         if value is not None and not value > 0:
@@ -311,12 +320,16 @@ def _check_values(cfg: RunConfig) -> None:
         ("loss.c_steps", L.c_steps),
         ("loss.reg_anneal", L.reg_anneal),
         ("train.seed", T.seed),
+        ("train.nan_rollbacks", T.nan_rollbacks),
+        ("train.snapshot_every", T.snapshot_every),
     ]
     for key, value in _nonneg:
         if value is not None and not value >= 0:
             raise UserError(f"{key} must be non-negative, got {value}")
     if L.sampling is not None and L.sampling not in ("mws", "mss"):
         raise UserError(f"loss.sampling must be mws or mss, got {L.sampling!r}")
+    if T.nan_lr_factor > 1:
+        raise UserError(f"train.nan_lr_factor must be at most 1, got {T.nan_lr_factor}")
     if not 0 <= D.val_fraction < 1:
         raise UserError(f"data.val_fraction must be in [0, 1), got {D.val_fraction}")
     if T.steps is not None and T.epochs is not None:

@@ -24,6 +24,7 @@ MODEL = "model.safetensors"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 EVAL_LOSSES = "eval_losses.json"
+LOCK = ".lock"
 _RUN_FILES = (CONFIG, MODEL, TRAIN_LOG, EVAL_LOSSES)
 
 
@@ -59,15 +60,13 @@ def config_record(cfg: C.RunConfig) -> dict[str, Any]:
     return record
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create ``out`` for a new run. Refuses a non-empty directory unless ``overwrite``.
-
-    ``overwrite`` removes only a previous disvae run's files, never an arbitrary directory.
-    """
+def check_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an ``out`` that is a file, or a non-empty directory (unless ``overwrite`` and it
+    holds a disvae run). Reads only; `prepare_out_dir` repeats the check under the run lock."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
             raise UserError(
                 f"--out {str(out)!r} is not empty; pass --resume {out} to continue it, "
@@ -78,6 +77,14 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
                 f"--out {str(out)!r} is not empty and is not a disvae run; --overwrite only "
                 "replaces runs, choose another --out"
             )
+    return out
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Make ``out`` ready for a new run (see `check_out_dir`); ``overwrite`` removes only a
+    previous disvae run's files, never an arbitrary directory."""
+    out = check_out_dir(out, overwrite)
+    if overwrite:
         _remove_run_files(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -85,9 +92,8 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(
-            f"cannot write to --out {str(out)!r}: {e.strerror}; choose another"
-        ) from None
+        msg = f"cannot write to --out {str(out)!r}: {e.strerror}; choose another"
+        raise UserError(msg) from None
     return out
 
 
@@ -97,6 +103,69 @@ def _remove_run_files(out: Path) -> None:
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     for p in out.glob("events.out.tfevents.*"):
         p.unlink()
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains in it.
+
+    The lock is ``flock`` on ``RUN/.lock``: the kernel drops it when the process ends, however it
+    ends (even SIGKILL), so a crash never leaves a stale lock. A second trainer is refused.
+    """
+
+    def __init__(self, run_dir: str | Path, create: bool) -> None:
+        self.run_dir = Path(run_dir).expanduser()
+        self.create = create
+        self._fd: int | None = None
+        self._made_dir = False
+
+    def __enter__(self) -> RunLock:
+        import os
+
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(f"{str(self.run_dir)!r} is a file; choose a directory")
+        if not self.run_dir.is_dir():
+            if not self.create:
+                raise UserError(f"{str(self.run_dir)!r} does not exist; pass a run directory")
+            try:
+                self.run_dir.mkdir(parents=True)
+                self._made_dir = True
+            except OSError as e:
+                raise UserError(
+                    f"cannot write to --out {str(self.run_dir)!r}: {e.strerror}; choose another"
+                ) from None
+        try:
+            self._fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(
+                f"cannot write to {str(self.run_dir)!r}: {e.strerror}; choose another directory"
+            ) from None
+        try:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - no flock (Windows): run unlocked
+            pass
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise UserError(
+                f"{str(self.run_dir)!r} is in use by another disvae process; wait for it to "
+                "finish or choose another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+        if self._made_dir and not any(p.name != LOCK for p in self.run_dir.iterdir()):
+            # Nothing was written: leave no empty directory behind a failed start.
+            (self.run_dir / LOCK).unlink(missing_ok=True)
+            self.run_dir.rmdir()
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:

@@ -9,7 +9,6 @@ device never waits for the host.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -32,6 +31,7 @@ from disvae.losses import DISC_BETAS, LossContext, compute_loss, discriminator_l
 from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
 from disvae.training import checkpoint as ckpt
+from disvae.training import logs
 from disvae.utils import atomic_write_json, pick_device
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class Trainer:
                 "training images; lower --batch-size or use more data"
             )
         self.total_steps = C.total_steps(cfg.train, len(self.train_idx) // self.batches_per_step)
+        snap = cfg.train.snapshot_every
+        self.snapshot_every = max(1, self.total_steps // 100) if snap is None else snap
         seed_everything(cfg.train.seed)
         self.stream = BatchStream(self.train_idx, seed=cfg.train.seed)
         self.model = build_model(cfg.model.arch, data.image_shape, cfg.model.latent_dim)
@@ -73,18 +75,26 @@ class Trainer:
         self.step = 0
         self.sums: dict[str, torch.Tensor] = {}
         self.n_summed = 0
+        self.n_skipped = 0  # steps skipped for non-finite values since the last log line
+        self.bad_streak = 0
+        self.bad_term = ""
+        self.rollbacks = 0
+        self.lr_scale = 1.0  # learning-rate multiplier after rollbacks (saved in checkpoints)
         self._stop_requested = False
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the detached loss terms."""
+    def train_step(self) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the detached loss terms, or None when a loss term or
+        gradient was not finite and the update was skipped (the name is in `self.bad_term`)."""
         B = self.cfg.train.batch_size
         x = self.data.batch(self.stream.next(B))
         out = self.model(x)
         result = compute_loss(out, x, self.step, self.cfg.loss, self.ctx)
         self.opt.zero_grad(set_to_none=True)
         result.total.backward()
+        if self._nonfinite(result.terms, self.model):
+            return None
         self.opt.step()
         terms = dict(result.terms)
         if self.disc is not None:
@@ -97,9 +107,24 @@ class Trainer:
             d = discriminator_loss(self.disc, out.z, z_other)
             self.disc_opt.zero_grad(set_to_none=True)
             d.total.backward()
+            if self._nonfinite(d.terms, self.disc):
+                return None
             self.disc_opt.step()
             terms.update(d.terms)
         return terms
+
+    def _nonfinite(self, terms: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+        """Whether a loss term or a gradient of ``module`` is NaN/inf (one host sync a step,
+        which is free on the CPU). Records the first bad name in `self.bad_term`."""
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        ok = torch.stack([torch.isfinite(v).all() for v in (*terms.values(), *grads)]).all()
+        if bool(ok):
+            return False
+        # Name the most specific culprit: a term other than the total, else the total.
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        bad = [k for k in bad if k != "loss"] or bad
+        self.bad_term = bad[0] if bad else "gradient"
+        return True
 
     def accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():
@@ -115,7 +140,7 @@ class Trainer:
         cfg = self.cfg.train
         if progress is None:
             progress = sys.stderr.isatty()
-        writer = _tensorboard(self.out, purge_step=self.step or None)
+        writer = logs.open_tensorboard(self.out, purge_step=self.step or None)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -125,19 +150,30 @@ class Trainer:
             desc=self.cfg.loss.name,
         )
         t_last, step_last = time.perf_counter(), self.step
+        if not ckpt.list_checkpoints(self.out / runs.CHECKPOINTS):
+            self.save_checkpoint()  # step 0: something to roll back to, and resumable at once
+            self.snapshot()
         try:
             with _stop_on_signals(self):
                 while self.step < self.total_steps and not self._stop_requested:
-                    self.accumulate(self.train_step())
+                    terms = self.train_step()
                     self.step += 1
                     bar.update(1)
+                    if terms is not None:
+                        self.bad_streak = 0
+                        self.accumulate(terms)
+                    elif self.on_nonfinite():  # rolled back to an earlier step
+                        bar.n = self.step
+                        continue
                     last = self.step == self.total_steps
                     if self.step % cfg.log_every == 0 or last or self._stop_requested:
                         now = time.perf_counter()
                         rate = (self.step - step_last) * cfg.batch_size * self.batches_per_step
                         record = self.write_log(rate / max(now - t_last, 1e-9), writer)
-                        bar.set_postfix(_postfix(record), refresh=False)
+                        bar.set_postfix(logs.postfix(record), refresh=False)
                         t_last, step_last = now, self.step
+                    if self.snapshot_every and (self.step % self.snapshot_every == 0 or last):
+                        self.snapshot()
                     if self.step % cfg.checkpoint_every == 0 or last or self._stop_requested:
                         self.save_checkpoint()
         finally:
@@ -146,9 +182,53 @@ class Trainer:
         if self.step == self.total_steps:
             self.save_final()
 
+    def on_nonfinite(self) -> bool:
+        """A skipped step: warn; after `nan_patience` in a row roll back with a lower learning
+        rate (returns True), or stop when `nan_rollbacks` rollbacks did not help."""
+        cfg = self.cfg.train
+        self.n_skipped += 1
+        self.bad_streak += 1
+        if self.bad_streak == 1:
+            log.warning("step %d: %r is not finite; update skipped", self.step, self.bad_term)
+        if self.bad_streak < cfg.nan_patience:
+            return False
+        if self.rollbacks >= cfg.nan_rollbacks:
+            raise NonFiniteError(
+                f"{self.bad_term!r} was not finite for {self.bad_streak} steps in a row at step "
+                f"{self.step}, after {self.rollbacks} rollbacks with lower learning rates; check "
+                "the data or lower --lr (the last good checkpoint is kept)"
+            )
+        scale = self.lr_scale * cfg.nan_lr_factor
+        self.restore()
+        self.rollbacks += 1
+        self.set_lr_scale(scale)
+        self.bad_streak = 0
+        log.warning("rolled back to step %d with learning rate x%g", self.step, scale)
+        return True
+
+    def snapshot(self) -> None:
+        """A frame of the training GIF: the traversal grid of the prior mean (no randomness, so
+        resumed runs stay exact)."""
+        if not self.snapshot_every:
+            return
+        from disvae import viz
+
+        try:
+            viz.append_training_frame(self.out, self.step, viz.training_snapshot(self.model))
+        except OSError as e:
+            raise _disk_error(e, f"training frame of step {self.step}", self.out) from None
+
+    def set_lr_scale(self, scale: float) -> None:
+        self.lr_scale = scale
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.train.lr * scale
+        if self.disc_opt is not None:
+            for group in self.disc_opt.param_groups:
+                group["lr"] = self.cfg.loss.lr_disc * scale
+
     def write_log(self, img_per_s: float, writer: Any) -> dict[str, Any]:
         """Average the accumulated terms, check them, append a JSON line, write TensorBoard."""
-        means = {k: v / self.n_summed for k, v in self.sums.items()}
+        means = {k: v / max(self.n_summed, 1) for k, v in self.sums.items()}
         record: dict[str, Any] = {"step": self.step, "epoch": self.stream.epoch}
         for k, v in means.items():
             record[k] = v.tolist() if v.ndim else float(v)
@@ -159,16 +239,14 @@ class Trainer:
                 "or check the data (the last good checkpoint is kept)"
             )
         record["lr"] = self.opt.param_groups[0]["lr"]
+        record["skipped"] = self.n_skipped
         record["img_per_s"] = round(img_per_s, 1)
-        with open(self.out / runs.TRAIN_LOG, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if isinstance(v, float) and k != "lr":
-                writer.add_scalar(f"train/{k}", v, self.step)
-            elif isinstance(v, list):
-                for d, x in enumerate(v):
-                    writer.add_scalar(f"{k}/z{d}", x, self.step)
-        self.sums, self.n_summed = {}, 0
+        try:
+            logs.append_record(self.out / runs.TRAIN_LOG, record)
+        except OSError as e:
+            raise _disk_error(e, f"log line of step {self.step}", self.out) from None
+        logs.write_scalars(writer, record, self.step)
+        self.sums, self.n_summed, self.n_skipped = {}, 0, 0
         return record
 
     # ------------------------------------------------------------------ saving and restoring
@@ -177,7 +255,13 @@ class Trainer:
         tensors = ckpt.module_state("model", self.model)
         t, opt_meta = ckpt.optimizer_state("opt", self.opt)
         tensors.update(t)
-        meta: dict[str, Any] = {"step": self.step, "opt": opt_meta, "n_summed": self.n_summed}
+        meta: dict[str, Any] = {
+            "step": self.step,
+            "opt": opt_meta,
+            "n_summed": self.n_summed,
+            "n_skipped": self.n_skipped,
+            "lr_scale": self.lr_scale,
+        }
         if self.disc is not None:
             tensors.update(ckpt.module_state("disc", self.disc))
             t, meta["disc_opt"] = ckpt.optimizer_state("disc_opt", self.disc_opt)
@@ -198,8 +282,11 @@ class Trainer:
                 "(lower --lr; the last good checkpoint is kept)"
             )
         directory = self.out / runs.CHECKPOINTS
-        directory.mkdir(exist_ok=True)
-        ckpt.save_state(ckpt.checkpoint_path(directory, self.step), tensors, meta)
+        try:
+            directory.mkdir(exist_ok=True)
+            ckpt.save_state(ckpt.checkpoint_path(directory, self.step), tensors, meta)
+        except OSError as e:
+            raise _disk_error(e, f"checkpoint of step {self.step}", self.out) from None
         ckpt.prune(directory, self.cfg.train.keep_checkpoints)
 
     def restore(self) -> None:
@@ -218,15 +305,28 @@ class Trainer:
         self.stream.load_state(data_t, meta["data"])
         self.sums = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("acc.")}
         self.n_summed = meta["n_summed"]
+        self.n_skipped = meta.get("n_skipped", 0)
+        self.lr_scale = meta.get("lr_scale", 1.0)
         self.step = meta["step"]
-        _truncate_log(self.out / runs.TRAIN_LOG, self.step)
+        logs.truncate_log(self.out / runs.TRAIN_LOG, self.step)
+        if self.snapshot_every:
+            from disvae import viz
+
+            viz.prune_training_frames(self.out, after_step=self.step)
         log.info("resumed %s at step %d", self.out, self.step)
 
     def save_final(self) -> None:
         tensors = ckpt.module_state("model", self.model)
         if self.disc is not None:
             tensors.update(ckpt.module_state("disc", self.disc))
-        ckpt.save_state(self.out / runs.MODEL, tensors, {"step": self.step})
+        try:
+            ckpt.save_state(self.out / runs.MODEL, tensors, {"step": self.step})
+            if self.snapshot_every:
+                from disvae import viz
+
+                viz.write_training_gif(self.out)
+        except OSError as e:
+            raise _disk_error(e, "final weights", self.out) from None
 
 
 # ---------------------------------------------------------------------- entry point
@@ -249,59 +349,43 @@ def train(
     from disvae.data import load_dataset
 
     out = Path(out).expanduser()
-    if not resume:
-        out = runs.prepare_out_dir(out, overwrite)
+    # Fail fast on bad values, before touching the disk or loading data (the dataset's default
+    # likelihood is not known yet; a scale alone implies a non-Bernoulli one).
+    C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+    if resume:
+        runs.read_config(out)  # a clear error when `out` is not a run
+    else:
+        runs.check_out_dir(out, overwrite)
     if data is None:
         data = load_dataset(cfg.data.name, cfg.data.path)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
-    trainer = Trainer(cfg, out, data)
-    if resume:
-        trainer.restore()
-    record = runs.config_record(cfg)
-    record["image_shape"] = list(data.image_shape)
-    record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
-    record["total_steps"] = trainer.total_steps
-    atomic_write_json(out / runs.CONFIG, record)
-    log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
-    trainer.run(progress)
+    with runs.RunLock(out, create=not resume):
+        if not resume:
+            runs.prepare_out_dir(out, overwrite)
+        trainer = Trainer(cfg, out, data)
+        if resume:
+            trainer.restore()
+        record = runs.config_record(cfg)
+        record["image_shape"] = list(data.image_shape)
+        record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
+        record["total_steps"] = trainer.total_steps
+        atomic_write_json(out / runs.CONFIG, record)
+        log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
+        trainer.run(progress)
     return out
+
+
+def _disk_error(e: OSError, what: str, out: Path) -> UserError:
+    return UserError(
+        f"could not write the {what} in {str(out)!r}: {e.strerror or e}; the previous checkpoint "
+        f"is intact: free space and continue with --resume {out}"
+    )
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _tensorboard(out: Path, purge_step: int | None) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboard is a dependency
-        return _NullWriter()
-    return SummaryWriter(log_dir=str(out), purge_step=purge_step)
-
-
-class _NullWriter:  # pragma: no cover
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _postfix(record: dict[str, Any]) -> dict[str, str]:
-    keys = ("loss", "recon", "kl", "tc", "capacity", "disc_acc", "img_per_s")
-    return {k.replace("img_per_s", "img/s"): f"{record[k]:.4g}" for k in keys if k in record}
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a resume starts from)."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    if len(kept) != len(lines):
-        path.write_text("".join(kept))
 
 
 @contextmanager

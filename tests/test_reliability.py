@@ -1,0 +1,238 @@
+"""Faults: NaN batches and gradients, full disks, a second trainer, torn files, random input."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import string
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from disvae import config as C
+from disvae import runs
+from disvae.errors import DataError, UserError
+from disvae.training import checkpoint as ckpt
+from disvae.training import train
+from disvae.training.loop import NonFiniteError, Trainer
+
+FAST = ["dataset=dsprites_tiny", "batch_size=16", "log_every=5", "lr=1e-3"]
+
+
+def _cfg(*extra: str) -> C.RunConfig:
+    return C.apply_overrides(C.RunConfig(), ["loss=betaH", *FAST, *extra])
+
+
+class _PoisonedBatches:
+    """Wrap a dataset so that the batches of chosen calls come out as NaN."""
+
+    def __init__(self, data, bad_calls):
+        self.data, self.bad_calls, self.calls = data, bad_calls, 0
+        self._batch = data.batch
+        data.batch = self.batch
+
+    def batch(self, index):
+        x = self._batch(index)
+        self.calls += 1
+        return torch.full_like(x, float("nan")) if self.bad_calls(self.calls) else x
+
+
+def _all_checkpoints_finite(run):
+    found = ckpt.list_checkpoints(run / runs.CHECKPOINTS)
+    assert found
+    for _, path in found:
+        tensors, _ = ckpt.load_state(path)
+        for name, t in tensors.items():
+            if name.startswith("model.") and t.is_floating_point():
+                assert torch.isfinite(t).all(), (path, name)
+
+
+def test_a_nan_batch_is_skipped_and_never_saved(tiny_data, tmp_path):
+    _PoisonedBatches(tiny_data, lambda call: call in (3, 11))
+    run = train(_cfg("steps=20", "checkpoint_every=4"), tmp_path / "r", data=tiny_data,
+                progress=False)  # fmt: skip
+    log = [json.loads(x) for x in (run / runs.TRAIN_LOG).read_text().splitlines()]
+    assert sum(r["skipped"] for r in log) == 2
+    assert all(np.isfinite(r["loss"]) for r in log)
+    _all_checkpoints_finite(run)
+    model, _ = runs.load_run(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_nan_gradient_is_skipped(tiny_data, tmp_path):
+    cfg = C.resolve(_cfg("steps=12", "checkpoint_every=3"))
+    out = runs.prepare_out_dir(tmp_path / "g", overwrite=False)
+    trainer = Trainer(cfg, out, tiny_data)
+    weight = trainer.model.decoder[0].weight
+    weight.register_hook(lambda g: torch.full_like(g, float("nan")) if trainer.step == 5 else g)
+    before = {}
+
+    def record(module, args):
+        if trainer.step == 5:
+            before["w"] = weight.detach().clone()
+
+    trainer.model.register_forward_pre_hook(record)
+    trainer.run(progress=False)
+    assert trainer.bad_term == "gradient"
+    _all_checkpoints_finite(out)
+
+
+def test_persistent_nans_roll_back_then_stop_naming_step_and_term(tiny_data, tmp_path):
+    _PoisonedBatches(tiny_data, lambda call: call >= 12)
+    cfg = _cfg("steps=60", "checkpoint_every=5", "nan_patience=3", "nan_rollbacks=2")
+    with pytest.raises(NonFiniteError, match=r"'recon' was not finite .* at step \d+, after 2 "):
+        train(cfg, tmp_path / "p", data=tiny_data, progress=False)
+    _all_checkpoints_finite(tmp_path / "p")
+    steps = [json.loads(x)["step"] for x in (tmp_path / "p" / runs.TRAIN_LOG).read_text().split("\n") if x]  # noqa: E501
+    assert steps == sorted(set(steps))  # rollbacks left no duplicated log steps
+
+
+def test_rollback_lowers_the_learning_rate_and_recovers(tiny_data, tmp_path):
+    # NaN for a burst of calls only: the rollback replays the same batches, which are fine now.
+    poison = _PoisonedBatches(tiny_data, lambda call: 12 <= call < 15)
+    cfg = _cfg("steps=30", "checkpoint_every=5", "nan_patience=3", "nan_lr_factor=0.5")
+    run = train(cfg, tmp_path / "q", data=tiny_data, progress=False)
+    assert poison.calls > 30  # batches were drawn again after the rollback
+    last = json.loads((run / runs.TRAIN_LOG).read_text().splitlines()[-1])
+    assert last["lr"] == pytest.approx(1e-3 * 0.5) and last["step"] == 30
+    _all_checkpoints_finite(run)
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_one(tiny_data, tmp_path, monkeypatch):
+    real = ckpt.save_state
+    calls = {"n": 0}
+
+    def full_disk(path, tensors, meta):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step-0, step-5, then the disk is full
+            path.with_suffix(".partial").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, tensors, meta)
+
+    monkeypatch.setattr(ckpt, "save_state", full_disk)
+    with pytest.raises(UserError, match="No space left on device; the previous checkpoint is"):
+        train(_cfg("steps=20", "checkpoint_every=5"), tmp_path / "d", data=tiny_data,
+              progress=False)  # fmt: skip
+    tensors, meta, path = ckpt.load_latest(tmp_path / "d" / runs.CHECKPOINTS)
+    assert meta["step"] == 5 and not (tmp_path / "d" / runs.MODEL).exists()
+
+
+def test_a_second_trainer_is_refused(tiny_data, tmp_path):
+    run = tmp_path / "locked"
+    with runs.RunLock(run, create=True):
+        with pytest.raises(UserError, match="in use by another disvae process"):
+            train(_cfg("steps=2"), run, data=tiny_data, progress=False)
+    train(_cfg("steps=2"), run, data=tiny_data, progress=False)  # free again
+    assert (run / runs.MODEL).is_file()
+
+
+def test_a_failed_start_leaves_no_directory(tiny_data, tmp_path):
+    with pytest.raises(UserError):
+        train(_cfg("steps=2", "batch_size=100000"), tmp_path / "new", data=tiny_data)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tiny_data, tmp_path):
+    run = train(_cfg("steps=10", "checkpoint_every=5"), tmp_path / "t", data=tiny_data,
+                progress=False)  # fmt: skip
+    with open(run / runs.TRAIN_LOG, "a") as f:
+        f.write('{"step": 15, "loss": 3')  # killed mid-write
+    cfg = C.apply_overrides(runs.read_config(run), ["steps=15"])
+    train(cfg, run, data=tiny_data, resume=True, progress=False)
+    steps = [json.loads(x)["step"] for x in (run / runs.TRAIN_LOG).read_text().splitlines()]
+    assert steps == [5, 10, 15]
+
+
+# ---------------------------------------------------------------------- property-based
+
+_FAST = settings(max_examples=60, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=8))  # fmt: skip
+_keys = st.sampled_from(
+    ["name", "path", "lr", "steps", "beta", "latent_dim", "batch_size", "sampling", "rec_dist",
+     "val_fraction", "epochs", "c_steps", "bogus", "reg_anneal", "nan_lr_factor"]
+)  # fmt: skip
+_sections = st.dictionaries(
+    st.sampled_from(["data", "model", "loss", "train", "other"]),
+    st.one_of(st.dictionaries(_keys, _scalars, max_size=4), _scalars),
+    max_size=4,
+)
+
+
+@_FAST
+@given(_sections)
+def test_random_config_tables_give_user_errors_only(d):
+    try:
+        C.resolve(C.from_dict(d))
+    except UserError:
+        pass
+
+
+@_FAST
+@given(st.lists(st.text(alphabet=string.printable, max_size=20), max_size=4))
+def test_random_set_overrides_give_user_errors_only(items):
+    try:
+        C.resolve(C.apply_overrides(C.RunConfig(), items))
+    except UserError:
+        pass
+
+
+@_FAST
+@given(st.binary(max_size=400))
+def test_random_toml_files_give_user_errors_only(tmp_path, data):
+    path = tmp_path / "c.toml"
+    path.write_bytes(data)
+    try:
+        C.load_file(path)
+    except UserError:
+        pass
+
+
+@_FAST
+@given(st.binary(max_size=300), st.integers(0, 4000))
+def test_random_or_truncated_checkpoints_give_checkpoint_errors_only(tmp_path, junk, cut):
+    good = tmp_path / "good.safetensors"
+    if not good.exists():
+        ckpt.save_state(good, {"model.w": torch.arange(300.0)}, {"step": 1})
+    whole = good.read_bytes()
+    cut %= len(whole)  # strictly shorter than the good file
+    for blob in (junk, whole[:cut], whole[:cut] + junk):
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(blob)
+        with pytest.raises(ckpt.CheckpointError):
+            ckpt.load_state(bad)
+
+
+@_FAST
+@given(st.binary(max_size=300))
+def test_random_config_json_gives_user_errors_only(tmp_path, data):
+    (tmp_path / runs.CONFIG).write_bytes(data)
+    try:
+        runs.read_config(tmp_path)
+    except UserError:
+        pass
+
+
+@_FAST
+@given(st.binary(max_size=400), st.integers(0, 2000))
+def test_random_or_truncated_npz_give_data_errors_only(tmp_path, junk, cut):
+    from disvae.data.dsprites import load_dsprites
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        arr = io.BytesIO()
+        np.save(arr, np.zeros((4, 64, 64), np.uint8))
+        zf.writestr("imgs.npy", arr.getvalue())
+        zf.writestr("latents_classes.npy", junk)
+        zf.writestr("latents_values.npy", junk)
+    for blob in (junk, buf.getvalue()[:cut], buf.getvalue()):
+        path = tmp_path / "d.npz"
+        path.write_bytes(blob)
+        with pytest.raises(DataError):
+            load_dsprites(str(path))
