@@ -1,0 +1,74 @@
+"""`disvae report`: one self-contained HTML file per run, or one comparing several runs.
+
+Images and GIFs are inlined as data URIs and the stylesheet and script are inlined too, so
+the file opens from disk in any browser with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from disvae.errors import UserError
+from disvae.report.content import ReportOptions, RunContent, check_run_dir, run_content
+from disvae.report.html import compare_page, single_page
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+
+__all__ = ["REPORT", "ReportOptions", "RunContent", "build_report", "render_report"]
+
+
+def render_report(
+    run_dirs: Sequence[str | Path],
+    options: ReportOptions | None = None,
+    *,
+    data: Any = None,
+) -> str:
+    """The HTML text of the report of one run, or of the comparison of several.
+
+    Args:
+        run_dirs: one or more run directories (finished or still training).
+        options: sizes of the embedded figures.
+        data: an `ArrayDataset` to use for every run instead of loading each run's dataset.
+    """
+    from disvae.viz.plots import open_run
+
+    if not run_dirs:
+        raise UserError("pass at least one run directory")
+    opts = options or ReportOptions()
+    paths = [Path(p) for p in run_dirs]
+    for p in paths:
+        check_run_dir(p)
+    single = len(paths) == 1
+    contents = []
+    for p in paths:
+        log.info("collecting %s", p)
+        contents.append(run_content(open_run(p, data=data), opts, explorer=single))
+    return single_page(contents[0]) if single else compare_page(contents)
+
+
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    options: ReportOptions | None = None,
+    *,
+    data: Any = None,
+) -> Path:
+    """Write the report to ``out`` (default ``RUN/report.html`` for one run,
+    ``compare.html`` in the working directory for several) and return its path."""
+    html = render_report(run_dirs, options, data=data)
+    if out is None:
+        out = Path(run_dirs[0]) / REPORT if len(run_dirs) == 1 else Path("compare.html")
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        raise UserError(f"cannot write the report to {str(out)!r}: {e.strerror}") from None
+    return out

@@ -1,0 +1,206 @@
+"""What a report shows about one run, as data: figures as data URIs, tables as rows.
+
+Everything a page embeds is computed here from a `disvae.viz.RunView`; the HTML is written by
+`disvae.report.html`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from disvae import runs
+from disvae.errors import UserError
+from disvae.viz import curves, gifs, reconstructions
+from disvae.viz import images as I
+from disvae.viz import traversal as T
+from disvae.viz.plots import RunView
+
+METRICS = "metrics.json"
+EXPLORER_STEPS = 21  # slider positions per latent
+EXPLORER_IMAGES = 5  # posterior starting images (plus the prior mean)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Sizes of what the report embeds."""
+
+    n_cols: int = 7
+    max_traversal: float = 2.0
+    n_frames: int = 20
+    explorer_steps: int = EXPLORER_STEPS
+    explorer_images: int = EXPLORER_IMAGES
+    seed: int = 0
+
+
+@dataclass
+class RunContent:
+    """The embedded content of one run (data URIs are ``data:image/...;base64,...``)."""
+
+    name: str
+    facts: list[tuple[str, str]]
+    record: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    figures: dict[str, str] = field(default_factory=dict)
+    gifs: dict[str, str] = field(default_factory=dict)
+    kl: list[float] | None = None
+    explorer: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def data_uri(payload: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+def png_uri(picture: np.ndarray) -> str:
+    return data_uri(I.png_bytes(picture), "image/png")
+
+
+def posterize(picture: np.ndarray, levels: int = 32) -> np.ndarray:
+    """A uint8 picture reduced to ``levels`` values per channel: embedded GIFs and sprite
+    sheets compress several times better, with no visible loss at the sizes shown."""
+    step = 256 // levels
+    return (picture // step * step + step // 2).astype(np.uint8)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dict to ``[("a.b", value), ...]`` (lists kept as values)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.extend(flatten(v, key + ".") if isinstance(v, dict) else [(key, v)])
+    return out
+
+
+def read_metrics(run_dir) -> dict[str, Any] | None:
+    """``RUN/metrics.json`` (written by `disvae evaluate` metrics) if present and readable."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) else None
+
+
+def _facts(view: RunView) -> list[tuple[str, str]]:
+    rec = view.record
+    total = rec.get("total_steps")
+    status = "finished" if (view.run_dir / runs.MODEL).is_file() else "training (checkpoint)"
+    return [
+        ("dataset", str(rec.get("data", {}).get("name"))),
+        ("objective", str(rec.get("loss", {}).get("name"))),
+        ("latent dims", str(view.model.latent_dim)),
+        ("image shape", "×".join(str(s) for s in rec.get("image_shape", []))),
+        ("step", f"{view.step} / {total}" if total else str(view.step)),
+        ("status", status),
+        ("train / val images", f"{rec.get('n_train')} / {rec.get('n_val')}"),
+        ("git commit", str(rec.get("git_commit") or "unknown")),
+    ]
+
+
+def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> RunContent:
+    """Every figure and table of one run's report."""
+    c = RunContent(view.name, _facts(view), view.record, read_metrics(view.run_dir))
+    m, cols = view.model, opts.n_cols
+    records = view.train_log()
+    if records:
+        c.figures["losses"] = png_uri(curves.figure_to_array(curves.loss_curves(records)))
+    else:
+        c.notes.append("No logged training steps yet.")
+    if view.kl is not None:
+        c.kl = [float(v) for v in view.kl]
+        fig = curves.kl_bars(view.kl, f"KL per latent dimension ({view.kl_source})")
+        c.figures["kl"] = png_uri(curves.figure_to_array(fig))
+    c.figures["samples"] = png_uri(
+        reconstructions.samples(m, n_rows=3, n_cols=cols, seed=opts.seed)
+    )
+    c.figures["traversals"] = png_uri(
+        T.traversals(m, kl=view.kl, n_cols=cols, max_traversal=opts.max_traversal)
+    )
+    bases = reconstructions.prior_codes(m.latent_dim, cols, opts.seed)
+    if view.data is not None:
+        x = view.images(n=max(2 * cols, opts.explorer_images), seed=opts.seed)
+        c.figures["reconstruct"] = png_uri(
+            reconstructions.reconstruct(m, x[: 2 * cols], n_cols=cols)
+        )
+        mu = T.encode(m, x[:1])[0][0]
+        c.figures["traversals_posterior"] = png_uri(
+            T.traversals(
+                m,
+                base=mu,
+                kl=view.kl,
+                n_cols=cols,
+                max_traversal=opts.max_traversal,
+                reference=[("original", x[:1])],
+            )
+        )
+        bases = T.encode(m, x[:cols])[0]
+    else:
+        c.notes.append("The dataset could not be loaded: no reconstructions or posteriors.")
+    grid, _ = gifs.traversal_gifs(
+        m, bases[:5], kl=view.kl, n_frames=opts.n_frames, max_traversal=opts.max_traversal
+    )
+    # Only the grid GIF (it holds every latent's row; `disvae plot` writes one file per latent).
+    c.gifs["all"] = data_uri(I.gif_bytes([posterize(f) for f in grid]), "image/gif")
+    training_gif = view.run_dir / gifs.TRAINING_GIF
+    if training_gif.is_file():
+        c.gifs["training"] = data_uri(training_gif.read_bytes(), "image/gif")
+    if explorer:
+        c.explorer = explorer_data(view, opts)
+    return c
+
+
+def explorer_data(view: RunView, opts: ReportOptions) -> dict[str, Any]:
+    """Precomputed decodes for the latent explorer (format in `disvae.report.assets`).
+
+    For each base code (the prior mean, then posterior means of validation images) one sprite
+    sheet: row r = latent ``dims[r]`` (largest KL first); column 0 the base's decode, column
+    1 + s the decode with that latent set to ``values[s]``.
+    """
+    m = view.model
+    dims = T.kl_order(view.kl, m.latent_dim)
+    values = T.traversal_values(opts.max_traversal, opts.explorer_steps)
+    codes = [("prior mean (z = 0)", np.zeros(m.latent_dim, np.float32), None)]
+    if view.data is not None:
+        x = view.images(n=opts.explorer_images, seed=opts.seed + 1)
+        mus = T.encode(m, x)[0]
+        codes += [(f"image {i + 1} (posterior mean)", mus[i], x[i]) for i in range(len(x))]
+    bases = []
+    for label, code, thumb in codes:
+        imgs = T.traversal_images(
+            m, code, dims=dims, n_cols=len(values), max_traversal=opts.max_traversal
+        )
+        own = T.decode(m, code[None])
+        sheet = np.concatenate([np.repeat(own[None], len(dims), axis=0), imgs], axis=1)
+        sprite = I.make_grid(sheet.reshape(-1, *sheet.shape[2:]), sheet.shape[1], pad=0)
+        sprite = posterize(sprite)
+        shown = own[0] if thumb is None else thumb
+        bases.append(
+            {
+                "label": label,
+                "code": [float(v) for v in code],
+                "sprite": png_uri(sprite),
+                "thumb": png_uri(I.make_grid(shown[None], 1, pad=0)),
+            }
+        )
+    kl = view.kl if view.kl is not None else np.zeros(m.latent_dim)
+    return {
+        "cell": list(sheet.shape[-2:]),
+        "values": [float(v) for v in values],
+        "dims": [int(d) for d in dims],
+        "kl": [float(kl[d]) for d in dims],
+        "bases": bases,
+    }
+
+
+def check_run_dir(path) -> None:
+    """Refuse anything that is not a run directory, with one line."""
+    if not path.is_dir():
+        raise UserError(f"{str(path)!r} is not a directory; pass a run directory")
+    runs.read_config(path)

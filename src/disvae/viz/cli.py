@@ -1,0 +1,202 @@
+"""The `disvae plot` and `disvae report` subcommands (wired into `disvae.cli` by the lead).
+
+Each ``add_*_parser(subparsers)`` adds its subcommand and sets ``func`` to a command taking the
+parsed ``args`` and returning an exit code. Bad input raises `disvae.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from disvae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_PLOT_HELP = (
+    "samples: decodes of prior samples. data-samples: dataset images. reconstruct: originals "
+    "above their reconstructions. traversals: one row per latent (largest KL first, KL printed), "
+    "around the prior mean or, with --posterior, the posterior of an image. "
+    "reconstruct-traverse: originals, reconstructions, then traversals. gif-traversals: an "
+    "animated GIF per latent and a grid GIF of all. kl: per-dimension KL bars. losses: every "
+    "logged term against step. all: every plot."
+)
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
+    p.add_argument("--data-path", help="where the dataset is, if not where training found it")
+
+
+def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``disvae plot RUN PLOT... [options]``."""
+    from disvae.viz.plots import PLOTS
+
+    p = subparsers.add_parser(
+        "plot",
+        help="figures of a run (PNG, GIF) into RUN/plots/",
+        description="Write figures of RUN (finished, or still training: its newest checkpoint) "
+        "into RUN/plots/. " + _PLOT_HELP,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="a run directory written by `disvae train`")
+    p.add_argument("plots", nargs="+", metavar="PLOT", help=f"{' | '.join(PLOTS)} | all")
+    p.add_argument(
+        "-r",
+        "--rows",
+        type=_int_at_least(1),
+        default=None,
+        help="latents in traversals (default all) / rows of image grids (6)",
+    )
+    p.add_argument(
+        "-c",
+        "--cols",
+        type=_int_at_least(1),
+        default=7,
+        help="images per row / values per traversal",
+    )
+    p.add_argument(
+        "-i",
+        "--idcs",
+        type=_int_at_least(0),
+        nargs="+",
+        default=[],
+        help="dataset indices of the images to show or traverse around (default: "
+        "random validation images); the first is the traversal base",
+    )
+    p.add_argument(
+        "-u",
+        "--upsample",
+        type=_int_at_least(1),
+        default=1,
+        help="enlarge images by this integer factor",
+    )
+    p.add_argument("-s", "--seed", type=int, default=0, help="seed of samples and image choice")
+    p.add_argument("--n-steps", type=_int_at_least(2), default=40, help="frames per GIF loop")
+    p.add_argument(
+        "-t",
+        "--max-traversal",
+        type=_positive_float,
+        default=2.0,
+        help="traversal half-range; below 0.5 a quantile of the prior (0.05 -> ±1.645)",
+    )
+    p.add_argument(
+        "--posterior",
+        action="store_true",
+        help="traverse around the posterior mean of an image, not the prior mean",
+    )
+    p.add_argument("-o", "--out-dir", help="where to write the files (default RUN/plots)")
+    _common(p)
+    p.set_defaults(func=cmd_plot)
+    return p
+
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``disvae report RUN [RUN...] [-o FILE]``."""
+    p = subparsers.add_parser(
+        "report",
+        help="a self-contained HTML report of one run, or several side by side",
+        description="Write one HTML file (images inlined; opens offline in any browser): for "
+        "one RUN, RUN/report.html with config, losses, KL, metrics, reconstructions, samples, "
+        "traversals, GIFs and a latent explorer; for several, a comparison page.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument(
+        "-o", "--out", help="output file (default RUN/report.html; compare.html for several runs)"
+    )
+    p.add_argument("-c", "--cols", type=_int_at_least(1), default=7, help="images per row")
+    p.add_argument(
+        "-t",
+        "--max-traversal",
+        type=_positive_float,
+        default=2.0,
+        help="traversal and slider half-range; below 0.5 a prior quantile",
+    )
+    p.add_argument(
+        "--slider-steps",
+        type=_int_at_least(2),
+        default=21,
+        help="precomputed positions per explorer slider",
+    )
+    p.add_argument("-s", "--seed", type=int, default=0, help="seed of samples and image choice")
+    _common(p)
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def _data_for(run: str, data_path: str | None):
+    """The run's dataset loaded from ``--data-path`` (None: let the run find its own)."""
+    if data_path is None:
+        return None
+    from disvae import runs
+    from disvae.data import load_dataset
+
+    return load_dataset(runs.read_config(run).data.name, data_path)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from disvae.viz.plots import PlotOptions, plot_run
+
+    opts = PlotOptions(
+        rows=args.rows,
+        cols=args.cols,
+        idcs=tuple(args.idcs),
+        upsample=args.upsample,
+        seed=args.seed,
+        n_steps=args.n_steps,
+        max_traversal=args.max_traversal,
+        posterior=args.posterior,
+    )
+    paths = plot_run(
+        args.run, args.plots, opts, out_dir=args.out_dir, data=_data_for(args.run, args.data_path)
+    )
+    if not paths:
+        raise UserError("no plot could be made; see the warnings above")
+    if not args.quiet:
+        folder = paths[0].parent if len(paths) == 1 else paths[0].parent
+        print(f"wrote {len(paths)} file(s) into {folder}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from disvae.report import ReportOptions, build_report
+
+    if args.data_path is not None and len(args.runs) > 1:
+        raise UserError("--data-path applies to one run; leave it out when comparing runs")
+    opts = ReportOptions(
+        n_cols=args.cols,
+        max_traversal=args.max_traversal,
+        explorer_steps=args.slider_steps,
+        seed=args.seed,
+    )
+    data = _data_for(args.runs[0], args.data_path)
+    path = build_report(args.runs, args.out, opts, data=data)
+    if not args.quiet:
+        size = path.stat().st_size / 1e6
+        print(f"wrote {path} ({size:.1f} MB)")
+    return 0

@@ -1,0 +1,118 @@
+"""Loss curves and per-dimension KL bars as matplotlib Figures (no pyplot global state).
+
+Figures are built with `matplotlib.figure.Figure` and rendered with the Agg canvas, so using
+these functions never changes the backend of a user's notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Keys of a train-log record that are not plotted against the step.
+_NOT_TERMS = {"step", "epoch"}
+
+
+def read_train_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``train_log.jsonl`` (a torn last line, mid-write, is skipped)."""
+    records = []
+    path = Path(path)
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+    return records
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """Render a Figure with Agg: uint8 RGB picture ``(H, W, 3)``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def loss_terms(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of the logged terms in first-seen order (numbers or lists of numbers)."""
+    names: list[str] = []
+    for rec in records:
+        for k, v in rec.items():
+            if k in _NOT_TERMS or k in names:
+                continue
+            if isinstance(v, (int, float)) or (isinstance(v, list) and v):
+                names.append(k)
+    return names
+
+
+def loss_curves(records: Sequence[Mapping[str, Any]], title: str = ""):
+    """Every logged term against step, one panel per term (``kl_per_dim``: a line per dim).
+
+    Args:
+        records: train-log records (dicts with ``step`` and the terms).
+
+    Returns:
+        a `matplotlib.figure.Figure`.
+    """
+    names = loss_terms(records)
+    n_cols = 3
+    n_rows = max(1, -(-len(names) // n_cols))
+    fig = _figure(4.0 * n_cols, 2.6 * n_rows)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        pts = [(r["step"], r[name]) for r in records if name in r]
+        steps = np.array([p[0] for p in pts])
+        if isinstance(pts[0][1], list):
+            values = np.array([p[1] for p in pts if len(p[1]) == len(pts[0][1])], dtype=float)
+            for d in range(values.shape[1]):
+                ax.plot(steps[: len(values)], values[:, d], lw=1, label=f"z{d}")
+            if values.shape[1] <= 12:
+                ax.legend(fontsize=6, ncol=2)
+        else:
+            ax.plot(steps, np.array([p[1] for p in pts], dtype=float), lw=1.2)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def kl_bars(kl: Sequence[float], title: str = "KL per latent dimension"):
+    """Bars of the per-dimension KL (nats), sorted largest first, labelled z<index>.
+
+    Args:
+        kl: per-dimension KL, shape (D,).
+
+    Returns:
+        a `matplotlib.figure.Figure`.
+    """
+    kl = np.asarray(kl, dtype=float)
+    order = np.argsort(-kl, kind="stable")
+    fig = _figure(max(4.0, 0.45 * len(kl) + 1.5), 3.0)
+    ax = fig.subplots()
+    bars = ax.bar(range(len(kl)), kl[order], color="#3b6ea8")
+    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(kl)), [f"z{d}" for d in order], fontsize=8)
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(y=0.15)
+    return fig

@@ -1,0 +1,233 @@
+"""Figures: shapes and value ranges, traversals that see which latents are used, GIFs, the
+training-GIF frame store, and `disvae plot` on finished, training and RGB runs."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from disvae import config as C
+from disvae import runs, viz
+from disvae.data import ArrayDataset, DatasetInfo
+from disvae.errors import UserError
+from disvae.models import build_model
+from disvae.models.vae import VAE
+from disvae.training import checkpoint as ckpt
+from disvae.viz.cli import add_plot_parser
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _OneLatentDecoder(nn.Module):
+    """Logits that depend on z[:, 0] only: a bright square whose brightness follows z0."""
+
+    def __init__(self, channels: int, size: int = 16) -> None:
+        super().__init__()
+        pattern = torch.zeros(channels, size, size)
+        pattern[:, 4:12, 4:12] = 1.0
+        self.register_buffer("pattern", pattern)
+        self.scale = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.scale * z[:, :1, None, None] * self.pattern - 1.0
+
+
+def one_latent_model(channels: int = 1, latent_dim: int = 4, size: int = 16) -> VAE:
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 2 * latent_dim))
+    return VAE(encoder, _OneLatentDecoder(channels, size), latent_dim).eval()
+
+
+def make_run(
+    path: Path, dataset: str = "dsprites_tiny", image_shape=(1, 64, 64), latent_dim: int = 4,
+    finished: bool = True, decoder_gain: float = 1.0,
+) -> Path:  # fmt: skip
+    """A run directory with random weights (final, or a checkpoint only) and a short log.
+
+    ``decoder_gain`` scales the decoder's weights, so that its images vary visibly."""
+    cfg = C.apply_overrides(C.RunConfig(), [f"dataset={dataset}", f"latent_dim={latent_dim}"])
+    path.mkdir(parents=True)
+    record = runs.config_record(cfg)
+    record.update(image_shape=list(image_shape), n_train=100, n_val=10, total_steps=20)
+    (path / runs.CONFIG).write_text(json.dumps(record))
+    torch.manual_seed(0)
+    model = build_model(cfg.model.arch, tuple(image_shape), latent_dim)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(decoder_gain)
+    tensors = ckpt.module_state("model", model)
+    if finished:
+        ckpt.save_state(path / runs.MODEL, tensors, {"step": 20})
+    else:
+        (path / runs.CHECKPOINTS).mkdir()
+        ckpt.save_state(ckpt.checkpoint_path(path / runs.CHECKPOINTS, 10), tensors, {"step": 10})
+    lines = [{"step": s, "epoch": 0, "loss": 100.0 / s, "recon": 90.0 / s, "kl": 1.0 + s,
+              "kl_per_dim": [0.1 * s] * latent_dim, "lr": 1e-3}
+             for s in (5, 10, 15, 20)]  # fmt: skip
+    (path / runs.TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def rgb_data(n: int = 64, size: int = 64) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    return ArrayDataset(images, DatasetInfo("rgb_test", (3, size, size)), packed=False)
+
+
+def _check_picture(pic: np.ndarray, channels: int) -> None:
+    assert pic.dtype == np.uint8 and pic.ndim == 3 and pic.shape[2] == channels
+    assert pic.min() >= 0 and pic.max() <= 255 and pic.std() > 0
+
+
+# ---------------------------------------------------------------------- traversals
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_traversal_rows_see_which_latent_is_used(channels):
+    model = one_latent_model(channels)
+    imgs = viz.traversal_images(model, n_cols=5, max_traversal=2.0)
+    assert imgs.shape == (4, 5, channels, 16, 16) and imgs.dtype == np.float32
+    assert 0.0 <= imgs.min() and imgs.max() <= 1.0
+    spread = imgs.max(axis=1) - imgs.min(axis=1)  # over the traversal values
+    assert spread[0].max() > 0.5, "the used latent's row must change"
+    assert np.all(spread[1:] == 0), "an unused latent's row must be constant"
+
+
+def test_traversal_grid_is_sorted_by_kl_and_labelled():
+    model = one_latent_model(3)
+    kl = np.array([0.1, 0.0, 3.0, 0.0])
+    pic = viz.traversals(model, kl=kl, n_rows=2, n_cols=5, upsample=2)
+    _check_picture(pic, 3)
+    cell = (16 + 2) * 2  # a 16-pixel image plus 2 of padding, upsampled twice
+    assert pic.shape[0] == 2 * cell + 4
+    grid = pic[:, -(5 * cell + 4) :]
+    centres = lambda r: grid[4 + r * cell + 16, [4 + k * cell + 16 for k in range(5)]]  # noqa: E731
+    # Rows are z2 (largest KL; ignored by the decoder, so constant), then z0 (used: varies).
+    assert np.ptp(centres(0).astype(int), axis=0).max() == 0
+    assert np.ptp(centres(1).astype(int), axis=0).max() > 100
+    left = pic[:, : pic.shape[1] - grid.shape[1]]
+    assert (left < 128).any(), "the KL labels are drawn"
+
+
+def test_traversal_range_quantile_and_absolute():
+    assert viz.traversal_range(0.05) == pytest.approx(1.6449, abs=1e-3)
+    assert viz.traversal_range(2.0) == 2.0
+    np.testing.assert_allclose(viz.traversal_values(3.0, 3), [-3, 0, 3])
+    with pytest.raises(ValueError):
+        viz.traversal_range(0.0)
+
+
+# ---------------------------------------------------------------------- other figures
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_samples_data_and_reconstructions_shapes(channels):
+    model = one_latent_model(channels)
+    pic = viz.samples(model, n_rows=2, n_cols=3, upsample=2)
+    assert pic.shape == (2 * 36 + 4, 3 * 36 + 4, channels)
+    _check_picture(pic, channels)
+    x = np.random.default_rng(0).random((5, channels, 16, 16)).astype(np.float32)
+    data_pic = viz.data_samples(x, n_cols=3)
+    assert data_pic.shape == (2 * 18 + 2, 3 * 18 + 2, channels)
+    rec = viz.reconstruct(model, x, n_cols=3)
+    assert rec.shape[0] == 4 * 18 + 2  # two pairs of (data, recon) rows
+    _check_picture(rec, channels)
+
+
+def test_curves_and_kl_bars_render():
+    records = [{"step": s, "epoch": 0, "loss": 1.0 / s, "kl": 0.5, "kl_per_dim": [0.1, 0.2],
+                "tc": -0.1 * s} for s in (1, 2, 3)]  # fmt: skip
+    assert viz.curves.loss_terms(records) == ["loss", "kl", "kl_per_dim", "tc"]
+    fig = viz.loss_curves(records)
+    assert sum(ax.get_visible() for ax in fig.axes) == 4
+    pic = viz.figure_to_array(fig)
+    assert pic.dtype == np.uint8 and pic.shape[2] == 3 and pic.std() > 0
+    bars = viz.kl_bars([0.1, 2.0, 0.5])
+    assert [t.get_text() for t in bars.axes[0].get_xticklabels()] == ["z1", "z2", "z0"]
+    assert viz.figure_to_array(bars).shape[2] == 3
+
+
+# ---------------------------------------------------------------------- GIFs
+
+
+def test_traversal_gifs_have_the_requested_frames_and_loop():
+    model = one_latent_model(1)
+    bases = np.zeros((3, 4), np.float32)
+    grid, per = viz.traversal_gifs(model, bases, n_frames=12, max_traversal=2.0)
+    assert len(grid) == 12 and set(per) == {0, 1, 2, 3}
+    assert grid[0].shape == (4 * 18 + 2, 3 * 18 + 2, 1)
+    for frames in (grid, per[0]):
+        with Image.open(io.BytesIO(viz.gif_bytes(frames, fps=10))) as im:
+            assert im.n_frames == 12
+            assert im.info.get("loop") == 0
+    # -m .. m and back: the first and middle frames are the extremes, the animation is periodic.
+    assert not np.array_equal(per[0][0], per[0][6])
+    assert np.array_equal(per[0][3], per[0][9])
+
+
+def test_training_frames_assemble_into_a_gif(tmp_path):
+    model = one_latent_model(1)
+    for step in (0, 10, 20, 30):
+        model.decoder.scale.data.fill_(step / 10)
+        viz.append_training_frame(tmp_path, step, viz.training_snapshot(model, n_cols=5))
+    assert viz.prune_training_frames(tmp_path, after_step=20) == 1  # a resume from step 20
+    assert [s for s, _ in viz.training_frames(tmp_path)] == [0, 10, 20]
+    path = viz.write_training_gif(tmp_path, fps=4)
+    with Image.open(path) as im:
+        assert im.n_frames == 3 and im.info.get("loop") == 0
+    assert viz.write_training_gif(tmp_path / "nothing") is None
+
+
+# ---------------------------------------------------------------------- runs and the CLI
+
+
+def _plot(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_plot_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plot", *argv])
+    return args.func(args)
+
+
+def test_plot_all_on_a_training_run(tmp_path):
+    run = make_run(tmp_path / "r", finished=False)
+    assert _plot([str(run), "all", "--cols", "3", "--n-steps", "4", "-q"]) == 0
+    names = {p.name for p in (run / "plots").rglob("*") if p.is_file()}
+    expected = {"samples.png", "data-samples.png", "reconstruct.png", "traversals.png",
+                "reconstruct-traverse.png", "all.gif", "kl.png", "losses.png"}  # fmt: skip
+    assert expected <= names and {f"z{d}.gif" for d in range(4)} <= names
+    pic = viz.images.read_png(run / "plots" / "traversals.png")
+    assert pic.shape[2] == 1
+
+
+def test_plot_rgb_run_with_posterior_traversals(tmp_path):
+    run = make_run(tmp_path / "rgb", image_shape=(3, 64, 64))
+    paths = viz.plot_run(
+        run,
+        ["traversals", "reconstruct-traverse"],
+        viz.PlotOptions(cols=3, rows=2, posterior=True, idcs=(0, 5)),
+        data=rgb_data(),
+    )
+    assert {p.name for p in paths} == {"traversals_posterior.png",
+                                       "reconstruct-traverse_posterior.png"}  # fmt: skip
+    pic = viz.images.read_png(paths[1])
+    assert pic.shape[2] == 3 and pic.shape[0] == 4 * 66 + 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["{run}", "nonsense"], ["{run}", "data-samples", "--idcs", "99999"], ["{missing}", "samples"]],
+)
+def test_plot_bad_input_is_a_user_error(tmp_path, argv):
+    run = make_run(tmp_path / "r")
+    argv = [a.format(run=run, missing=tmp_path / "nope") for a in argv]
+    with pytest.raises(UserError):
+        _plot(argv)
+    with pytest.raises(UserError):
+        viz.PlotOptions(upsample=0)
