@@ -88,7 +88,11 @@ def test_persistent_nans_roll_back_then_stop_naming_step_and_term(tiny_data, tmp
     with pytest.raises(NonFiniteError, match=r"'recon' was not finite .* at step \d+, after 2 "):
         train(cfg, tmp_path / "p", data=tiny_data, progress=False)
     _all_checkpoints_finite(tmp_path / "p")
-    steps = [json.loads(x)["step"] for x in (tmp_path / "p" / runs.TRAIN_LOG).read_text().split("\n") if x]  # noqa: E501
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "p" / runs.TRAIN_LOG).read_text().split("\n")
+        if x
+    ]  # noqa: E501
     assert steps == sorted(set(steps))  # rollbacks left no duplicated log steps
 
 

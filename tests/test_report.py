@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from disvae.cli_viz import add_report_parser
 from disvae.errors import UserError
 from disvae.report import ReportOptions, build_report
 from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS
-from disvae.viz.cli import add_report_parser
 from disvae.viz.images import read_png
 from test_viz import make_run
 

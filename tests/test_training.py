@@ -105,3 +105,34 @@ def test_load_run_while_training_uses_the_latest_checkpoint(tiny_data, tmp_path)
     assert cfg.loss.name == "vae" and not final_model.training
     for p, q in zip(final_model.parameters(), ckpt_model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_training_gif_frames_every_n_steps_and_after_resume(tiny_data, tmp_path):
+    from PIL import Image
+
+    run = train(_cfg("vae", "steps=10", "checkpoint_every=5", "snapshot_every=5"),
+                tmp_path / "g", data=tiny_data, progress=False)  # fmt: skip
+    frames = sorted(p.name for p in (run / "training_frames").iterdir())
+    assert frames == ["step_00000000.png", "step_00000005.png", "step_00000010.png"]
+    with Image.open(run / "training.gif") as gif:
+        assert gif.n_frames >= 2 and gif.info.get("loop") == 0
+    cfg = C.apply_overrides(runs.read_config(run), ["steps=15"])
+    train(cfg, run, data=tiny_data, resume=True, progress=False)
+    assert len(list((run / "training_frames").iterdir())) == 4
+
+
+def test_metrics_during_training_are_logged_and_leave_training_unchanged(tiny_data, tmp_path):
+    base = ["steps=10", "log_every=5", "snapshot_every=0"]
+    plain = train(_cfg("betaH", *base), tmp_path / "a", data=tiny_data, progress=False)
+    cfg = _cfg("betaH", *base, "eval_every=5", "eval_metrics=unsupervised", "eval_samples=200")
+    evald = train(cfg, tmp_path / "b", data=tiny_data, progress=False)
+    log = _log(evald)
+    assert [r["step"] for r in log] == [5, 10]
+    assert all(any(k.startswith("metrics/unsupervised") for k in r) for r in log)
+    assert (plain / runs.MODEL).read_bytes() == (evald / runs.MODEL).read_bytes()
+    with pytest.raises(C.UserError, match="unknown metric 'nope'"):
+        train(_cfg("betaH", *base, "eval_every=5", "eval_metrics=nope"), tmp_path / "c",
+              data=tiny_data, progress=False)  # fmt: skip
+    with pytest.raises(C.UserError, match="needs ground-truth factors"):
+        train(_cfg("betaH", *base, "eval_every=5", "eval_metrics=mig"), tmp_path / "d",
+              data=tiny_data, progress=False)  # fmt: skip

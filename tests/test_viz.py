@@ -16,12 +16,12 @@ from torch import nn
 
 from disvae import config as C
 from disvae import runs, viz
+from disvae.cli_viz import add_plot_parser
 from disvae.data import ArrayDataset, DatasetInfo
 from disvae.errors import UserError
 from disvae.models import build_model
 from disvae.models.vae import VAE
 from disvae.training import checkpoint as ckpt
-from disvae.viz.cli import add_plot_parser
 
 # ---------------------------------------------------------------------- helpers
 
@@ -231,3 +231,10 @@ def test_plot_bad_input_is_a_user_error(tmp_path, argv):
         _plot(argv)
     with pytest.raises(UserError):
         viz.PlotOptions(upsample=0)
+
+
+def test_the_light_cli_module_names_every_plot():
+    from disvae import cli_viz
+    from disvae.viz.plots import PLOTS
+
+    assert cli_viz.PLOTS == PLOTS

@@ -27,11 +27,13 @@ FLAG_KEYS = {
     "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "train.lr", "seed": "train.seed", "device": "train.device",
     "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
-    "log_every": "train.log_every",
+    "log_every": "train.log_every", "snapshot_every": "train.snapshot_every",
+    "eval_every": "train.eval_every", "eval_metrics": "train.eval_metrics",
 }  # fmt: skip
 # What may change when a run is resumed (everything else would make it a different run).
 RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.log_every"}  # fmt: skip
+                  "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
+                  "train.eval_every", "train.eval_metrics"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -44,14 +46,18 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="disvae",
-        description="Train and evaluate disentangling VAEs (VAE, beta-VAE_H, beta-VAE_B, "
-        "FactorVAE, beta-TCVAE).",
+        description="Train, evaluate and look at disentangling VAEs (VAE, beta-VAE_H, "
+        "beta-VAE_B, FactorVAE, beta-TCVAE).",
         epilog="Run `disvae CMD --help` for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"disvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="CMD", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    from disvae.cli_viz import add_plot_parser, add_report_parser
+
+    add_plot_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -130,17 +136,44 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (5000)")
     g.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (3)")
     g.add_argument("--log-every", type=int, help="steps between log lines (100)")
+    g.add_argument(
+        "--snapshot-every",
+        type=int,
+        help="steps between frames of training.gif (default: 1%% of the steps; 0: none)",
+    )
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        help="steps between metrics computed during "
+        "training and logged with the losses (default 0: never)",
+    )
+    g.add_argument("--eval-metrics", help="metrics for --eval-every, comma-separated (mig)")
     p.set_defaults(func=cmd_train)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="losses of a run on its held-out split",
-        description="Compute the objective's terms (reconstruction, KL, per-dimension KL, ...) "
-        "over the whole held-out split of RUN; writes RUN/eval_losses.json.",
+        "evaluate", help="held-out losses or disentanglement metrics of a run",
+        description="Without --metrics: the objective's terms over the whole held-out split of "
+        "RUN, written to RUN/eval_losses.json. With --metrics: disentanglement metrics (see "
+        "docs/metrics.md), written to RUN/metrics.json and printed as a table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
     p.add_argument("run", help="a run directory written by `disvae train`")
+    p.add_argument(
+        "--metrics",
+        help="comma-separated metric names or 'all': mig, mig_chen, aam, sap, dci, modularity, "
+        "beta_vae, factor_vae, unsupervised",
+    )
+    p.add_argument(
+        "--n-samples", type=_positive_int, default=10_000,
+        help="training points of the metrics (MIG, SAP, DCI, modularity, β-VAE, FactorVAE, ...)",
+    )  # fmt: skip
+    p.add_argument("--n-test", type=_positive_int, default=5_000, help="test/evaluation points")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw of the metrics")
+    p.add_argument("--n-bins", type=_positive_int, default=20, help="bins of MIG and modularity")
+    p.add_argument("--dci-model", choices=("gbt", "lasso"), default="gbt", help="DCI regressor")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="images per forward")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--data-path", help="where the dataset is, if not where training found it")
@@ -245,7 +278,7 @@ def _print_summary(run: Path, seconds: float) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from disvae.evaluation import evaluate
+    from disvae.evaluation import evaluate, evaluate_metrics
 
     data = None
     if args.data_path:
@@ -253,6 +286,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from disvae.data import load_dataset
 
         data = load_dataset(runs.read_config(args.run).data.name, args.data_path)
+    if args.metrics:
+        bar = None
+        if not args.no_progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(desc="encode", unit="img", leave=False)
+
+        def progress(stage: str, n: int) -> None:
+            if bar is not None:
+                bar.set_description(stage)
+                bar.update(n)
+
+        try:
+            result = evaluate_metrics(
+                args.run, args.metrics, n_samples=args.n_samples, n_test=args.n_test,
+                seed=args.seed, n_bins=args.n_bins, dci_model=args.dci_model, data=data,
+                batch_size=args.batch_size, device=args.device, progress=progress,
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
+        print(_metrics_table(result))
+        print(f"written to {Path(args.run) / 'metrics.json'}")
+        return 0
     result = evaluate(args.run, data=data, batch_size=args.batch_size, device=args.device)
     print(
         f"held-out losses of {args.run} at step {result['step']} "
@@ -265,6 +322,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {k:<12} {v:.4f}")
     print(f"written to {Path(args.run) / 'eval_losses.json'}")
     return 0
+
+
+def _metrics_table(result: dict) -> str:
+    """The metrics of `evaluate_metrics` as an aligned two-column table with timings."""
+    from disvae.evaluation import flatten_metrics
+
+    p = result["protocol"]
+    lines = [
+        f"metrics at step {result['step']} ({p['n_train']} + {p['n_test']} points, seed "
+        f"{p['seed']}, {p['points_encoded']} images encoded, {p['total_seconds']}s):"
+    ]
+    for k, v in flatten_metrics(result["metrics"]).items():
+        secs = p["seconds"].get(k.split("/")[0], 0.0)
+        lines.append(f"  {k:<34} {v:8.4f}   ({secs:.1f}s)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- entry point

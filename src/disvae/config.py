@@ -80,6 +80,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 100
     snapshot_every: int | None = None  # training.gif frames; None: every 1% of training; 0: off
+    eval_every: int = 0  # steps between metrics computed during training (0: never)
+    eval_metrics: str = "mig"  # comma-separated names for eval_every
+    eval_samples: int = 2000  # points drawn for eval_every's metrics
     # Non-finite loss or gradient: the step is skipped; after `nan_patience` in a row the run
     # rolls back to its last checkpoint with the learning rate times `nan_lr_factor`, at most
     # `nan_rollbacks` times, then stops with a message naming the step and the term.
@@ -307,6 +310,7 @@ def _check_values(cfg: RunConfig) -> None:
         ("loss.lr_disc", L.lr_disc),
         ("train.nan_patience", T.nan_patience),
         ("train.nan_lr_factor", T.nan_lr_factor),
+        ("train.eval_samples", T.eval_samples),
     ]
     for key, value in _positive:
         if value is not None and not value > 0:
@@ -322,6 +326,7 @@ def _check_values(cfg: RunConfig) -> None:
         ("train.seed", T.seed),
         ("train.nan_rollbacks", T.nan_rollbacks),
         ("train.snapshot_every", T.snapshot_every),
+        ("train.eval_every", T.eval_every),
     ]
     for key, value in _nonneg:
         if value is not None and not value >= 0:

@@ -1,9 +1,10 @@
-"""Evaluate a run: the objective's terms on the whole held-out split."""
+"""Evaluate a run: the objective's terms on the held-out split, and disentanglement metrics."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,4 +98,201 @@ def evaluate(
         "losses": losses,
     }
     atomic_write_json(run_dir / runs.EVAL_LOSSES, result)
+    return result
+
+
+# ---------------------------------------------------------------------- disentanglement metrics
+
+METRICS_FILE = "metrics.json"
+
+
+def resolve_metric_names(names: Sequence[str] | str, has_factors: bool) -> list[str]:
+    """Expand ``all`` and check the names; `UserError` for unknown ones or missing factors."""
+    from disvae.metrics import METRICS
+
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise UserError("no metric given; choose from: all, " + ", ".join(METRICS.names()))
+    if "all" in names:
+        return [n for n in METRICS.names() if has_factors or not METRICS.get(n).needs_factors]
+    out = []
+    for n in names:
+        spec = METRICS.get(n)  # UserError listing the valid names
+        if spec.needs_factors and not has_factors:
+            raise UserError(f"metric {n!r} needs ground-truth factors, which this dataset lacks")
+        out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def make_encoder(model: torch.nn.Module, batch_size: int = 1000) -> Callable:
+    """``encode(images) -> (mu, logvar)`` as numpy (B, D): posterior parameters, inference mode."""
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def encode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        mus, lvs = [], []
+        for s in range(0, len(x), batch_size):
+            mu, lv = model.encode(x[s : s + batch_size].to(device))
+            mus.append(mu.float().cpu().numpy())
+            lvs.append(lv.float().cpu().numpy())
+        return np.concatenate(mus), np.concatenate(lvs)
+
+    return encode
+
+
+@torch.inference_mode()
+def _encode_points(
+    model: torch.nn.Module,
+    data: ArrayDataset,
+    index: np.ndarray,
+    rec: tuple[str, float | None] | None,
+    bs: int,
+    tick: Callable[[int], None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Posterior means, log-variances (N, D) and per-image reconstruction NLL (N,) of images."""
+    from disvae.losses.terms import reconstruction_nll
+
+    device = next(model.parameters()).device
+    mus, lvs, errs = [], [], []
+    for s in range(0, len(index), bs):
+        x = data.batch(torch.as_tensor(index[s : s + bs])).to(device)
+        mu, lv = model.encode(x)
+        mus.append(mu.float().cpu().numpy())
+        lvs.append(lv.float().cpu().numpy())
+        if rec is not None:
+            errs.append(reconstruction_nll(model.decode(mu), x, *rec).double().cpu().numpy())
+        tick(len(x))
+    err = np.concatenate(errs) if errs else None
+    return np.concatenate(mus).astype(np.float64), np.concatenate(lvs).astype(np.float64), err
+
+
+def compute_metrics(
+    model: torch.nn.Module,
+    data: ArrayDataset,
+    names: Sequence[str] | str,
+    *,
+    n_samples: int = 10_000,
+    n_test: int = 5_000,
+    seed: int = 0,
+    n_bins: int = 20,
+    dci_model: str = "gbt",
+    rec: tuple[str, float | None] | None = None,
+    batch_size: int = 1000,
+    progress: Callable[[str, int], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Requested metrics of ``model`` on ``data``: ``(values, protocol)``.
+
+    ``n_samples + n_test`` points are drawn once (uniform factors on a `GridDataset`, uniform
+    images otherwise) and encoded once (posterior means, inference mode); the array metrics use
+    the first ``n_samples`` as their training set (MIG, modularity's MI, mig_chen/aam's mixture)
+    and the rest as the test set. β-VAE and FactorVAE scores draw their own batches through a
+    `CachedEncoder`, so every distinct image is encoded at most once. ``progress(stage, n)`` is
+    called with images encoded (stage "encode") and after each metric (stage = its name).
+    """
+    from disvae.data.ground_truth import GridDataset
+    from disvae.metrics import METRICS, CachedEncoder, EvalContext
+
+    grid = isinstance(data, GridDataset)
+    names = resolve_metric_names(names, grid)
+    tick = (lambda n: progress("encode", n)) if progress else (lambda n: None)
+    rng = np.random.default_rng(seed)
+    n_points = n_samples + n_test
+    if grid:
+        classes = data.sample_factors(n_points, rng)
+        index, factors = data.index_of(classes), classes
+    else:
+        index, factors = rng.integers(0, len(data), size=n_points), None
+    was_training = model.training
+    model.eval()
+    mu, logvar, err = _encode_points(model, data, index, rec, batch_size, tick)
+    encode = make_encoder(model, batch_size)
+    cache = CachedEncoder(data, lambda x: encode(x)[0], batch_size, tick)
+    params = {"seed": seed, "n_train": n_samples, "n_test": n_test, "n_bins": n_bins,
+              "dci_model": dci_model, "batch_points": 64, "chen_samples": 2_000}  # fmt: skip
+    ctx = EvalContext(mu, logvar, factors, data if grid else None, cache, err, params)
+    values: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        values[name] = METRICS.get(name).compute(ctx)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+        log.info("%s: %s (%.1fs)", name, values[name], seconds[name])
+        if progress:
+            progress(name, 0)
+    model.train(was_training)
+    protocol = dict(params, metrics=names, points_encoded=int(n_points + cache.n_encoded),
+                    seconds=seconds)  # fmt: skip
+    return values, protocol
+
+
+def metrics_during_training(
+    model: torch.nn.Module,
+    dataset: ArrayDataset,
+    names: Sequence[str] | str,
+    rng_seed: int = 0,
+    n_samples: int = 2_000,
+) -> dict[str, float]:
+    """Flat ``{name or name/key: float}`` metrics for the training log (e.g. every N steps).
+
+    A cheap protocol by default (2,000 + 1,000 points); the model's train/eval mode is restored.
+    """
+    values, _ = compute_metrics(
+        model, dataset, names, n_samples=n_samples, n_test=max(1, n_samples // 2), seed=rng_seed
+    )
+    return flatten_metrics(values)
+
+
+def flatten_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """``{"dci": {"completeness": x}}`` -> ``{"dci/completeness": x}``; lists are left out."""
+    flat: dict[str, float] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}/{kk}": float(vv) for kk, vv in v.items() if np.isscalar(vv)})
+        elif np.isscalar(v):
+            flat[k] = float(v)
+    return flat
+
+
+def evaluate_metrics(
+    run_dir: str | Path,
+    metrics: Sequence[str] | str = "all",
+    *,
+    n_samples: int = 10_000,
+    n_test: int = 5_000,
+    seed: int = 0,
+    n_bins: int = 20,
+    dci_model: str = "gbt",
+    data: ArrayDataset | None = None,
+    batch_size: int = 1000,
+    device: str = "auto",
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Disentanglement metrics of a run, written to ``run_dir/metrics.json`` and returned.
+
+    The file holds ``{"metrics": {...}, "protocol": {...}, "step": N, "versions": {...}}``;
+    see `compute_metrics` for the protocol and docs/metrics.md for each metric.
+    """
+    from disvae.data import load_dataset
+    from disvae.utils import atomic_write_json, pick_device, versions
+
+    run_dir = Path(run_dir)
+    model, cfg, _, meta = runs.load_run_state(run_dir)
+    if data is None:
+        data = load_dataset(cfg.data.name, cfg.data.path)
+    dev = pick_device(device)
+    data.to(dev)
+    rec = (cfg.loss.rec_dist or data.info.default_rec_dist, cfg.loss.rec_scale)
+    t0 = time.perf_counter()
+    values, protocol = compute_metrics(
+        model.to(dev), data, metrics, n_samples=n_samples, n_test=n_test, seed=seed,
+        n_bins=n_bins, dci_model=dci_model, rec=rec, batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    protocol["total_seconds"] = round(time.perf_counter() - t0, 2)
+    protocol["dataset"] = data.name
+    import sklearn
+
+    vers = dict(versions(), sklearn=sklearn.__version__)
+    result = {"metrics": values, "protocol": protocol, "step": meta["step"], "versions": vers}
+    atomic_write_json(run_dir / METRICS_FILE, result)
     return result

@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from disvae.losses import DISC_BETAS, LossContext, compute_loss, discriminator_l
 from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
 from disvae.training import checkpoint as ckpt
-from disvae.training import logs
+from disvae.training import logs, runtime
 from disvae.utils import atomic_write_json, pick_device
 
 log = logging.getLogger(__name__)
@@ -57,9 +55,13 @@ class Trainer:
                 "training images; lower --batch-size or use more data"
             )
         self.total_steps = C.total_steps(cfg.train, len(self.train_idx) // self.batches_per_step)
+        if cfg.train.eval_every:
+            from disvae.evaluation import resolve_metric_names
+
+            resolve_metric_names(cfg.train.eval_metrics, hasattr(data, "factor_sizes"))
         snap = cfg.train.snapshot_every
         self.snapshot_every = max(1, self.total_steps // 100) if snap is None else snap
-        seed_everything(cfg.train.seed)
+        runtime.seed_everything(cfg.train.seed)
         self.stream = BatchStream(self.train_idx, seed=cfg.train.seed)
         self.model = build_model(cfg.model.arch, data.image_shape, cfg.model.latent_dim)
         self.model.to(self.device).train()
@@ -154,7 +156,7 @@ class Trainer:
             self.save_checkpoint()  # step 0: something to roll back to, and resumable at once
             self.snapshot()
         try:
-            with _stop_on_signals(self):
+            with runtime.stop_on_signals(self):
                 while self.step < self.total_steps and not self._stop_requested:
                     terms = self.train_step()
                     self.step += 1
@@ -166,10 +168,12 @@ class Trainer:
                         bar.n = self.step
                         continue
                     last = self.step == self.total_steps
-                    if self.step % cfg.log_every == 0 or last or self._stop_requested:
+                    evaluate = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or last)
+                    if self.step % cfg.log_every == 0 or last or self._stop_requested or evaluate:
+                        extra = self.metrics() if evaluate else {}
                         now = time.perf_counter()
                         rate = (self.step - step_last) * cfg.batch_size * self.batches_per_step
-                        record = self.write_log(rate / max(now - t_last, 1e-9), writer)
+                        record = self.write_log(rate / max(now - t_last, 1e-9), writer, extra)
                         bar.set_postfix(logs.postfix(record), refresh=False)
                         t_last, step_last = now, self.step
                     if self.snapshot_every and (self.step % self.snapshot_every == 0 or last):
@@ -216,7 +220,7 @@ class Trainer:
         try:
             viz.append_training_frame(self.out, self.step, viz.training_snapshot(self.model))
         except OSError as e:
-            raise _disk_error(e, f"training frame of step {self.step}", self.out) from None
+            raise runtime.disk_error(e, f"training frame of step {self.step}", self.out) from None
 
     def set_lr_scale(self, scale: float) -> None:
         self.lr_scale = scale
@@ -226,7 +230,33 @@ class Trainer:
             for group in self.disc_opt.param_groups:
                 group["lr"] = self.cfg.loss.lr_disc * scale
 
-    def write_log(self, img_per_s: float, writer: Any) -> dict[str, Any]:
+    def metrics(self) -> dict[str, float]:
+        """Disentanglement metrics of the current model (``eval_every``), as ``metrics/NAME``.
+
+        Computed from their own seeded generators with every global RNG state saved and
+        restored, so training continues exactly as it would have without them.
+        """
+        from disvae.evaluation import metrics_during_training
+
+        cfg = self.cfg.train
+        t0 = time.perf_counter()
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            values = metrics_during_training(
+                self.model,
+                self.data,
+                cfg.eval_metrics,
+                rng_seed=cfg.seed,
+                n_samples=cfg.eval_samples,
+            )
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        log.info("metrics at step %d in %.1fs: %s", self.step, time.perf_counter() - t0, values)
+        return {f"metrics/{k}": v for k, v in values.items()}
+
+    def write_log(
+        self, img_per_s: float, writer: Any, extra: dict[str, float] | None = None
+    ) -> dict[str, Any]:
         """Average the accumulated terms, check them, append a JSON line, write TensorBoard."""
         means = {k: v / max(self.n_summed, 1) for k, v in self.sums.items()}
         record: dict[str, Any] = {"step": self.step, "epoch": self.stream.epoch}
@@ -238,13 +268,14 @@ class Trainer:
                 f"loss term {bad[0]!r} became {record[bad[0]]} by step {self.step}; lower --lr "
                 "or check the data (the last good checkpoint is kept)"
             )
+        record.update(extra or {})
         record["lr"] = self.opt.param_groups[0]["lr"]
         record["skipped"] = self.n_skipped
         record["img_per_s"] = round(img_per_s, 1)
         try:
             logs.append_record(self.out / runs.TRAIN_LOG, record)
         except OSError as e:
-            raise _disk_error(e, f"log line of step {self.step}", self.out) from None
+            raise runtime.disk_error(e, f"log line of step {self.step}", self.out) from None
         logs.write_scalars(writer, record, self.step)
         self.sums, self.n_summed, self.n_skipped = {}, 0, 0
         return record
@@ -286,7 +317,7 @@ class Trainer:
             directory.mkdir(exist_ok=True)
             ckpt.save_state(ckpt.checkpoint_path(directory, self.step), tensors, meta)
         except OSError as e:
-            raise _disk_error(e, f"checkpoint of step {self.step}", self.out) from None
+            raise runtime.disk_error(e, f"checkpoint of step {self.step}", self.out) from None
         ckpt.prune(directory, self.cfg.train.keep_checkpoints)
 
     def restore(self) -> None:
@@ -326,7 +357,7 @@ class Trainer:
 
                 viz.write_training_gif(self.out)
         except OSError as e:
-            raise _disk_error(e, "final weights", self.out) from None
+            raise runtime.disk_error(e, "final weights", self.out) from None
 
 
 # ---------------------------------------------------------------------- entry point
@@ -373,37 +404,3 @@ def train(
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
         trainer.run(progress)
     return out
-
-
-def _disk_error(e: OSError, what: str, out: Path) -> UserError:
-    return UserError(
-        f"could not write the {what} in {str(out)!r}: {e.strerror or e}; the previous checkpoint "
-        f"is intact: free space and continue with --resume {out}"
-    )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def _stop_on_signals(trainer: Trainer):
-    """SIGINT/SIGTERM finish the current step, write a checkpoint and stop cleanly."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
-        trainer._stop_requested = True
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

@@ -1,0 +1,102 @@
+"""The thin sampling layer between a ground-truth dataset, an ``encode`` function and the metrics.
+
+``encode`` maps images (B, C, H, W) float tensor to codes (B, D) (any array-like). A
+`CachedEncoder` additionally remembers the code of every dataset image it has encoded, so that the
+batch-based scores (which draw millions of images from a dataset of 737,280) encode each distinct
+image at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+EncodeFn = Callable[[Any], Any]
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+class CachedEncoder:
+    """``encode`` plus a table of the codes of the dataset's images, filled on demand.
+
+    Args:
+        dataset: a `GridDataset` (or any object with ``batch(index_tensor)`` and ``len``).
+        encode: images (B, C, H, W) -> codes (B, D).
+        batch_size: images per call of ``encode``.
+        progress: optional callable ``progress(n_images)`` called after each encoded batch.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        encode: EncodeFn,
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.encode = encode
+        self.batch_size = batch_size
+        self.progress = progress
+        self._codes: np.ndarray | None = None
+        self._done = np.zeros(len(dataset), dtype=bool)
+        self.n_encoded = 0
+
+    def __call__(self, images: Any) -> np.ndarray:
+        return _to_numpy(self.encode(images))
+
+    def missing(self, index: np.ndarray) -> np.ndarray:
+        """The distinct indices among ``index`` whose codes are not known yet."""
+        u = np.unique(np.asarray(index, dtype=np.int64))
+        return u[~self._done[u]]
+
+    def codes_at(self, index: np.ndarray) -> np.ndarray:
+        """Codes (len(index), D) of dataset images ``index`` (N,), encoding only new ones."""
+        import torch
+
+        index = np.asarray(index, dtype=np.int64)
+        todo = self.missing(index)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            codes = self(self.dataset.batch(torch.from_numpy(chunk)))
+            if self._codes is None:
+                self._codes = np.zeros((len(self.dataset), codes.shape[1]), dtype=np.float32)
+            self._codes[chunk] = codes
+            self._done[chunk] = True
+            self.n_encoded += len(chunk)
+            if self.progress is not None:
+                self.progress(len(chunk))
+        if self._codes is None:  # nothing asked for yet
+            return np.zeros((len(index), 0))
+        return self._codes[index].astype(np.float64)
+
+
+def encode_classes(
+    dataset: Any, encode: EncodeFn, classes: np.ndarray, batch_size: int = 1000
+) -> np.ndarray:
+    """Codes (N, D) of the images with factor classes (N, K), in ``batch_size`` chunks."""
+    if isinstance(encode, CachedEncoder):
+        return encode.codes_at(dataset.index_of(classes))
+    out = [
+        _to_numpy(encode(dataset.sample_observations_from_factors(classes[s : s + batch_size])))
+        for s in range(0, len(classes), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def sample_codes(
+    dataset: Any, encode: EncodeFn, n: int, rng: np.random.Generator, batch_size: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points with uniformly drawn factors: codes (n, D) and factor classes (n, K)."""
+    classes = dataset.sample_factors(n, rng)
+    return encode_classes(dataset, encode, classes, batch_size), classes
+
+
+def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """A `numpy.random.Generator` from a generator, a seed, or None (seed 0: deterministic)."""
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng or 0)

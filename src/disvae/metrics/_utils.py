@@ -1,0 +1,118 @@
+"""Shared pieces of the metrics: input checks, discretisation, discrete entropy and MI, splits.
+
+All information quantities are in nats. Shapes: ``codes`` (N, D) float, ``factors`` (N, K) int
+class indices (any integers; they are relabelled to 0..n-1 per factor where it matters).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_codes_factors(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``codes`` as float64 (N, D) and ``factors`` as int64 (N, K); ValueError on bad shapes."""
+    codes = np.asarray(codes, dtype=np.float64)
+    factors = np.asarray(factors)
+    if codes.ndim != 2 or factors.ndim != 2:
+        raise ValueError(
+            f"codes must be (N, D) and factors (N, K); got {codes.shape} and {factors.shape}"
+        )
+    if len(codes) != len(factors):
+        raise ValueError(f"{len(codes)} codes but {len(factors)} factor rows")
+    if len(codes) < 2:
+        raise ValueError("at least 2 points are needed")
+    if not np.all(np.isfinite(codes)):
+        raise ValueError("codes contain NaN or infinite values")
+    if not np.issubdtype(factors.dtype, np.integer):
+        if not np.all(factors == np.round(factors)):
+            raise ValueError("factors must be integer class indices")
+    return codes, relabel(factors)
+
+
+def relabel(factors: np.ndarray) -> np.ndarray:
+    """Each column mapped to 0..n_k-1 in sorted order of its values: int64 (N, K)."""
+    factors = np.asarray(factors)
+    out = np.empty(factors.shape, dtype=np.int64)
+    for k in range(factors.shape[1]):
+        out[:, k] = np.unique(factors[:, k], return_inverse=True)[1].ravel()
+    return out
+
+
+def discretize(codes: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Each code dimension cut into ``n_bins`` equal-width bins over its own [min, max].
+
+    The disentanglement_lib protocol for MIG and modularity (``histogram_discretize``): the
+    maximum falls into the last bin; a constant dimension falls into one bin. Returns int64
+    (N, D) in 0..n_bins-1.
+    """
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    codes = np.asarray(codes, dtype=np.float64)
+    lo, hi = codes.min(axis=0), codes.max(axis=0)
+    width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
+    bins = np.floor((codes - lo) / width).astype(np.int64)
+    return np.clip(bins, 0, n_bins - 1)
+
+
+def entropy(labels: np.ndarray) -> np.ndarray:
+    """Discrete entropy in nats of each column of int labels (N, K) -> (K,)."""
+    labels = np.asarray(labels)
+    out = np.empty(labels.shape[1])
+    for k in range(labels.shape[1]):
+        p = np.bincount(labels[:, k] - labels[:, k].min()) / len(labels)
+        p = p[p > 0]
+        out[k] = -np.sum(p * np.log(p))
+    return out
+
+
+def mutual_info_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Discrete mutual information in nats between every column of ``a`` (N, D) and of ``b``
+    (N, K), both int labels >= 0: returns (D, K).
+
+    Plug-in estimate from the joint histogram (the same quantity as
+    ``sklearn.metrics.mutual_info_score``), one ``bincount`` per pair.
+    """
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    n = len(a)
+    out = np.empty((a.shape[1], b.shape[1]))
+    for k in range(b.shape[1]):
+        bk = b[:, k]
+        nb = int(bk.max()) + 1
+        pb = np.bincount(bk, minlength=nb) / n
+        for j in range(a.shape[1]):
+            aj = a[:, j]
+            na = int(aj.max()) + 1
+            joint = np.bincount(aj * nb + bk, minlength=na * nb).reshape(na, nb) / n
+            pa = joint.sum(axis=1)
+            nz = joint > 0
+            outer = pa[:, None] * pb[None, :]
+            out[j, k] = float(np.sum(joint[nz] * np.log(joint[nz] / outer[nz])))
+    return np.maximum(out, 0.0)
+
+
+def train_test_split(
+    n: int, n_train: int | None, n_test: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random index sets (train, test) of the N points; ``n_train=None``: all the rest.
+
+    When N is smaller than asked, the test set keeps ``n_test / (n_train + n_test)`` of the points.
+    """
+    perm = rng.permutation(n)
+    want_train = n - n_test if n_train is None else n_train
+    if want_train + n_test > n:
+        n_test = max(1, int(round(n * n_test / (want_train + n_test))))
+        want_train = n - n_test
+    return perm[n_test : n_test + want_train], perm[:n_test]
+
+
+def sample_rows(n: int, n_samples: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n_samples`` rows drawn without replacement (all rows when None or >= n)."""
+    if n_samples is None or n_samples >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=n_samples, replace=False))
+
+
+def top_two_gap(matrix: np.ndarray) -> np.ndarray:
+    """Per column of (D, K), the largest entry minus the second largest (the largest when D=1)."""
+    s = np.sort(matrix, axis=0)[::-1]
+    return s[0] - (s[1] if len(s) > 1 else 0.0)

@@ -1,0 +1,94 @@
+"""Modularity and explicitness (Ridgeway & Zemel 2018, "Learning Deep Disentangled Embeddings
+with the F-Statistic Loss", Sec. 3 "Modularity" and "Explicitness").
+
+Modularity: with m_ik the MI between binned code i and factor k, theta_i = max_k m_ik and the
+ideal template t_ik = theta_i at the argmax and 0 elsewhere,
+delta_i = sum_k (m_ik - t_ik)^2 / (theta_i^2 (K - 1)) and modularity = mean_i (1 - delta_i).
+As in disentanglement_lib (``modularity_explicitness.py``) a code dimension with no information
+(theta_i = 0) scores 0 and stays in the mean. MI from 20 equal-width bins, 10,000 points.
+
+Explicitness: per factor a one-vs-rest logistic regression on the standardised codes; the mean
+ROC-AUC over the factor's classes on 5,000 test points; the mean over factors.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from disvae.metrics._utils import check_codes_factors, discretize, mutual_info_matrix
+from disvae.metrics._utils import train_test_split as _split
+
+
+def modularity_score(mi: np.ndarray) -> float:
+    """Modularity (Ridgeway & Zemel 2018, Sec. 3) of an MI matrix (D, K)."""
+    mi = np.asarray(mi, dtype=np.float64)
+    d, k = mi.shape
+    if k < 2:
+        return 1.0
+    sq = mi**2
+    top = sq.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = (sq.sum(axis=1) - top) / (top * (k - 1))
+    return float(np.mean(np.where(top > 0, 1.0 - delta, 0.0)))
+
+
+def explicitness_score(
+    train_codes: np.ndarray,
+    train_factors: np.ndarray,
+    test_codes: np.ndarray,
+    test_factors: np.ndarray,
+) -> float:
+    """Mean over factors of the mean one-vs-rest test ROC-AUC of a logistic regression."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    mean, std = train_codes.mean(axis=0), train_codes.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    x, x_test = (train_codes - mean) / std, (test_codes - mean) / std
+    aucs = []
+    for f in range(train_factors.shape[1]):
+        y, y_test = train_factors[:, f], test_factors[:, f]
+        classes = np.unique(y)
+        if len(classes) < 2:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = LogisticRegression(max_iter=200).fit(x, y)
+        proba = clf.predict_proba(x_test)
+        per_class = [
+            roc_auc_score(y_test == c, proba[:, i])
+            for i, c in enumerate(clf.classes_)
+            if 0 < np.sum(y_test == c) < len(y_test)
+        ]
+        if per_class:
+            aucs.append(np.mean(per_class))
+    return float(np.mean(aucs)) if aucs else 0.0
+
+
+def modularity(
+    codes: np.ndarray,
+    factors: np.ndarray,
+    n_bins: int = 20,
+    *,
+    n_train: int | None = 10_000,
+    n_test: int = 5_000,
+    rng: np.random.Generator | int | None = 0,
+) -> dict[str, float]:
+    """Modularity and explicitness (Ridgeway & Zemel 2018) of codes (N, D) vs factors (N, K).
+
+    The N points are split at random into ``n_train`` (modularity's MI and explicitness's
+    training set) and ``n_test`` (explicitness's test set).
+
+    Returns:
+        ``{"modularity", "explicitness"}``, each in [0, 1] (explicitness 0.5 = chance).
+    """
+    codes, factors = check_codes_factors(codes, factors)
+    tr, te = _split(len(codes), n_train, n_test, np.random.default_rng(rng))
+    mi = mutual_info_matrix(discretize(codes[tr], n_bins), factors[tr])
+    return {
+        "modularity": modularity_score(mi),
+        "explicitness": explicitness_score(codes[tr], factors[tr], codes[te], factors[te]),
+    }

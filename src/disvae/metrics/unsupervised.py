@@ -1,0 +1,79 @@
+"""Measures that need no ground-truth factors: per-dimension KL and active units, total
+correlation of the aggregate posterior, and (given per-image values) reconstruction error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disvae.metrics.mig_chen import aggregate_entropies
+
+
+def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """Mean over points of KL(q(z_j|x) || N(0, 1)) in nats, shape (D,), from (N, D) posteriors
+    (Kingma & Welling 2014, Appendix B)."""
+    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    return 0.5 * np.mean(mu**2 + np.exp(logvar) - logvar - 1.0, axis=0)
+
+
+def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
+    """Dimensions whose posterior mean varies across the data: Var_x(E_q[z_j|x]) > threshold
+    (Burda et al. 2016, "Importance Weighted Autoencoders", Sec. 5.2). ``mu``: (N, D)."""
+    return int(np.sum(np.var(np.asarray(mu, dtype=np.float64), axis=0) > threshold))
+
+
+def gaussian_total_correlation(mu: np.ndarray) -> float:
+    """TC of a Gaussian fitted to the codes (N, D): 0.5 (sum_j log Sigma_jj - log det Sigma)
+    (the unsupervised score of Locatello et al. 2019, Sec. 4, ``unsupervised_metrics.py``)."""
+    cov = np.atleast_2d(np.cov(np.asarray(mu, dtype=np.float64), rowvar=False))
+    diag = np.diag(cov)
+    if np.any(diag <= 0):
+        keep = diag > 0
+        cov, diag = cov[np.ix_(keep, keep)], diag[keep]
+    if len(diag) == 0:
+        return 0.0
+    sign, logdet = np.linalg.slogdet(cov)
+    return float(0.5 * (np.sum(np.log(diag)) - logdet)) if sign > 0 else float("inf")
+
+
+def total_correlation(
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    n_samples: int | None = 10_000,
+    rng: np.random.Generator | int | None = 0,
+) -> float:
+    """TC of the aggregate posterior q(z) = 1/N sum_n q(z|x_n): sum_j H(z_j) - H(z), in nats.
+
+    The Monte-Carlo estimator of Chen et al. 2018 (Sec. 3, "Estimating E_q(z)[log q(z)]", with
+    the whole sample as the mixture); ``mu, logvar``: (N, D).
+    """
+    h_dims, h_joint = aggregate_entropies(
+        np.asarray(mu, dtype=np.float64),
+        np.asarray(logvar, dtype=np.float64),
+        np.random.default_rng(rng),
+        n_samples,
+        joint=True,
+    )
+    return float(np.sum(h_dims) - h_joint)
+
+
+def unsupervised_scores(
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    recon_error: np.ndarray | None = None,
+    *,
+    n_samples: int | None = 10_000,
+    active_threshold: float = 0.01,
+    rng: np.random.Generator | int | None = 0,
+) -> dict[str, object]:
+    """All factor-free measures of posteriors (N, D) and optional per-image errors (N,)."""
+    out: dict[str, object] = {
+        "kl_per_dim": [float(v) for v in kl_per_dim(mu, logvar)],
+        "kl": float(kl_per_dim(mu, logvar).sum()),
+        "active_units": float(active_units(mu, active_threshold)),
+        "total_correlation": total_correlation(mu, logvar, n_samples, rng),
+        "gaussian_total_correlation": gaussian_total_correlation(mu),
+    }
+    if recon_error is not None:
+        out["reconstruction_error"] = float(np.mean(recon_error))
+    return out

@@ -1,0 +1,51 @@
+"""Process-level helpers of the training loop: seeding, signals, disk errors."""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from disvae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def disk_error(e: OSError, what: str, out: Path) -> UserError:
+    return UserError(
+        f"could not write the {what} in {str(out)!r}: {e.strerror or e}; the previous checkpoint "
+        f"is intact: free space and continue with --resume {out}"
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def stop_on_signals(trainer: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM finish the current step, write a checkpoint and stop cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
+        trainer._stop_requested = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
