@@ -29,7 +29,9 @@ demo: install
 	$(BIN)/disvae train --preset btcvae_dsprites --steps $(DEMO_STEPS) --log-every 100 \
 		--checkpoint-every 200 --val-fraction 0.01 --out $(DEMO_OUT) --overwrite --no-progress
 	$(BIN)/disvae evaluate $(DEMO_OUT)
-	@echo "demo run written to $(DEMO_OUT)"
+	$(BIN)/disvae plot $(DEMO_OUT) all
+	$(BIN)/disvae report $(DEMO_OUT)
+	@echo "demo run written to $(DEMO_OUT): open $(DEMO_OUT)/report.html in a browser"
 
 test: install lint browser
 	$(BIN)/python -m pytest -q

@@ -238,3 +238,13 @@ def test_the_light_cli_module_names_every_plot():
     from disvae.viz.plots import PLOTS
 
     assert cli_viz.PLOTS == PLOTS
+
+
+def test_posterize_keeps_16_levels_within_half_a_step():
+    from disvae.viz.images import posterize
+
+    picture = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    out = posterize(picture, 16)
+    assert out.dtype == np.uint8 and len(np.unique(out)) == 16
+    assert np.abs(out.astype(int) - picture).max() <= 9  # half of a 17-grey step, rounded
+    assert out.min() == 0 and out.max() == 255

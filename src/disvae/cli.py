@@ -139,7 +139,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--snapshot-every",
         type=int,
-        help="steps between frames of training.gif (default: 1%% of the steps; 0: none)",
+        help="steps between frames of training.gif (default: 50 frames in all; 0: none)",
     )
     g.add_argument(
         "--eval-every",

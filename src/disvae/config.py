@@ -79,7 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     log_every: int = 100
-    snapshot_every: int | None = None  # training.gif frames; None: every 1% of training; 0: off
+    snapshot_every: int | None = None  # training.gif frames; None: 50 in all; 0: off
     eval_every: int = 0  # steps between metrics computed during training (0: never)
     eval_metrics: str = "mig"  # comma-separated names for eval_every
     eval_samples: int = 2000  # points drawn for eval_every's metrics

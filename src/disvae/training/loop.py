@@ -60,7 +60,7 @@ class Trainer:
 
             resolve_metric_names(cfg.train.eval_metrics, hasattr(data, "factor_sizes"))
         snap = cfg.train.snapshot_every
-        self.snapshot_every = max(1, self.total_steps // 100) if snap is None else snap
+        self.snapshot_every = max(1, self.total_steps // 50) if snap is None else snap
         runtime.seed_everything(cfg.train.seed)
         self.stream = BatchStream(self.train_idx, seed=cfg.train.seed)
         self.model = build_model(cfg.model.arch, data.image_shape, cfg.model.latent_dim)

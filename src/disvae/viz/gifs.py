@@ -102,6 +102,9 @@ def traversal_gifs(
 # ---------------------------------------------------------------------- the training GIF
 
 
+GIF_LEVELS = 16  # grey/colour levels of training.gif frames (see `images.posterize`)
+
+
 def training_snapshot(
     model: torch.nn.Module,
     base: np.ndarray | None = None,
@@ -165,7 +168,10 @@ def write_training_gif(run_dir: str | Path, fps: float = 5.0, upsample: int = 1)
     frames = training_frames(run_dir)
     if not frames:
         return None
-    pictures = [I.caption(I.upsample(I.read_png(p), upsample), f"step {s}") for s, p in frames]
+    pictures = [
+        I.posterize(I.caption(I.upsample(I.read_png(p), upsample), f"step {s}"), GIF_LEVELS)
+        for s, p in frames
+    ]
     shape = pictures[0].shape
     pictures = [p for p in pictures if p.shape == shape]  # a changed layout cannot animate
     path = Path(run_dir) / TRAINING_GIF
