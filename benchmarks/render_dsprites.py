@@ -20,17 +20,7 @@ import numpy as np
 from disvae.data import dsprites as ds
 
 DEFAULT_GIF = Path(__file__).resolve().parents[2] / "shared/data/dsprites/dsprites.gif"
-# (first frame, shape, varying factor among scale..posY, count, base classes) per the README.
-GIF_RUNS = [
-    (0, 2, 0, 6, (0, 0, 0, 0)),
-    (18, 2, 1, 40, (5, 0, 0, 0)),
-    (58, 2, 3, 32, (5, 0, 0, 0)),
-    (90, 2, 2, 32, (5, 0, 0, 31)),
-    (192, 1, 0, 6, (0, 0, 0, 0)),
-    (210, 1, 1, 40, (5, 0, 0, 0)),
-    (256, 0, 0, 6, (0, 0, 0, 0)),
-    (274, 0, 1, 40, (5, 0, 0, 0)),
-]
+GIF_RUNS = ds.GIF_RUNS
 
 
 def time_full_grid() -> None:

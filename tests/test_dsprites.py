@@ -16,19 +16,6 @@ from disvae.errors import DataError
 
 GIF = Path(__file__).resolve().parents[2] / "shared/data/dsprites/dsprites.gif"
 N = 737280
-# Frames of dsprites.gif and their factor classes (shared/data/dsprites/README.md): first frame,
-# shape (0 square, 1 ellipse, 2 heart), the varying factor (1 scale .. 4 posY), its class count
-# and the classes of the 4 other factors (scale, orientation, posX, posY).
-GIF_RUNS = [
-    (0, 2, 0, 6, (0, 0, 0, 0)),
-    (18, 2, 1, 40, (5, 0, 0, 0)),
-    (58, 2, 3, 32, (5, 0, 0, 0)),
-    (90, 2, 2, 32, (5, 0, 0, 31)),
-    (192, 1, 0, 6, (0, 0, 0, 0)),
-    (210, 1, 1, 40, (5, 0, 0, 0)),
-    (256, 0, 0, 6, (0, 0, 0, 0)),
-    (274, 0, 1, 40, (5, 0, 0, 0)),
-]
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +145,7 @@ def gif_frames() -> np.ndarray:
 def test_matches_the_published_gif_frames() -> None:
     frames = gif_frames()
     index, classes = [], []
-    for first, shape, varying, count, base in GIF_RUNS:
+    for first, shape, varying, count, base in ds.GIF_RUNS:
         for k in range(count):
             c = list(base)
             c[varying] = k

@@ -50,6 +50,21 @@ N_IMAGES = int(np.prod(LATENTS_SIZES))  # 737280
 SIZE = 64
 PACKED_BYTES = SIZE * SIZE // 8  # 512 bytes per packed image
 RENDER_VERSION = 1  # bump whenever the rendered pixels change: it names the cache file
+# Runs of frames of the published dsprites.gif with known factor classes (the README of
+# shared/data/dsprites): first frame, shape (0 square, 1 ellipse, 2 heart), the varying factor
+# (0 scale, 1 orientation, 2 posX, 3 posY), its class count, and the classes of the four
+# factors scale, orientation, posX, posY where they do not vary. The renderer is checked on them.
+GIF_RUNS = [
+    (0, 2, 0, 6, (0, 0, 0, 0)),
+    (18, 2, 1, 40, (5, 0, 0, 0)),
+    (58, 2, 3, 32, (5, 0, 0, 0)),
+    (90, 2, 2, 32, (5, 0, 0, 31)),
+    (192, 1, 0, 6, (0, 0, 0, 0)),
+    (210, 1, 1, 40, (5, 0, 0, 0)),
+    (256, 0, 0, 6, (0, 0, 0, 0)),
+    (274, 0, 1, 40, (5, 0, 0, 0)),
+]
+
 _PACK_VERSION = 1  # likewise for the cache of a converted real .npz
 
 # Geometry at scale 1, in pixels (README facts, fitted against the GIF frames).
