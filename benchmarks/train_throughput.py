@@ -1,0 +1,166 @@
+"""Training throughput: disvae's trainer against the compute limit and a plain PyTorch loop.
+
+    python benchmarks/train_throughput.py [--objectives vae,betaH,betaB,factor,btcvae]
+        [--batch-sizes 64,256] [--steps 30] [--reps 3] [--device cpu]
+
+For each objective and batch size, three ways of training the Burgess model on the built-in
+dSprites are timed in interleaved repetitions (median and spread of images/s; FactorVAE counts
+both of its batches):
+
+- limit:   disvae's own step (forward, objective, backward, Adam; the discriminator's step for
+           FactorVAE) on one fixed in-memory batch: no data loading at all;
+- disvae:  the body of `Trainer.run`, as `disvae train` runs it (batches gathered by index
+           from the bit-packed array, terms accumulated on the device, a log line every 100
+           steps; checkpoints, amortised over thousands of steps, left out);
+- plain:   the common loop: a `Dataset` whose `__getitem__` unpacks one image, a shuffling
+           `DataLoader` (no workers), the same model and objective, `.item()` every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from disvae import config as C
+from disvae.data import load_dataset
+from disvae.losses import compute_loss
+from disvae.training.logs import NullWriter
+from disvae.training.loop import Trainer
+
+
+def _trainer(name: str, batch: int, steps: int, data, device: str, out: Path) -> Trainer:
+    cfg = C.apply_overrides(
+        C.RunConfig(),
+        [f"loss={name}", f"batch_size={batch}", f"steps={steps}", "log_every=100",
+         f"checkpoint_every={10**9}", "snapshot_every=0", f"device={device!r}"],
+    )  # fmt: skip
+    cfg = C.resolve(cfg, data.info.default_rec_dist)
+    return Trainer(cfg, out, data)
+
+
+def time_limit(t: Trainer, steps: int) -> float:
+    """Images/s of the trainer's step on one fixed batch (no data path)."""
+    x = t.data.batch(t.stream.next(t.cfg.train.batch_size))
+    real = t.data.batch
+    t.data.batch = lambda index: x  # type: ignore[method-assign]
+    try:
+        t.train_step()  # warm-up
+        _sync(t.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            t.train_step()
+        _sync(t.device)
+        dt = time.perf_counter() - t0
+    finally:
+        t.data.batch = real  # type: ignore[method-assign]
+    return steps * t.cfg.train.batch_size * t.batches_per_step / dt
+
+
+def time_trainer(t: Trainer, steps: int) -> float:
+    """Images/s of the trainer's loop body: gather by index, step, accumulate the terms on the
+    device; a log line (one host sync) every 100 steps as `Trainer.run` does. Checkpoints (every
+    5,000 steps by default) are left out: they are amortised over thousands of steps."""
+    writer = NullWriter()
+    t.train_step()  # warm-up
+    _sync(t.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        t.accumulate(t.train_step())
+        t.step += 1
+        if t.step % t.cfg.train.log_every == 0:
+            t.write_log(0.0, writer)
+    _sync(t.device)
+    return steps * t.cfg.train.batch_size * t.batches_per_step / (time.perf_counter() - t0)
+
+
+class ItemDataset(torch.utils.data.Dataset):
+    """The usual per-item dataset: unpack one bit-packed image in ``__getitem__``."""
+
+    def __init__(self, packed: np.ndarray, indices: np.ndarray) -> None:
+        self.packed, self.indices = packed, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        bits = np.unpackbits(self.packed[self.indices[i]])
+        return torch.from_numpy(bits.reshape(1, 64, 64).astype(np.float32))
+
+
+def time_plain(t: Trainer, steps: int, packed: np.ndarray) -> float:
+    """Images/s of a plain DataLoader loop with the same model, objective and optimizer."""
+    batch = t.cfg.train.batch_size
+    loader = torch.utils.data.DataLoader(
+        ItemDataset(packed, t.train_idx), batch_size=batch, shuffle=True, drop_last=True
+    )
+    it = iter(loader)
+    disc_step = t.disc is not None
+    t0 = None
+    for i in range(steps + 1):
+        if i == 1:
+            _sync(t.device)
+            t0 = time.perf_counter()
+        x = next(it).to(t.device)
+        out = t.model(x)
+        result = compute_loss(out, x, t.step, t.cfg.loss, t.ctx)
+        t.opt.zero_grad()
+        result.total.backward()
+        t.opt.step()
+        if disc_step:
+            from disvae.losses import discriminator_loss
+
+            x2 = next(it).to(t.device)
+            with torch.no_grad():
+                z2 = t.model.sample(*t.model.encode(x2))
+            d = discriminator_loss(t.disc, out.z, z2)
+            t.disc_opt.zero_grad()
+            d.total.backward()
+            t.disc_opt.step()
+            d.total.item()
+        result.total.item()
+    _sync(t.device)
+    return steps * batch * t.batches_per_step / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objectives", default="vae,betaH,betaB,factor,btcvae")
+    parser.add_argument("--batch-sizes", default="64,256")
+    parser.add_argument("--steps", type=int, default=30, help="steps per timed repetition")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    data = load_dataset("dsprites")
+    packed = data._images.numpy()  # the bit-packed array the plain loop reads per item
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    head = f"{'objective':<9}{'batch':>6}{'limit':>9}{'disvae':>9}{'plain':>9}"
+    print(head + f"{'disvae/limit':>14}{'disvae/plain':>14}   (images/s, median of reps ± spread)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.objectives.split(","):
+            for batch in map(int, args.batch_sizes.split(",")):
+                t = _trainer(name, batch, 1, data, args.device, Path(tmp))
+                runs = {"limit": [], "disvae": [], "plain": []}
+                for _ in range(args.reps):
+                    runs["limit"].append(time_limit(t, args.steps))
+                    runs["disvae"].append(time_trainer(t, args.steps))
+                    runs["plain"].append(time_plain(t, args.steps, packed))
+                med = {k: statistics.median(v) for k, v in runs.items()}
+                spread = {k: (max(v) - min(v)) / 2 for k, v in runs.items()}
+                cols = "".join(f"{med[k]:>6.0f}±{spread[k]:<2.0f}" for k in runs)
+                print(f"{name:<9}{batch:>6}{cols}{med['disvae'] / med['limit']:>14.3f}"
+                      f"{med['disvae'] / med['plain']:>14.3f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
