@@ -57,6 +57,20 @@ def heldout_losses(
     return {k: (v / len(index)).tolist() for k, v in sums.items()}
 
 
+def _open_run(run_dir: Path, data: ArrayDataset | None, device: str) -> tuple:
+    """(model, config, saved tensors, metadata, dataset, device) of a run to evaluate, with the
+    dataset (loaded as the run's config says unless given) moved to the device."""
+    from disvae.data import load_dataset
+    from disvae.utils import pick_device
+
+    model, cfg, tensors, meta = runs.load_run_state(run_dir)
+    dev = pick_device(device)
+    if data is None:
+        data = load_dataset(cfg.data.name, cfg.data.path)
+    data.to(dev)
+    return model, cfg, tensors, meta, data, dev
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -65,18 +79,13 @@ def evaluate(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Held-out losses of a run, written to ``run_dir/eval_losses.json`` and returned."""
-    from disvae.data import load_dataset
     from disvae.data.batching import split_indices
     from disvae.models.discriminator import Discriminator
     from disvae.training.checkpoint import load_module_state
-    from disvae.utils import atomic_write_json, pick_device
+    from disvae.utils import atomic_write_json
 
     run_dir = Path(run_dir)
-    model, cfg, tensors, meta = runs.load_run_state(run_dir)
-    dev = pick_device(device)
-    if data is None:
-        data = load_dataset(cfg.data.name, cfg.data.path)
-    data.to(dev)
+    model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device)
     train_idx, val_idx = split_indices(
         len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
     )
@@ -273,15 +282,10 @@ def evaluate_metrics(
     The file holds ``{"metrics": {...}, "protocol": {...}, "step": N, "versions": {...}}``;
     see `compute_metrics` for the protocol and docs/metrics.md for each metric.
     """
-    from disvae.data import load_dataset
-    from disvae.utils import atomic_write_json, pick_device, versions
+    from disvae.utils import atomic_write_json, versions
 
     run_dir = Path(run_dir)
-    model, cfg, _, meta = runs.load_run_state(run_dir)
-    if data is None:
-        data = load_dataset(cfg.data.name, cfg.data.path)
-    dev = pick_device(device)
-    data.to(dev)
+    model, cfg, _, meta, data, dev = _open_run(run_dir, data, device)
     rec = (cfg.loss.rec_dist or data.info.default_rec_dist, cfg.loss.rec_scale)
     t0 = time.perf_counter()
     values, protocol = compute_metrics(
