@@ -89,7 +89,7 @@ def test_metrics_during_training_is_flat_and_deterministic(run):
 def test_cli(run, capsys, monkeypatch):
     from disvae import cli
 
-    monkeypatch.setattr("disvae.data.load_dataset", lambda name, path=None: small_grid())
+    monkeypatch.setattr("disvae.data.load_data", lambda data_cfg: small_grid())
     argv = ["evaluate", str(run), "--metrics", "mig,dci", "--n-samples", "200", "--n-test", "100",
             "--dci-model", "lasso", "--device", "cpu"]  # fmt: skip
     assert cli.main(argv) == 0

@@ -3,20 +3,23 @@
 import pytest
 import torch
 
+from disvae.config import ModelConfig
 from disvae.errors import UserError
 from disvae.models import VAE, build_model
 
 
-@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 64, 64), (3, 32, 32), (1, 128, 128)])
+@pytest.mark.parametrize(
+    "shape", [(1, 64, 64), (3, 64, 64), (3, 32, 32), (1, 128, 128), (1, 256, 256)]
+)
 def test_shapes(shape):
-    model = build_model("burgess", shape, latent_dim=7)
+    model = build_model(ModelConfig("burgess", latent_dim=7), shape)
     out = model(torch.rand(5, *shape))
     assert out.logits.shape == (5, *shape)
     assert out.mu.shape == out.logvar.shape == out.z.shape == (5, 7)
 
 
 def test_burgess_layer_sizes_match_the_paper():
-    model = build_model("burgess", (1, 64, 64), latent_dim=10)
+    model = build_model(ModelConfig("burgess", latent_dim=10), (1, 64, 64))
     convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 4 and all(c.out_channels == 32 and c.kernel_size == (4, 4) for c in convs)
     linears = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
@@ -32,7 +35,7 @@ def test_burgess_layer_sizes_match_the_paper():
 
 def test_eval_uses_the_mean_and_training_samples():
     torch.manual_seed(0)
-    model = build_model("burgess", (1, 64, 64), latent_dim=4)
+    model = build_model(ModelConfig("burgess", latent_dim=4), (1, 64, 64))
     x = torch.rand(3, 1, 64, 64)
     model.eval()
     out = model(x)
@@ -51,7 +54,7 @@ def test_reparameterisation_moments():
 
 
 def test_bad_image_size_and_unknown_arch():
-    with pytest.raises(UserError, match="32, 64 or 128"):
-        build_model("burgess", (1, 28, 28), 10)
+    with pytest.raises(UserError, match="32, 64, 128 or 256 pixel images, got 28x28"):
+        build_model(ModelConfig("burgess"), (1, 28, 28))
     with pytest.raises(UserError, match="unknown architecture 'resnet'; choose one of: burgess"):
-        build_model("resnet", (1, 64, 64), 10)
+        build_model(ModelConfig("resnet"), (1, 64, 64))

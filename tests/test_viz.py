@@ -58,7 +58,7 @@ def make_run(
     record.update(image_shape=list(image_shape), n_train=100, n_val=10, total_steps=20)
     (path / runs.CONFIG).write_text(json.dumps(record))
     torch.manual_seed(0)
-    model = build_model(cfg.model.arch, tuple(image_shape), latent_dim)
+    model = build_model(cfg.model, tuple(image_shape))
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.mul_(decoder_gain)

@@ -19,6 +19,7 @@ from disvae.errors import UserError
 FLAG_KEYS = {
     "loss": "loss.name", "dataset": "data.name", "data_path": "data.path",
     "val_fraction": "data.val_fraction", "split_seed": "data.split_seed", "subset": "data.subset",
+    "img_size": "data.img_size", "workers": "data.workers",
     "arch": "model.arch", "latent_dim": "model.latent_dim",
     "rec_dist": "loss.rec_dist", "rec_scale": "loss.rec_scale", "beta": "loss.beta",
     "gamma": "loss.gamma", "alpha": "loss.alpha", "c_init": "loss.c_init", "c_fin": "loss.c_fin",
@@ -29,11 +30,18 @@ FLAG_KEYS = {
     "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
     "log_every": "train.log_every", "snapshot_every": "train.snapshot_every",
     "eval_every": "train.eval_every", "eval_metrics": "train.eval_metrics",
+    "lr_schedule": "train.lr_schedule", "lr_decay_every": "train.lr_decay_every",
+    "lr_decay": "train.lr_decay", "lr_floor": "train.lr_floor", "lr_warmup": "train.lr_warmup",
+    "grad_clip": "train.grad_clip", "val_every": "train.val_every",
+    "val_images": "train.val_images", "amp": "train.amp", "compile": "train.compile",
+    "channels_last": "train.channels_last",
 }  # fmt: skip
 # What may change when a run is resumed (everything else would make it a different run).
 RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
-                  "train.eval_every", "train.eval_metrics"}  # fmt: skip
+                  "train.eval_every", "train.eval_metrics", "train.val_every",
+                  "train.val_images", "train.amp", "train.compile", "train.channels_last",
+                  "train.nan_check"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -54,10 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="CMD", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_data(sub)
     from disvae.cli_viz import add_plot_parser, add_report_parser
 
     add_plot_parser(sub)
     add_report_parser(sub)
+    from disvae.cli_sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 
@@ -81,7 +93,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN",
         help="continue RUN from its newest checkpoint; "
-        "only --steps/--epochs/--device/--log-every/--checkpoint-every may change",
+        "only --steps/--epochs/--device/--log-every/--checkpoint-every, the validation and "
+        "the speed flags may change",
     )
     g.add_argument("--preset", help="a shipped config, e.g. betaB_dsprites (see --list-presets)")
     g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
@@ -101,6 +114,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--val-fraction", type=float, help="held-out share of the data (default 0.1)")
     g.add_argument("--split-seed", type=int, help="seed of the train/val split (default 0)")
     g.add_argument("--subset", type=_positive_int, help="use only this many images")
+    g.add_argument("--img-size", type=_positive_int, help="image side (default: the dataset's)")
+    g.add_argument("--workers", type=_positive_int, help="image-decoding processes (all CPUs)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="architecture (default: burgess)")
     g.add_argument("--latent-dim", type=int, help="number of latent dimensions (default: 10)")
@@ -148,6 +163,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "training and logged with the losses (default 0: never)",
     )
     g.add_argument("--eval-metrics", help="metrics for --eval-every, comma-separated (mig)")
+    g.add_argument(
+        "--lr-schedule", choices=("none", "step", "cosine"),
+        help="learning-rate schedule: step (x --lr-decay every --lr-decay-every epochs), "
+        "cosine (to --lr-floor x lr at the last step) (none)",
+    )  # fmt: skip
+    g.add_argument("--lr-decay-every", type=float, help="step schedule: epochs per decay (10)")
+    g.add_argument("--lr-decay", type=float, help="step schedule: factor at each decay (0.5)")
+    g.add_argument("--lr-floor", type=float, help="cosine: final lr as a fraction of --lr (0)")
+    g.add_argument("--lr-warmup", type=int, help="steps of linear learning-rate warm-up (0)")
+    g.add_argument("--grad-clip", type=float, help="maximal global gradient norm (default off)")
+    g.add_argument(
+        "--val-every", type=int,
+        help="steps between held-out losses (val/* in the log) and keeping the best weights "
+        "in RUN/best.safetensors (default 0: never)",
+    )  # fmt: skip
+    g.add_argument("--val-images", type=_positive_int, help="held-out images for --val-every")
+    g = p.add_argument_group("speed")
+    g.add_argument(
+        "--amp", choices=("auto", "none", "bf16"),
+        help="bf16 autocast of the forward pass; losses stay fp32 (auto: bf16 on CUDA)",
+    )  # fmt: skip
+    g.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction,
+        help="torch.compile the model (falls back to eager if compilation fails) (off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction,
+        help="NHWC memory format (default: on CUDA)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
 
@@ -172,7 +216,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-test", type=_positive_int, default=5_000, help="test/evaluation points")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw of the metrics")
     p.add_argument("--n-bins", type=_positive_int, default=20, help="bins of MIG and modularity")
-    p.add_argument("--dci-model", choices=("gbt", "lasso"), default="gbt", help="DCI regressor")
+    p.add_argument(
+        "--dci-model",
+        choices=("gbt", "sklearn", "lasso"),
+        default="gbt",
+        help="DCI's regressor: boosted trees (fast, default), scikit-learn's own (exact, slow), "
+        "or the paper's Lasso",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="images per forward")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -181,7 +231,52 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect a dataset", description="See docs/data.md.")
+    dsub = p.add_subparsers(dest="data_command", metavar="DATACMD", required=True)
+    q = dsub.add_parser(
+        "info", help="what a dataset path holds: files, images, shape, factors, cache",
+        description="Load dataset NAME from --data-path (building its cache if needed) and "
+        "print what was found.",
+    )  # fmt: skip
+    q.add_argument("name", help="dataset name, e.g. mnist, cifar10, shapes3d, celeba, folder")
+    q.add_argument("--data-path", help="where the dataset's files are")
+    q.add_argument("--img-size", type=_positive_int, help="image side (default: the dataset's)")
+    q.add_argument("--workers", type=_positive_int, help="image-decoding processes (all CPUs)")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_common(q)
+    q.set_defaults(func=cmd_data_info)
+
+
 # ---------------------------------------------------------------------- commands
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    import json
+
+    from disvae.data import describe
+
+    info = describe(args.name, args.data_path, args.img_size, args.workers)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    files = info["files"]
+    shown = ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else "")
+    c, h, w = info["image_shape"]
+    factors = ", ".join(f"{k} ({v})" for k, v in info["factors"].items()) or "none"
+    lines = [
+        f"dataset:    {info['name']} from {info['path'] or 'the built-in source'}",
+        f"files:      {shown or 'none (built in)'}",
+        f"images:     {info['n_images']} of {c}x{h}x{w} (channels x height x width)",
+        f"likelihood: {info['default_rec_dist']} (default)",
+        f"factors:    {factors}" + (" on a full grid" if info["grid"] else ""),
+        f"cache:      {info['cache_file'] or 'in memory'}",
+    ]
+    if info["patches"]:
+        lines.insert(4, f"patches:    {', '.join(info['patches'])} ({c // len(info['patches'])} "
+                        "channels each)")  # fmt: skip
+    print("\n".join(lines))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -282,10 +377,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data = None
     if args.data_path:
-        from disvae import runs
-        from disvae.data import load_dataset
+        import dataclasses
 
-        data = load_dataset(runs.read_config(args.run).data.name, args.data_path)
+        from disvae import runs
+        from disvae.data import load_data
+
+        cfg = runs.read_config(args.run)
+        data = load_data(dataclasses.replace(cfg.data, path=args.data_path))
     if args.metrics:
         bar = None
         if not args.no_progress and sys.stderr.isatty():

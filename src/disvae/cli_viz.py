@@ -133,7 +133,9 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "traversals, GIFs and a latent explorer; for several, a comparison page.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directories, or one sweep directory"
+    )
     p.add_argument(
         "-o", "--out", help="output file (default RUN/report.html; compare.html for several runs)"
     )
@@ -161,10 +163,12 @@ def _data_for(run: str, data_path: str | None):
     """The run's dataset loaded from ``--data-path`` (None: let the run find its own)."""
     if data_path is None:
         return None
-    from disvae import runs
-    from disvae.data import load_dataset
+    import dataclasses
 
-    return load_dataset(runs.read_config(run).data.name, data_path)
+    from disvae import runs
+    from disvae.data import load_data
+
+    return load_data(dataclasses.replace(runs.read_config(run).data, path=data_path))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -193,7 +197,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from disvae.report import ReportOptions, build_report
+    from disvae.sweep.state import is_sweep_dir
 
+    if len(args.runs) == 1 and is_sweep_dir(args.runs[0]):  # a sweep: its own page
+        from disvae.sweep.page import build_sweep_report
+
+        path = build_sweep_report(args.runs[0], args.out)
+        if not args.quiet:
+            print(f"wrote {path}")
+        return 0
     if args.data_path is not None and len(args.runs) > 1:
         raise UserError("--data-path applies to one run; leave it out when comparing runs")
     opts = ReportOptions(

@@ -34,14 +34,27 @@ class DataConfig:
     val_fraction: float = 0.1  # held-out share, drawn once with `split_seed`
     split_seed: int = 0  # fixed apart from the training seed so runs share one held-out split
     subset: int | None = None  # train/evaluate on this many images drawn at random (quick tests)
+    img_size: int | None = None  # side of the square images; None: the dataset's default
+    workers: int | None = None  # processes decoding image files into the cache; None: all CPUs
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The encoder/decoder architecture."""
 
-    arch: str = "burgess"
+    arch: str = "burgess"  # burgess | conv | stacked (see docs/train.md, "Architectures")
     latent_dim: int = 10
+    # conv, and stacked with tower = "conv"; None: the default for the image size. Per-layer
+    # lists hold one entry per conv layer, or one entry used by every layer.
+    channels: tuple[int, ...] | None = None  # output channels of each conv layer
+    kernels: tuple[int, ...] | None = None  # kernel sizes (default 4)
+    strides: tuple[int, ...] | None = None  # strides (default 2)
+    paddings: tuple[int, ...] | None = None  # zero paddings (default 1)
+    hidden: tuple[int, ...] | None = None  # dense widths after the convs (default [256])
+    # stacked only (multi-patch data)
+    tower: str | None = None  # each patch's encoder/decoder: conv (default) | burgess
+    shared_tower: bool | None = None  # one tower for every patch (default false: one each)
+    fusion: tuple[int, ...] | None = None  # dense widths fusing the towers (default [256])
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,21 @@ class TrainConfig:
     nan_patience: int = 10
     nan_rollbacks: int = 3
     nan_lr_factor: float = 0.5
+    nan_check: str = "auto"  # step (one host sync a step) | deferred (sync-free) | auto: CUDA
+    # Learning-rate schedule, a pure function of the step (training/schedules.py), times the
+    # rollback factor: none | step (x lr_decay every lr_decay_every epochs) | cosine (to lr_floor).
+    lr_schedule: str = "none"
+    lr_decay_every: float = 10.0  # epochs (step schedule)
+    lr_decay: float = 0.5  # factor (step schedule)
+    lr_floor: float = 0.0  # final learning rate of the cosine schedule, as a fraction of lr
+    lr_warmup: int = 0  # steps of linear warm-up (any schedule)
+    grad_clip: float | None = None  # maximal global gradient norm (VAE and discriminator)
+    val_every: int = 0  # steps between held-out losses (val/*) and best.safetensors (0: never)
+    val_images: int | None = 5000  # held-out images used by val_every (None: all)
+    # Speed (training/accel.py): bf16 autocast (auto: on CUDA), NHWC (None: on CUDA), compile.
+    amp: str = "auto"  # auto | none | bf16
+    channels_last: bool | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +188,9 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     if value is None and type(None) in allowed:
         return None
     for t in allowed:
+        if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)):
+            item = typing.get_args(t)[0]
+            return tuple(_check_type(v, item, f"{key}[{i}]", source) for i, v in enumerate(value))
         if t is bool and isinstance(value, bool):
             return value
         if t is int and isinstance(value, int) and not isinstance(value, bool):
@@ -168,8 +199,16 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
             return float(value)
         if t is str and isinstance(value, str):
             return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    names = " or ".join(_type_name(t) for t in allowed)
     raise UserError(f"{source}: {key} must be {names}, got {value!r}")
+
+
+def _type_name(t: Any) -> str:
+    if t is type(None):
+        return "null"
+    if typing.get_origin(t) is tuple:
+        return f"a list of {typing.get_args(t)[0].__name__}"
+    return t.__name__
 
 
 def load_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
@@ -306,11 +345,17 @@ def _check_values(cfg: RunConfig) -> None:
         ("train.steps", T.steps),
         ("train.epochs", T.epochs),
         ("data.subset", D.subset),
+        ("data.img_size", D.img_size),
+        ("data.workers", D.workers),
         ("loss.rec_scale", L.rec_scale),
         ("loss.lr_disc", L.lr_disc),
         ("train.nan_patience", T.nan_patience),
         ("train.nan_lr_factor", T.nan_lr_factor),
         ("train.eval_samples", T.eval_samples),
+        ("train.lr_decay_every", T.lr_decay_every),
+        ("train.lr_decay", T.lr_decay),
+        ("train.grad_clip", T.grad_clip),
+        ("train.val_images", T.val_images),
     ]
     for key, value in _positive:
         if value is not None and not value > 0:
@@ -327,6 +372,9 @@ def _check_values(cfg: RunConfig) -> None:
         ("train.nan_rollbacks", T.nan_rollbacks),
         ("train.snapshot_every", T.snapshot_every),
         ("train.eval_every", T.eval_every),
+        ("train.lr_warmup", T.lr_warmup),
+        ("train.lr_floor", T.lr_floor),
+        ("train.val_every", T.val_every),
     ]
     for key, value in _nonneg:
         if value is not None and not value >= 0:
@@ -335,6 +383,16 @@ def _check_values(cfg: RunConfig) -> None:
         raise UserError(f"loss.sampling must be mws or mss, got {L.sampling!r}")
     if T.nan_lr_factor > 1:
         raise UserError(f"train.nan_lr_factor must be at most 1, got {T.nan_lr_factor}")
+    for key, value, choices in (
+        ("lr_schedule", T.lr_schedule, ("none", "step", "cosine")),
+        ("amp", T.amp, ("auto", "none", "bf16")),
+        ("nan_check", T.nan_check, ("auto", "step", "deferred")),
+    ):
+        if value not in choices:
+            raise UserError(f"train.{key} must be one of {', '.join(choices)}, got {value!r}")
+    for key, value in (("lr_decay", T.lr_decay), ("lr_floor", T.lr_floor)):
+        if value > 1:
+            raise UserError(f"train.{key} must be at most 1, got {value}")
     if not 0 <= D.val_fraction < 1:
         raise UserError(f"data.val_fraction must be in [0, 1), got {D.val_fraction}")
     if T.steps is not None and T.epochs is not None:

@@ -60,13 +60,13 @@ def heldout_losses(
 def _open_run(run_dir: Path, data: ArrayDataset | None, device: str) -> tuple:
     """(model, config, saved tensors, metadata, dataset, device) of a run to evaluate, with the
     dataset (loaded as the run's config says unless given) moved to the device."""
-    from disvae.data import load_dataset
+    from disvae.data import load_data
     from disvae.utils import pick_device
 
     model, cfg, tensors, meta = runs.load_run_state(run_dir)
     dev = pick_device(device)
     if data is None:
-        data = load_dataset(cfg.data.name, cfg.data.path)
+        data = load_data(cfg.data)
     data.to(dev)
     return model, cfg, tensors, meta, data, dev
 

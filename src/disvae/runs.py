@@ -24,8 +24,9 @@ MODEL = "model.safetensors"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 EVAL_LOSSES = "eval_losses.json"
+BEST = "best.safetensors"  # weights with the lowest held-out loss (`--val-every`)
 LOCK = ".lock"
-_RUN_FILES = (CONFIG, MODEL, TRAIN_LOG, EVAL_LOSSES)
+_RUN_FILES = (CONFIG, MODEL, TRAIN_LOG, EVAL_LOSSES, BEST)
 
 
 class LoadedRun(NamedTuple):
@@ -182,7 +183,7 @@ def load_run_state(run_dir: str | Path) -> tuple[Any, C.RunConfig, dict, dict]:
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    model = build_model(cfg.model.arch, image_shape_of(run_dir), cfg.model.latent_dim)
+    model = build_model(cfg.model, image_shape_of(run_dir), patches_of(run_dir))
     final = run_dir / MODEL
     if final.is_file():
         tensors, meta = load_state(final)
@@ -204,3 +205,11 @@ def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
     if not (isinstance(shape, list) and len(shape) == 3):
         raise UserError(f"{str(run_dir)!r}: config.json lacks image_shape; the run is damaged")
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+def patches_of(run_dir: Path) -> tuple[str, ...]:
+    """The patch names of multi-patch data recorded in config.json; () for ordinary images."""
+    patches = json.loads((Path(run_dir) / CONFIG).read_text()).get("patches", [])
+    if not (isinstance(patches, list) and all(isinstance(p, str) for p in patches)):
+        raise UserError(f"{str(run_dir)!r}: config.json's patches is not a list of names")
+    return tuple(patches)

@@ -22,6 +22,10 @@ class DatasetInfo:
     name: str
     image_shape: tuple[int, int, int]  # (C, H, W)
     default_rec_dist: str = "bernoulli"
+    # Multi-patch data (the `stacked` dataset): the patch names in order. Every patch is a
+    # square image of C/len(patches) channels; patch i is channels [i*c, (i+1)*c). Empty for
+    # ordinary data.
+    patches: tuple[str, ...] = ()
 
 
 class ArrayDataset:
@@ -34,6 +38,10 @@ class ArrayDataset:
         info: name, image shape and default likelihood.
         packed: whether ``images`` is bit-packed.
     """
+
+    # Where the images came from (set by the file loaders; shown by `disvae data info`).
+    files: tuple[str, ...] = ()
+    cache_file: str | None = None
 
     def __init__(self, images: np.ndarray | torch.Tensor, info: DatasetInfo, packed: bool) -> None:
         c, h, w = info.image_shape

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-import uuid
-import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from disvae.data.base import DatasetInfo
+from disvae.data.cache import cache_dir, with_source
+from disvae.data.cache import cached as _cached
 from disvae.data.ground_truth import GridDataset
 from disvae.data.registry import DATASETS
 from disvae.errors import DataError
@@ -242,82 +241,6 @@ def render_grid_chunks(start: int = 0, stop: int = 720) -> Iterator[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- cache
-def cache_dir() -> Path:
-    """Where rendered/converted images are kept: ``$DISVAE_CACHE`` or ``~/.cache/disvae``."""
-    env = os.environ.get("DISVAE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "disvae"
-
-
-def _open_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached ``.npy`` at ``path`` memory-mapped read-only, or None (missing or broken)."""
-    if not path.exists():
-        return None
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        ok = (
-            isinstance(arr, np.memmap)
-            and arr.shape == shape
-            and arr.dtype == np.uint8
-            and path.stat().st_size == arr.offset + arr.nbytes
-        )
-    except (ValueError, OSError, EOFError):
-        ok = False
-    if not ok:
-        warnings.warn(
-            f"dSprites cache {path} is incomplete or corrupt; rebuilding it", stacklevel=3
-        )
-        return None
-    return arr
-
-
-def _write_npy_atomic(path: Path, shape: tuple[int, int], chunks: Iterable[np.ndarray]) -> None:
-    """Write uint8 ``chunks`` (rows of ``shape``) as one ``.npy``: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            header = {"descr": "|u1", "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(f, header)
-            rows = 0
-            for chunk in chunks:
-                f.write(np.ascontiguousarray(chunk, dtype=np.uint8).data)
-                rows += len(chunk)
-            if rows != shape[0]:
-                raise RuntimeError(f"produced {rows} rows, expected {shape[0]}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _cached(
-    path: Path, shape: tuple[int, int], produce: Callable[[], Iterable[np.ndarray]], what: str
-) -> np.ndarray:
-    """Rows of ``shape`` from the cache at ``path``, building it with ``produce()`` if needed.
-
-    Returns a read-only memory map ``shape`` uint8 (in memory if the cache cannot be written).
-    """
-    arr = _open_cache(path, shape)
-    if arr is not None:
-        logger.debug("dSprites: memory-mapping %s", path)
-        return arr
-    logger.info("dSprites: %s into %s (once; later runs memory-map it)", what, path)
-    start = time.perf_counter()
-    try:
-        _write_npy_atomic(path, shape, produce())
-    except OSError as err:
-        warnings.warn(
-            f"cannot write the dSprites cache {path} ({err}); keeping it in memory", stacklevel=3
-        )
-        return np.concatenate(list(produce()))
-    logger.info("dSprites: %s took %.1f s", what, time.perf_counter() - start)
-    arr = _open_cache(path, shape)
-    if arr is None:
-        raise DataError(f"the dSprites cache {path} was written but cannot be read back")
-    return arr
-
-
 def rendered_images() -> np.ndarray:
     """The full rendered grid, bit-packed, ``(737280, 512)`` uint8 (memory-mapped cache)."""
     path = cache_dir() / f"dsprites-rendered-v{RENDER_VERSION}.npy"
@@ -448,11 +371,19 @@ class DSprites(GridDataset):
 
 
 @DATASETS.register("dsprites")
-def load_dsprites(path: str | None = None) -> DSprites:
+def load_dsprites(
+    path: str | None = None, img_size: int | None = None, workers: int | None = None
+) -> DSprites:
     """dSprites from our renderer (``path`` None) or from DeepMind's ``.npz`` (file or folder).
 
-    Either way the packed images are cached once and memory-mapped on later runs.
+    Either way the packed images are cached once and memory-mapped on later runs. The images
+    are 64x64 only (``img_size`` other than None or 64 is an error); ``workers`` is unused.
     """
+    if img_size not in (None, SIZE):
+        raise DataError(f"dSprites images are {SIZE}x{SIZE}; img_size {img_size} is not available")
     if path is None:
-        return DSprites(rendered_images())
-    return DSprites(_read_npz(_npz_path(path)))
+        images = rendered_images()
+        return with_source(DSprites(images), [], images)
+    file = _npz_path(path)
+    images = _read_npz(file)
+    return with_source(DSprites(images), [file], images)

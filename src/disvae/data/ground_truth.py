@@ -73,3 +73,70 @@ class GridDataset(ArrayDataset):
     def sample_observations_from_factors(self, classes: np.ndarray) -> torch.Tensor:
         """Images for factor classes ``(N, K)`` as float ``(N, C, H, W)`` in [0, 1]."""
         return self.batch(torch.from_numpy(self.index_of(classes)))
+
+
+N_BINS = 20  # bins of a continuous factor (the MIG/SAP convention of disentanglement_lib)
+
+
+class LabeledDataset(ArrayDataset):
+    """An `ArrayDataset` with a factor table but no grid (MNIST labels, gaze angles, ...).
+
+    Code-based metrics (MIG, SAP, DCI, modularity) need, for every image, one class index per
+    factor; they cannot draw images for chosen factors (no ``index_of``), so the intervention
+    scores (β-VAE, FactorVAE) do not apply.
+
+    Args:
+        images, info, packed: as for `ArrayDataset`.
+        factor_names: ``K`` names.
+        values: ``(N, K)`` raw factor values (float64 after conversion).
+        categorical: per factor, True when its values are classes (labels: each distinct value
+            becomes a class, in sorted order), False when continuous (split into ``N_BINS``
+            equal-width bins between its minimum and maximum).
+
+    Attributes:
+        factors: ``(N, K)`` int64 class indices; ``factor_values_raw``: ``(N, K)`` float64;
+        n_classes: classes per factor (``K``,).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        info: DatasetInfo,
+        packed: bool,
+        factor_names: Sequence[str],
+        values: np.ndarray,
+        categorical: Sequence[bool],
+    ) -> None:
+        super().__init__(images, info, packed)
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape != (len(self), len(factor_names)):
+            raise ValueError(f"factor values {values.shape}, expected ({len(self)}, K names)")
+        if len(categorical) != len(factor_names):
+            raise ValueError("one categorical flag per factor name is needed")
+        self.factor_names = tuple(factor_names)
+        self.factor_values_raw = values
+        columns = [
+            np.unique(col, return_inverse=True)[1] if cat else discretize(col)
+            for col, cat in zip(values.T, categorical, strict=True)
+        ]
+        self.factors = np.stack(columns, axis=1).astype(np.int64).reshape(len(self), -1)
+        self.n_classes = tuple(int(c.max(initial=-1)) + 1 for c in self.factors.T)
+
+    @property
+    def n_factors(self) -> int:
+        return len(self.factor_names)
+
+    def factors_of(self, index: np.ndarray) -> np.ndarray:
+        """Factor classes ``(N, K)`` int64 of image indices ``(N,)``."""
+        return self.factors[np.asarray(index, dtype=np.int64)]
+
+
+def discretize(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Class indices ``(N,)`` of ``values`` ``(N,)`` in ``n_bins`` equal-width bins (min..max)."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if hi <= lo:
+        return np.zeros(len(values), dtype=np.int64)
+    edges = np.linspace(lo, hi, n_bins + 1)[1:-1]
+    return np.digitize(values, edges).astype(np.int64)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from disvae.config import ModelConfig
 from disvae.registry import Registry
 
-# name -> callable(image_shape, latent_dim) -> (encoder, decoder)
+# name -> callable(model config, image_shape, patch names) -> (encoder, decoder); the callable
+# checks its knobs and the shapes and raises `UserError` for what it cannot build.
 ARCHITECTURES: Registry = Registry("architecture")
 
 
@@ -28,13 +30,21 @@ class VAEOutput:
 
 
 class VAE(nn.Module):
-    """Encoder -> (mu, logvar) -> z = mu + sigma * eps -> decoder -> logits."""
+    """Encoder -> (mu, logvar) -> z = mu + sigma * eps -> decoder -> logits.
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int) -> None:
+    ``patches`` names the patches of multi-patch data (patch i in channels [i*C, (i+1)*C)),
+    empty for ordinary images; the figures lay a sample's patches side by side.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, latent_dim: int,
+        patches: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
+        self.patches = tuple(patches)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters ``(mu, logvar)``, each (B, D), of images x (B, C, H, W)."""
@@ -57,11 +67,26 @@ class VAE(nn.Module):
         return VAEOutput(self.decode(z), mu, logvar, z)
 
 
-def build_model(arch: str, image_shape: tuple[int, int, int], latent_dim: int) -> VAE:
-    """A `VAE` of the named architecture for images of ``image_shape`` (C, H, W)."""
-    encoder, decoder = ARCHITECTURES.get(arch)(image_shape, latent_dim)
-    return VAE(encoder, decoder, latent_dim)
+def build_model(
+    cfg: ModelConfig, image_shape: tuple[int, int, int], patches: tuple[str, ...] = ()
+) -> VAE:
+    """A `VAE` of architecture ``cfg.arch`` for images of ``image_shape`` (C, H, W).
+
+    Args:
+        cfg: the architecture, latent size and knobs (`disvae.config.ModelConfig`).
+        image_shape: (C, H, W) of one sample; for multi-patch data C = P * (channels per patch).
+        patches: names of the P patches stacked along channels (`DatasetInfo.patches`), or ().
+
+    Raises:
+        UserError: unknown architecture, a knob it does not use, or shapes it cannot build.
+    """
+    image_shape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
+    patches = tuple(patches)
+    encoder, decoder = ARCHITECTURES.get(cfg.arch)(cfg, image_shape, patches)
+    return VAE(encoder, decoder, cfg.latent_dim, patches)
 
 
 # Register the built-in architectures.
 from disvae.models import burgess as _burgess  # noqa: E402, F401
+from disvae.models import conv as _conv  # noqa: E402, F401
+from disvae.models import stacked as _stacked  # noqa: E402, F401

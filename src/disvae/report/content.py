@@ -137,7 +137,7 @@ def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> Ru
                 kl=view.kl,
                 n_cols=cols,
                 max_traversal=opts.max_traversal,
-                reference=[("original", x[:1])],
+                reference=[("original", T.shown(m, x[:1]))],
             )
         )
         bases = T.encode(m, x[:cols])[0]
@@ -180,7 +180,7 @@ def explorer_data(view: RunView, opts: ReportOptions) -> dict[str, Any]:
         sheet = np.concatenate([np.repeat(own[None], len(dims), axis=0), imgs], axis=1)
         sprite = I.make_grid(sheet.reshape(-1, *sheet.shape[2:]), sheet.shape[1], pad=0)
         sprite = posterize(sprite)
-        shown = own[0] if thumb is None else thumb
+        shown = own[0] if thumb is None else T.shown(m, thumb[None])[0]
         bases.append(
             {
                 "label": label,

@@ -55,10 +55,11 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def write_scalars(writer: Any, record: dict[str, Any], step: int) -> None:
-    """Every float of ``record`` as ``train/NAME``; each list (kl_per_dim) as ``NAME/zD``."""
+    """Every float of ``record`` as ``train/NAME`` (names with a group, ``val/loss`` or
+    ``metrics/mig``, as they are); each list (kl_per_dim) as ``NAME/zD``."""
     for k, v in record.items():
         if isinstance(v, float) and k != "lr":
-            writer.add_scalar(f"train/{k}", v, step)
+            writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
         elif isinstance(v, list):
             for d, x in enumerate(v):
                 writer.add_scalar(f"{k}/z{d}", x, step)

@@ -1,23 +1,23 @@
 """The training loop: one plain loop that reads top to bottom.
 
-Each step: take a batch of indices, gather the images on the device, forward, objective,
-backward, Adam step (and, for FactorVAE, the discriminator's step on a second batch), accumulate
-the loss terms on the device; every `log_every` steps write one JSON line and TensorBoard
-scalars; every `checkpoint_every` steps write a checkpoint. No `.item()` inside the step, so the
-device never waits for the host.
+Each step: set the learning rate (a pure function of the step), take a batch of indices,
+gather the images on the device, forward (under the run's precision settings, `accel`),
+objective, backward, clip, Adam step (and, for FactorVAE, the discriminator's step on a second
+batch), accumulate the loss terms on the device; every `log_every` steps write one JSON line and
+TensorBoard scalars (and held-out losses every `val_every`); every `checkpoint_every` steps write
+a checkpoint. No `.item()` inside the step; on CUDA not even the non-finite check reads the
+device (`accel.DeferredGuard`), so the device never waits for the host.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from disvae import config as C
@@ -25,22 +25,21 @@ from disvae import runs
 from disvae.data import ArrayDataset
 from disvae.data.batching import BatchStream, split_indices
 from disvae.errors import UserError
-from disvae.losses import DISC_BETAS, LossContext, compute_loss, discriminator_loss
+from disvae.losses import DISC_BETAS, LossContext, LossOutput, compute_loss, discriminator_loss
 from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
+from disvae.training import accel, logs, runtime, schedules, validation
 from disvae.training import checkpoint as ckpt
-from disvae.training import logs, runtime
+from disvae.training.runtime import NonFiniteError
+from disvae.training.state import TrainerState
 from disvae.utils import atomic_write_json, pick_device
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(UserError):
-    """A loss term became NaN or infinite."""
-
-
-class Trainer:
-    """Holds everything one run needs; `run()` trains to the configured number of steps."""
+class Trainer(TrainerState):
+    """Holds everything one run needs; `run()` trains to the configured number of steps
+    (saving and restoring its state: `TrainerState`)."""
 
     def __init__(self, cfg: C.RunConfig, out: Path, data: ArrayDataset) -> None:
         self.cfg, self.out, self.data = cfg, out, data
@@ -61,17 +60,28 @@ class Trainer:
             resolve_metric_names(cfg.train.eval_metrics, hasattr(data, "factor_sizes"))
         snap = cfg.train.snapshot_every
         self.snapshot_every = max(1, self.total_steps // 50) if snap is None else snap
+        if cfg.train.val_every and not len(self.val_idx):
+            raise UserError("--val-every needs a held-out split; set --val-fraction > 0")
+        self.val_idx_used = validation.val_subset(
+            self.val_idx, cfg.train.val_images, cfg.data.split_seed
+        )
+        self.accel = accel.resolve(cfg.train, self.device)
+        accel.configure_backends(self.accel)
         runtime.seed_everything(cfg.train.seed)
         self.stream = BatchStream(self.train_idx, seed=cfg.train.seed)
-        self.model = build_model(cfg.model.arch, data.image_shape, cfg.model.latent_dim)
-        self.model.to(self.device).train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.model = build_model(cfg.model, data.image_shape, getattr(data.info, "patches", ()))
+        accel.prepare_model(self.model.to(self.device).train(), self.accel)
+        self.forward = accel.ModelForward(self.model, self.accel)
+        self.opt = accel.adam(self.model.parameters(), cfg.train.lr, self.accel)
         self.disc = self.disc_opt = None
         if cfg.loss.name == "factor":
             self.disc = Discriminator(cfg.model.latent_dim).to(self.device).train()
-            self.disc_opt = torch.optim.Adam(
-                self.disc.parameters(), lr=cfg.loss.lr_disc, betas=DISC_BETAS
+            self.disc_opt = accel.adam(
+                self.disc.parameters(), cfg.loss.lr_disc, self.accel, betas=DISC_BETAS
             )
+        steps_per_epoch = len(self.train_idx) / (self.batches_per_step * cfg.train.batch_size)
+        self.lr_factor = schedules.for_run(cfg.train, self.total_steps, steps_per_epoch)
+        self.guard = accel.DeferredGuard(self.device) if self.accel.deferred_nan_check else None
         self.ctx = LossContext(dataset_size=len(self.train_idx), discriminator=self.disc)
         self.data.to(self.device)
         self.step = 0
@@ -82,51 +92,77 @@ class Trainer:
         self.bad_term = ""
         self.rollbacks = 0
         self.lr_scale = 1.0  # learning-rate multiplier after rollbacks (saved in checkpoints)
+        self.best_val: float | None = None  # lowest held-out loss so far (saved in checkpoints)
         self._stop_requested = False
 
     # ------------------------------------------------------------------ the step
 
     def train_step(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the detached loss terms, or None when a loss term or
-        gradient was not finite and the update was skipped (the name is in `self.bad_term`)."""
-        B = self.cfg.train.batch_size
-        x = self.data.batch(self.stream.next(B))
-        out = self.model(x)
+        gradient was not finite and the update was skipped (the name is in `self.bad_term`).
+        With the deferred check the skip happens on the device: the terms come back zeroed and
+        `self.guard` counts the step until the next `flush_deferred`."""
+        self.set_lr()
+        x = self.next_batch()
+        out = self.forward(x)
         result = compute_loss(out, x, self.step, self.cfg.loss, self.ctx)
-        self.opt.zero_grad(set_to_none=True)
-        result.total.backward()
-        if self._nonfinite(result.terms, self.model):
+        ok = self._update(self.opt, self.model, result, "grad_norm")
+        if ok is False:
             return None
-        self.opt.step()
         terms = dict(result.terms)
         if self.disc is not None:
             # Kim & Mnih (2018), Alg. 2: the discriminator sees codes of this batch (joint) and
             # permuted codes of a second batch (product of marginals). Its grads from the VAE
             # loss above are discarded first.
             with torch.no_grad():
-                mu, logvar = self.model.encode(self.data.batch(self.stream.next(B)))
-                z_other = self.model.sample(mu, logvar)
+                z_other = self.model.sample(*self.forward.encode(self.next_batch()))
             d = discriminator_loss(self.disc, out.z, z_other)
-            self.disc_opt.zero_grad(set_to_none=True)
-            d.total.backward()
-            if self._nonfinite(d.terms, self.disc):
+            ok = self._update(self.disc_opt, self.disc, d, "disc_grad_norm", ok)
+            if ok is False:
                 return None
-            self.disc_opt.step()
             terms.update(d.terms)
+        if self.guard is not None:
+            self.guard.end_step(ok)
+            terms = {k: torch.where(ok, v, 0.0) for k, v in terms.items()}
         return terms
 
-    def _nonfinite(self, terms: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
-        """Whether a loss term or a gradient of ``module`` is NaN/inf (one host sync a step,
-        which is free on the CPU). Records the first bad name in `self.bad_term`."""
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        ok = torch.stack([torch.isfinite(v).all() for v in (*terms.values(), *grads)]).all()
-        if bool(ok):
-            return False
-        # Name the most specific culprit: a term other than the total, else the total.
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        bad = [k for k in bad if k != "loss"] or bad
-        self.bad_term = bad[0] if bad else "gradient"
-        return True
+    def _update(
+        self,
+        opt: torch.optim.Optimizer,
+        module: torch.nn.Module,
+        result: LossOutput,
+        norm_name: str,
+        ok_before: torch.Tensor | None = None,
+    ) -> bool | torch.Tensor:
+        """Backward ``result.total``, check, clip (``grad_clip``; the norm before clipping is
+        added to ``result.terms`` as ``norm_name``) and step ``opt``. Returns False for a skipped
+        step, else True, or (deferred check) the device flag that gated the update."""
+        opt.zero_grad(set_to_none=True)
+        result.total.backward()
+        clip = self.cfg.train.grad_clip
+        params = [p for p in module.parameters() if p.grad is not None]
+        if self.guard is None:  # one host sync a step, free on the CPU
+            bad = accel.first_nonfinite(result.terms, params)
+            if bad:
+                self.bad_term = bad
+                return False
+            ok = True
+        if self.guard is not None or clip:
+            norm = accel.grad_norm(params)
+        if self.guard is not None:
+            ok = self.guard.finite(result.terms, norm)
+            ok = ok if ok_before is None else ok & ok_before
+            accel.skip_unless(opt, ok)
+        if clip:
+            accel.clip_to(params, clip, norm)
+            result.terms[norm_name] = norm  # before clipping
+        opt.step()
+        return ok
+
+    def next_batch(self) -> torch.Tensor:
+        """The next training batch on the device (the index copy does not wait for the GPU)."""
+        index = self.stream.next(self.cfg.train.batch_size)
+        return self.data.batch(index.to(self.device, non_blocking=True))
 
     def accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():
@@ -167,10 +203,17 @@ class Trainer:
                     elif self.on_nonfinite():  # rolled back to an earlier step
                         bar.n = self.step
                         continue
-                    last = self.step == self.total_steps
+                    last, stop = self.step == self.total_steps, self._stop_requested
                     evaluate = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or last)
-                    if self.step % cfg.log_every == 0 or last or self._stop_requested or evaluate:
+                    val = bool(cfg.val_every) and (self.step % cfg.val_every == 0 or last)
+                    log_now = self.step % cfg.log_every == 0 or last or stop or evaluate or val
+                    save_now = self.step % cfg.checkpoint_every == 0 or last or stop
+                    if (log_now or save_now) and self.flush_deferred():  # rolled back
+                        bar.n = self.step
+                        continue
+                    if log_now:
                         extra = self.metrics() if evaluate else {}
+                        extra.update(self.validate() if val else {})
                         now = time.perf_counter()
                         rate = (self.step - step_last) * cfg.batch_size * self.batches_per_step
                         record = self.write_log(rate / max(now - t_last, 1e-9), writer, extra)
@@ -178,7 +221,7 @@ class Trainer:
                         t_last, step_last = now, self.step
                     if self.snapshot_every and (self.step % self.snapshot_every == 0 or last):
                         self.snapshot()
-                    if self.step % cfg.checkpoint_every == 0 or last or self._stop_requested:
+                    if save_now:
                         self.save_checkpoint()
         finally:
             bar.close()
@@ -189,11 +232,33 @@ class Trainer:
     def on_nonfinite(self) -> bool:
         """A skipped step: warn; after `nan_patience` in a row roll back with a lower learning
         rate (returns True), or stop when `nan_rollbacks` rollbacks did not help."""
-        cfg = self.cfg.train
         self.n_skipped += 1
         self.bad_streak += 1
         if self.bad_streak == 1:
             log.warning("step %d: %r is not finite; update skipped", self.step, self.bad_term)
+        return self._roll_back_if_stuck()
+
+    def flush_deferred(self) -> bool:
+        """Read the deferred check's counters (one host sync, at log/checkpoint steps only) and
+        act as `on_nonfinite` would have: returns True when the run rolled back."""
+        if self.guard is None:
+            return False
+        n_bad, worst, current, name = self.guard.flush()
+        if not n_bad:
+            self.bad_streak = 0
+            return False
+        self.n_summed -= n_bad  # the skipped steps' terms were zeroed, not summed
+        self.n_skipped += n_bad
+        self.bad_term = name
+        log.warning("%d updates skipped by step %d: %r was not finite", n_bad, self.step, name)
+        self.bad_streak = worst
+        if self._roll_back_if_stuck():
+            return True
+        self.bad_streak = current
+        return False
+
+    def _roll_back_if_stuck(self) -> bool:
+        cfg = self.cfg.train
         if self.bad_streak < cfg.nan_patience:
             return False
         if self.rollbacks >= cfg.nan_rollbacks:
@@ -205,7 +270,7 @@ class Trainer:
         scale = self.lr_scale * cfg.nan_lr_factor
         self.restore()
         self.rollbacks += 1
-        self.set_lr_scale(scale)
+        self.lr_scale = scale  # `set_lr` applies it from the next step on
         self.bad_streak = 0
         log.warning("rolled back to step %d with learning rate x%g", self.step, scale)
         return True
@@ -222,37 +287,45 @@ class Trainer:
         except OSError as e:
             raise runtime.disk_error(e, f"training frame of step {self.step}", self.out) from None
 
-    def set_lr_scale(self, scale: float) -> None:
-        self.lr_scale = scale
+    def set_lr(self) -> None:
+        """Learning rates of this step: base x rollback scale x schedule (of the step)."""
+        factor = self.lr_scale * self.lr_factor(self.step)
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.train.lr * scale
+            group["lr"] = self.cfg.train.lr * factor
         if self.disc_opt is not None:
             for group in self.disc_opt.param_groups:
-                group["lr"] = self.cfg.loss.lr_disc * scale
+                group["lr"] = self.cfg.loss.lr_disc * factor
 
     def metrics(self) -> dict[str, float]:
-        """Disentanglement metrics of the current model (``eval_every``), as ``metrics/NAME``.
-
-        Computed from their own seeded generators with every global RNG state saved and
-        restored, so training continues exactly as it would have without them.
-        """
+        """Disentanglement metrics of the current model (``eval_every``), as ``metrics/NAME``,
+        computed from their own seeded generators without moving the global RNGs."""
         from disvae.evaluation import metrics_during_training
 
         cfg = self.cfg.train
         t0 = time.perf_counter()
-        np_state, py_state = np.random.get_state(), random.getstate()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with runtime.rng_preserved(self.device):
             values = metrics_during_training(
-                self.model,
-                self.data,
-                cfg.eval_metrics,
-                rng_seed=cfg.seed,
+                self.model, self.data, cfg.eval_metrics, rng_seed=cfg.seed,
                 n_samples=cfg.eval_samples,
-            )
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+            )  # fmt: skip
         log.info("metrics at step %d in %.1fs: %s", self.step, time.perf_counter() - t0, values)
         return {f"metrics/{k}": v for k, v in values.items()}
+
+    def validate(self) -> dict[str, Any]:
+        """Held-out losses (``val_every``) as ``val/NAME``; the weights go to best.safetensors
+        when ``val/loss`` is the lowest so far (a NaN never is)."""
+        values = validation.heldout(
+            self.model, self.data, self.val_idx_used, self.cfg.loss, self.step,
+            dataset_size=len(self.train_idx), discriminator=self.disc, device=self.device,
+        )  # fmt: skip
+        loss = values["val/loss"]
+        if self.best_val is None or loss < self.best_val:
+            self.best_val = loss
+            try:
+                validation.save_best(self.out / runs.BEST, self.model, self.disc, self.step, loss)
+            except OSError as e:
+                raise runtime.disk_error(e, "best weights", self.out) from None
+        return values
 
     def write_log(
         self, img_per_s: float, writer: Any, extra: dict[str, float] | None = None
@@ -280,85 +353,6 @@ class Trainer:
         self.sums, self.n_summed, self.n_skipped = {}, 0, 0
         return record
 
-    # ------------------------------------------------------------------ saving and restoring
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = ckpt.module_state("model", self.model)
-        t, opt_meta = ckpt.optimizer_state("opt", self.opt)
-        tensors.update(t)
-        meta: dict[str, Any] = {
-            "step": self.step,
-            "opt": opt_meta,
-            "n_summed": self.n_summed,
-            "n_skipped": self.n_skipped,
-            "lr_scale": self.lr_scale,
-        }
-        if self.disc is not None:
-            tensors.update(ckpt.module_state("disc", self.disc))
-            t, meta["disc_opt"] = ckpt.optimizer_state("disc_opt", self.disc_opt)
-            tensors.update(t)
-        t, meta["rng"] = ckpt.rng_state()
-        tensors.update(t)
-        t, meta["data"] = self.stream.state()
-        tensors.update({f"data.{k}": v for k, v in t.items()})
-        tensors.update({f"acc.{k}": v for k, v in self.sums.items()})
-        return tensors, meta
-
-    def save_checkpoint(self) -> None:
-        tensors, meta = self.state()
-        weights = [v for k, v in tensors.items() if k.startswith(("model.", "disc."))]
-        if not all(torch.isfinite(w).all() for w in weights):
-            raise NonFiniteError(
-                f"weights became non-finite by step {self.step}; not checkpointing them "
-                "(lower --lr; the last good checkpoint is kept)"
-            )
-        directory = self.out / runs.CHECKPOINTS
-        try:
-            directory.mkdir(exist_ok=True)
-            ckpt.save_state(ckpt.checkpoint_path(directory, self.step), tensors, meta)
-        except OSError as e:
-            raise runtime.disk_error(e, f"checkpoint of step {self.step}", self.out) from None
-        ckpt.prune(directory, self.cfg.train.keep_checkpoints)
-
-    def restore(self) -> None:
-        """Continue from the newest good checkpoint of `self.out`."""
-        latest = ckpt.load_latest(self.out / runs.CHECKPOINTS)
-        if latest is None:
-            raise UserError(f"--resume {str(self.out)!r}: no usable checkpoint to resume from")
-        tensors, meta, path = latest
-        ckpt.load_module_state("model", self.model, tensors, str(path))
-        ckpt.load_optimizer_state("opt", self.opt, tensors, meta["opt"])
-        if self.disc is not None:
-            ckpt.load_module_state("disc", self.disc, tensors, str(path))
-            ckpt.load_optimizer_state("disc_opt", self.disc_opt, tensors, meta["disc_opt"])
-        ckpt.set_rng_state(tensors, meta["rng"])
-        data_t = {k[5:]: v for k, v in tensors.items() if k.startswith("data.")}
-        self.stream.load_state(data_t, meta["data"])
-        self.sums = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("acc.")}
-        self.n_summed = meta["n_summed"]
-        self.n_skipped = meta.get("n_skipped", 0)
-        self.lr_scale = meta.get("lr_scale", 1.0)
-        self.step = meta["step"]
-        logs.truncate_log(self.out / runs.TRAIN_LOG, self.step)
-        if self.snapshot_every:
-            from disvae import viz
-
-            viz.prune_training_frames(self.out, after_step=self.step)
-        log.info("resumed %s at step %d", self.out, self.step)
-
-    def save_final(self) -> None:
-        tensors = ckpt.module_state("model", self.model)
-        if self.disc is not None:
-            tensors.update(ckpt.module_state("disc", self.disc))
-        try:
-            ckpt.save_state(self.out / runs.MODEL, tensors, {"step": self.step})
-            if self.snapshot_every:
-                from disvae import viz
-
-                viz.write_training_gif(self.out)
-        except OSError as e:
-            raise runtime.disk_error(e, "final weights", self.out) from None
-
 
 # ---------------------------------------------------------------------- entry point
 
@@ -377,7 +371,7 @@ def train(
     With ``resume``, ``cfg`` is the run's saved config (possibly with more steps) and training
     continues from the newest checkpoint in ``out``. ``data`` may be given to skip loading.
     """
-    from disvae.data import load_dataset
+    from disvae.data import load_data
 
     out = Path(out).expanduser()
     # Fail fast on bad values, before touching the disk or loading data (the dataset's default
@@ -388,7 +382,7 @@ def train(
     else:
         runs.check_out_dir(out, overwrite)
     if data is None:
-        data = load_dataset(cfg.data.name, cfg.data.path)
+        data = load_data(cfg.data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
     with runs.RunLock(out, create=not resume):
         if not resume:
@@ -398,6 +392,7 @@ def train(
             trainer.restore()
         record = runs.config_record(cfg)
         record["image_shape"] = list(data.image_shape)
+        record["patches"] = list(getattr(data.info, "patches", ()))
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
         atomic_write_json(out / runs.CONFIG, record)

@@ -19,6 +19,10 @@ from disvae.errors import UserError
 log = logging.getLogger(__name__)
 
 
+class NonFiniteError(UserError):
+    """A loss term became NaN or infinite."""
+
+
 def disk_error(e: OSError, what: str, out: Path) -> UserError:
     return UserError(
         f"could not write the {what} in {str(out)!r}: {e.strerror or e}; the previous checkpoint "
@@ -49,3 +53,15 @@ def stop_on_signals(trainer: Any) -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def rng_preserved(device: torch.device) -> Iterator[None]:
+    """Run a block (metrics, held-out losses) without moving any global RNG: torch (CPU and
+    ``device``), NumPy and Python states are restored after it, so training continues exactly
+    as it would have without the block."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    np.random.set_state(np_state)
+    random.setstate(py_state)

@@ -20,13 +20,22 @@ from disvae.viz.gifs import (
     traversal_gifs,
     write_training_gif,
 )
-from disvae.viz.images import gif_bytes, make_grid, png_bytes, save_gif, save_png, upsample
+from disvae.viz.images import (
+    gif_bytes,
+    make_grid,
+    png_bytes,
+    save_gif,
+    save_png,
+    tile_patches,
+    upsample,
+)
 from disvae.viz.plots import PLOTS, PlotOptions, RunView, open_run, plot_run
 from disvae.viz.reconstructions import data_samples, reconstruct, reconstruct_images, samples
 from disvae.viz.traversal import (
     decode,
     encode,
     kl_per_dim,
+    shown,
     traversal_images,
     traversal_range,
     traversal_values,
@@ -57,6 +66,8 @@ __all__ = [
     "samples",
     "save_gif",
     "save_png",
+    "shown",
+    "tile_patches",
     "training_frames",
     "training_snapshot",
     "traversal_animation",

@@ -23,6 +23,18 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def tile_patches(images: np.ndarray, n_patches: int) -> np.ndarray:
+    """Multi-patch samples ``(N, P*C, S, S)`` (patch i in channels [i*C, (i+1)*C)) as pictures
+    of their patches side by side, ``(N, C, S, P*S)``; ``n_patches`` 1 returns ``images``."""
+    if n_patches == 1:
+        return images
+    n, pc, h, w = images.shape
+    if pc % n_patches:
+        raise ValueError(f"{pc} channels do not split into {n_patches} patches")
+    parts = images.reshape(n, n_patches, pc // n_patches, h, w)
+    return parts.transpose(0, 2, 3, 1, 4).reshape(n, pc // n_patches, h, n_patches * w)
+
+
 def make_grid(images: np.ndarray, n_cols: int, pad: int = 2) -> np.ndarray:
     """Tile images into a grid, row by row.
 

@@ -113,7 +113,7 @@ def open_run(run_dir: str | Path, data: Any = None, load_data: bool = True) -> R
         data: the run's `ArrayDataset`, to skip loading it.
         load_data: False to skip the dataset (figures that need images are then unavailable).
     """
-    from disvae.data import load_dataset
+    from disvae.data import load_data as load_dataset_of
     from disvae.data.batching import split_indices
 
     run_dir = Path(run_dir)
@@ -123,7 +123,7 @@ def open_run(run_dir: str | Path, data: Any = None, load_data: bool = True) -> R
     view = RunView(run_dir, model, record, int(meta.get("step", 0)))
     if data is None and load_data:
         try:
-            data = load_dataset(cfg.data.name, cfg.data.path)
+            data = load_dataset_of(cfg.data)
         except (UserError, OSError) as e:
             log.warning(
                 "dataset %r not loaded (%s); figures that need images are skipped", cfg.data.name, e
@@ -172,7 +172,8 @@ def make_figure(view: RunView, name: str, opts: PlotOptions) -> dict[str, Any]:
         return {"samples.png": pic}
     if name == "data-samples":
         x = view.images(opts.idcs, (opts.rows or 6) * cols, opts.seed)
-        return {"data-samples.png": reconstructions.data_samples(x, n_cols=cols, upsample=up)}
+        pic = reconstructions.data_samples(T.shown(m, x), n_cols=cols, upsample=up)
+        return {"data-samples.png": pic}
     if name == "reconstruct":
         x = view.images(opts.idcs, (opts.rows or 3) * cols, opts.seed)
         return {"reconstruct.png": reconstructions.reconstruct(m, x, n_cols=cols, upsample=up)}
@@ -184,7 +185,7 @@ def make_figure(view: RunView, name: str, opts: PlotOptions) -> dict[str, Any]:
             base = T.encode(m, x[:1])[0][0] if opts.posterior else None
             if name == "reconstruct-traverse":
                 reference = [
-                    ("original", x),
+                    ("original", T.shown(m, x)),
                     ("reconstruction", reconstructions.reconstruct_images(m, x)),
                 ]
         pic = T.traversals(

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from disvae.viz import images as I
-from disvae.viz.traversal import decode, encode
+from disvae.viz.traversal import decode, encode, shown
 
 
 def prior_codes(latent_dim: int, n: int, seed: int | None = 0) -> np.ndarray:
@@ -30,7 +30,8 @@ def data_samples(images: np.ndarray, *, n_cols: int = 7, upsample: int = 1) -> n
 
 
 def reconstruct_images(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    """Decodes of the posterior means of ``images`` (N, C, H, W): float32 (N, C, H, W)."""
+    """Decodes of the posterior means of ``images`` (N, C, H, W): float32 (N, C, H, W), as
+    drawn (a multi-patch model's patches side by side, see `traversal.shown`)."""
     mu, _ = encode(model, images)
     return decode(model, mu)
 
@@ -49,6 +50,7 @@ def reconstruct(
     """
     images = np.asarray(images, np.float32)
     recon = reconstruct_images(model, images)
+    images = shown(model, images)
     c, h, w = images.shape[1:]
     rows, labels = [], []
     for start in range(0, len(images), n_cols):

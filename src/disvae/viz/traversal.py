@@ -38,9 +38,16 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def shown(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """Images (N, C, H, W) of ``model``'s data as the figures draw them: for a multi-patch model
+    (``model.patches`` names P patches) each sample's patches side by side, (N, C/P, H, P*W)."""
+    return I.tile_patches(np.asarray(images), len(getattr(model, "patches", ())) or 1)
+
+
 @torch.inference_mode()
 def decode(model: torch.nn.Module, z: np.ndarray | torch.Tensor, batch: int = 256) -> np.ndarray:
-    """Pixel means ``sigmoid(model.decode(z))`` as float32 ``(N, C, H, W)`` for codes (N, D)."""
+    """Pixel means ``sigmoid(model.decode(z))`` as float32 ``(N, C, H, W)`` for codes (N, D),
+    ready to draw: a multi-patch model's patches side by side (see `shown`)."""
     was_training = model.training
     model.eval()
     z = torch.as_tensor(np.asarray(z, dtype=np.float32))
@@ -49,7 +56,7 @@ def decode(model: torch.nn.Module, z: np.ndarray | torch.Tensor, batch: int = 25
         torch.sigmoid(model.decode(z[i : i + batch].to(dev))).cpu() for i in range(0, len(z), batch)
     ]
     model.train(was_training)
-    return torch.cat(out).numpy()
+    return shown(model, torch.cat(out).numpy())
 
 
 @torch.inference_mode()
@@ -135,7 +142,8 @@ def traversals(
         n_cols: traversal values per row.
         max_traversal: absolute range, or a prior quantile when < 0.5.
         reference: rows put above the traversals, each ``(label, images (k, C, H, W))`` with
-            k ≤ n_cols (e.g. the original and its reconstruction, for reconstruct-traverse).
+            k ≤ n_cols (e.g. the original and its reconstruction, for reconstruct-traverse),
+            as drawn (multi-patch data through `shown`, like the decodes).
         upsample: integer nearest-neighbour enlargement.
 
     Returns:

@@ -1,0 +1,140 @@
+"""Image files to uint8 arrays: crop, resize, and decode many files in worker processes.
+
+Every image-file dataset (CelebA, 3D Chairs, image folders, stacked patches) goes through
+`decode_crops`: open the file with PIL, convert to greyscale or RGB, cut one or more crops,
+resize each to ``size x size`` with a Lanczos filter (PIL's former ANTIALIAS, which the
+disentangling-vae preprocessing uses), and stack them along channels. `decode_many` runs it over
+a list of files in a process pool and yields chunks in file order, ready for the cache writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from disvae.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+# A crop: None (the largest centred square), an int k (the centred k x k square), or a box
+# (left, top, right, bottom) in pixels, as PIL's Image.crop takes it.
+Crop = int | tuple[int, int, int, int] | None
+CHUNK = 256  # images per chunk handed to the cache writer
+
+
+def image_files(root: Path, pattern: str = "**/*") -> list[Path]:
+    """Files under ``root`` matching ``pattern`` whose extension PIL can read, sorted."""
+    exts = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in exts and p.is_file())
+
+
+def crop_box(width: int, height: int, crop: Crop) -> tuple[int, int, int, int]:
+    """The pixel box ``(left, top, right, bottom)`` of ``crop`` in a ``width x height`` image."""
+    if crop is None or isinstance(crop, int):
+        side = min(width, height) if crop is None else crop
+        if side > min(width, height):
+            raise ValueError(f"a centred {side}x{side} crop of a {width}x{height} image")
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+    left, top, right, bottom = (int(v) for v in crop)
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise ValueError(f"box {crop} outside the {width}x{height} image")
+    return left, top, right, bottom
+
+
+def to_array(img: Image.Image, size: int) -> np.ndarray:
+    """A PIL image (L or RGB) resized to ``size x size`` as uint8 ``(C, size, size)``."""
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def decode_crops(path: str, size: int, channels: int, crops: Sequence[Crop]) -> np.ndarray:
+    """The crops of image file ``path``, each resized, stacked: uint8 ``(len(crops)*C, S, S)``.
+
+    Raises `DataError` naming the file when it cannot be decoded or a crop does not fit.
+    """
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            parts = [to_array(im.crop(crop_box(*im.size, c)), size) for c in crops]
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"image {path} cannot be used: {err}") from None
+    return np.concatenate(parts, axis=0)
+
+
+def _decode_task(task: tuple[str, int, int, Sequence[Crop]]) -> np.ndarray:
+    return decode_crops(*task)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Worker processes to use: ``workers`` or, when None, every CPU."""
+    return max(1, workers if workers is not None else (os.cpu_count() or 1))
+
+
+def decode_many(
+    paths: Sequence[Path], size: int, channels: int, crops: Sequence[Sequence[Crop]],
+    workers: int | None = None,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """Decode ``paths[i]`` with ``crops[i]``; yield uint8 chunks ``(n, P*C, S, S)`` in order.
+
+    With more than one worker the files are decoded in a process pool (fork where the platform
+    has it: the workers only run PIL and NumPy). A progress bar is shown on a terminal only.
+    """
+    tasks = [(str(p), size, channels, tuple(c)) for p, c in zip(paths, crops, strict=True)]
+    n_workers = min(resolve_workers(workers), len(tasks))
+    bar = _progress(len(tasks))
+    try:
+        if n_workers <= 1:
+            yield from _chunks(map(_decode_task, tasks), bar)
+            return
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else methods[0])
+        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+            chunksize = max(1, min(64, len(tasks) // (4 * n_workers)))
+            yield from _chunks(pool.map(_decode_task, tasks, chunksize=chunksize), bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _chunks(arrays: Iterator[np.ndarray], bar) -> Iterator[np.ndarray]:
+    buf: list[np.ndarray] = []
+    for arr in arrays:
+        buf.append(arr)
+        if bar is not None:
+            bar.update(1)
+        if len(buf) == CHUNK:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+def _progress(total: int):
+    """A tqdm bar on stderr when it is a terminal, else None (a quiet library)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="decoding images", unit="img", leave=False)
+
+
+def resize_array(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` (C 1 or 3) resized to ``(N, C, size, size)`` with Lanczos."""
+    if images.shape[2:] == (size, size):
+        return images
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for i, img in enumerate(images):
+        pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+        out[i] = to_array(pil, size)
+    return out

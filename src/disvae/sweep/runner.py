@@ -1,0 +1,326 @@
+"""Run a sweep: prepare its directory, pick what is left to do, execute it on a backend.
+
+Local backend: each run is a separate worker process (``python -m disvae.sweep.worker SLOT``),
+at most ``workers`` at a time, started by a thread pool in this process. A separate process per
+run (rather than a `ProcessPoolExecutor`) means a crash, a segfault or the OOM killer ends only
+that run: the pool is not broken, the exit code is recorded as the run's error, and every run
+gets a fresh interpreter (no CUDA or thread state carried from one run to the next).
+
+Ray backend: each run is a Ray task calling `disvae.sweep.worker.execute_run`; the sweep
+directory must be on a file system every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from disvae import runs
+from disvae.errors import UserError
+from disvae.sweep import state as S
+from disvae.sweep.results import write_results
+from disvae.sweep.spec import RunSpec, Sweep, load_sweep
+from disvae.utils import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("sweeps/out")
+
+
+@dataclass
+class SweepSummary:
+    """What a call to `run_sweep` did: the names it executed and the final status of each run."""
+
+    out: Path
+    ran: list[str] = field(default_factory=list)
+    status: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.status.values() if s == status)
+
+
+def run_sweep(
+    sweep: str | Path | Sweep,
+    out: str | Path | None = None,
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    overrides: list[str] | None = None,
+    retry_failed: bool = False,
+    cpus_per_run: float = 1.0,
+    gpus_per_run: float = 0.0,
+    progress: bool | None = None,
+) -> SweepSummary:
+    """Run (or resume) a sweep into ``out`` (default ``sweeps/out/<name>``).
+
+    Runs already done are skipped, half-trained ones resume from their checkpoint, failed ones
+    are re-run only with ``retry_failed``. ``sweep_results.csv`` is rewritten as runs finish.
+    """
+    if backend not in ("local", "ray"):
+        raise UserError(f"unknown backend {backend!r}; choose local or ray")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
+    out = Path(out) if out is not None else DEFAULT_ROOT / sw.name
+    todo = prepare(sw, out, retry_failed)
+    summary = SweepSummary(out.resolve())
+    t0 = time.perf_counter()
+    log.info("sweep %s: %d runs, %d to run, into %s", sw.name, len(sw.runs), len(todo), out)
+    tracker = _Tracker(out, len(todo), progress)
+    try:
+        if todo and backend == "local":
+            _run_local(todo, workers, tracker.finished)
+        elif todo:
+            _run_ray(todo, address, cpus_per_run, gpus_per_run, tracker.finished)
+    finally:
+        tracker.close()
+        write_results(out)
+    summary.ran = [p.name for p in todo]
+    summary.status = {p.name: S.read_state(p)["status"] for p in S.slots(out)}
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def prepare(sw: Sweep, out: Path, retry_failed: bool = False) -> list[Path]:
+    """Write the sweep's directory (new runs' specs, the sweep file) and return the slots to
+    execute. A run whose saved spec differs from the file's is an error naming it."""
+    root = out / S.RUNS
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {str(out)!r}: {e.strerror}") from None
+    todo = []
+    for index, run in enumerate(sw.runs):
+        slot = root / run.name
+        spec = dict(run.to_dict(), index=index)
+        old = S.read_json(slot / S.SPEC)
+        if old and _comparable(old) != _comparable(spec):
+            raise UserError(
+                f"{sw.source}: run {run.name} in {str(out)!r} was made with a different config; "
+                "choose another --out for a changed sweep"
+            )
+        slot.mkdir(exist_ok=True)
+        if not old or old.get("index") != index:
+            atomic_write_json(slot / S.SPEC, spec)
+        state = S.read_state(slot)
+        if state["status"] == "done" and (slot / S.RUN / runs.MODEL).is_file():
+            continue
+        if state["status"] == "failed" and not retry_failed:
+            continue
+        if state["status"] == "running" and S.SlotLock.busy(slot):
+            log.warning("run %s is being executed by another process; left to it", run.name)
+            continue
+        if state["status"] != "pending" or not (slot / S.STATE).is_file():
+            S.write_state(slot, status="pending")
+        todo.append(slot)
+    atomic_write_bytes(out / S.SWEEP_FILE, sw.text.encode())
+    write_results(out)
+    return todo
+
+
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec without what may change on resume (the order and the device)."""
+    d = json.loads(json.dumps({k: v for k, v in spec.items() if k != "index"}))
+    d["config"]["train"].pop("device", None)
+    return d
+
+
+# --------------------------------------------------------------------------- local processes
+
+
+def _worker_env(workers: int) -> dict[str, str]:
+    """The workers' environment: CPU threads split between them unless the user set them."""
+    env = dict(os.environ)
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
+def _run_local(slots: list[Path], workers: int, finished: Callable[[Path], None]) -> None:
+    env = _worker_env(workers)
+    live: set[subprocess.Popen] = set()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def execute(slot: Path) -> Path:
+        if stop.is_set():
+            return slot
+        with open(slot / S.WORKER_LOG, "ab") as logf:
+            cmd = [sys.executable, "-m", "disvae.sweep.worker", str(slot.resolve())]
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            with lock:
+                live.add(proc)
+            rc = proc.wait()
+            with lock:
+                live.discard(proc)
+        _record_exit(slot, rc)
+        return slot
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep")
+    try:
+        futures = [pool.submit(execute, slot) for slot in slots]
+        for future in as_completed(futures):
+            finished(future.result())
+    except BaseException:
+        stop.set()
+        with lock:
+            for proc in live:
+                proc.send_signal(signal.SIGINT)  # the trainer checkpoints and stops
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _record_exit(slot: Path, rc: int) -> None:
+    """A worker that died without recording its end (killed, out of memory) fails its run."""
+    state = S.read_state(slot)
+    if state["status"] != "running" or rc == 3:
+        return
+    how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+    if rc in (-9, 137):
+        how += " (out of memory?)"
+    tail = _log_tail(slot / S.WORKER_LOG)
+    S.write_state(slot, status="failed", error=f"worker process died: {how}{tail}",
+                  finished=time.time(), duration_s=round(time.time() - state.get("started", time.time()), 2))  # fmt: skip
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f"; last output: {lines[-1].strip()[:200]}" if lines else ""
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def import_ray():
+    """The ``ray`` module, or a `UserError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "the ray backend needs Ray: pip install 'disvae[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+def _run_ray(
+    slots: list[Path],
+    address: str | None,
+    cpus: float,
+    gpus: float,
+    finished: Callable[[Path], None],
+) -> None:
+    ray = import_ray()
+    from disvae.sweep.worker import execute_run, one_line
+
+    own = not ray.is_initialized()
+    if own:
+        ray.init(address=address, log_to_driver=False)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_run)
+    refs = {task.remote(str(slot.resolve())): slot for slot in slots}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the task's process died
+                    S.write_state(refs[ref], status="failed", error=f"ray task: {one_line(e)}")
+                finished(refs[ref])
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    finally:
+        if own:
+            ray.shutdown()
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Tracker:
+    """Progress as runs finish: a bar on a TTY, a log line otherwise; results rewritten."""
+
+    def __init__(self, out: Path, total: int, progress: bool | None) -> None:
+        self.out, self.total, self.n = out, total, 0
+        if progress is None:
+            progress = sys.stderr.isatty()
+        self.bar = None
+        if progress and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="run", desc="sweep", dynamic_ncols=True)
+        self.counts = dict.fromkeys(S.STATUSES, 0)
+        self.lock = threading.Lock()
+
+    def finished(self, slot: Path) -> None:
+        with self.lock:
+            self.n += 1
+            state = S.read_state(slot)
+            self.counts[state["status"]] = self.counts.get(state["status"], 0) + 1
+            write_results(self.out)
+            line = f"[{self.n}/{self.total}] {state['status']} {slot.name}"
+            if state.get("duration_s") is not None:
+                line += f" ({state['duration_s']:.0f}s)"
+            if state.get("error"):
+                line += f": {state['error']}"
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(done=self.counts["done"], failed=self.counts["failed"])
+                self.bar.write(line)
+            else:
+                log.info("%s", line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- status
+
+
+def find_out(sweep_or_dir: str | Path, out: str | Path | None = None) -> Path:
+    """The output directory of a sweep given by file, shipped name or directory."""
+    if out is not None:
+        return Path(out)
+    if S.is_sweep_dir(sweep_or_dir):
+        return Path(sweep_or_dir)
+    return DEFAULT_ROOT / load_sweep(sweep_or_dir).name
+
+
+def sweep_status(out: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """``{status: [state of each run]}`` of a sweep directory (a run's state has its name)."""
+    out = Path(out)
+    if not S.is_sweep_dir(out):
+        raise UserError(f"{str(out)!r} is not a sweep directory (no {S.SWEEP_FILE}); run it first")
+    result: dict[str, list[dict[str, Any]]] = {s: [] for s in S.STATUSES}
+    for slot in S.slots(out):
+        state = dict(S.read_state(slot), name=slot.name)
+        if state["status"] == "running" and not S.SlotLock.busy(slot):
+            state["status"], state["error"] = "pending", "interrupted (no process holds it)"
+        result.setdefault(state["status"], []).append(state)
+    return result
+
+
+def expand_only(sweep: str | Path, overrides: list[str] | None = None) -> list[RunSpec]:
+    """The runs a sweep file expands into (checked), without running anything."""
+    return load_sweep(sweep, overrides).runs

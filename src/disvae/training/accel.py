@@ -1,0 +1,235 @@
+"""Device and precision setup of the training step, kept out of the loop.
+
+What `resolve` turns on (the fast path is the default path; each can be forced either way):
+
+- **bf16 autocast** (``amp = "auto"``: on CUDA with bf16 support): the model's forward runs
+  under `torch.autocast`; its outputs are cast back to float32, so every loss term is computed
+  in fp32 (the reductions over 4,096 pixels are where bf16's 8 bits of mantissa would hurt).
+- **channels-last** (``channels_last = None``: on CUDA): NHWC convolutions for the tensor cores.
+- **torch.compile** (``compile = true``, off by default: compilation costs tens of seconds): the
+  model's forward and backward; if compilation fails the run warns once and continues eagerly.
+- **fused Adam** (on CUDA, and wherever the deferred check is on): one kernel per step.
+- **TF32** matmuls and convolutions and the cuDNN autotuner (CUDA; shapes are fixed).
+- **sync-free non-finite check** (``nan_check = "auto"``: on CUDA): see `DeferredGuard`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+
+from disvae.config import TrainConfig
+from disvae.models.vae import VAEOutput
+
+
+@dataclass(frozen=True)
+class Accel:
+    """The resolved speed settings of one run (`resolve` fills it from `TrainConfig`)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # autocast dtype of the forward; None: fp32
+    channels_last: bool = False
+    compile: bool = False
+    fused_adam: bool = False
+    deferred_nan_check: bool = False
+
+    def describe(self) -> dict[str, object]:
+        """JSON-able summary for config.json / logs."""
+        return {
+            "device": str(self.device),
+            "amp": "bf16" if self.amp_dtype is torch.bfloat16 else "none",
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "fused_adam": self.fused_adam,
+            "nan_check": "deferred" if self.deferred_nan_check else "step",
+        }
+
+
+def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
+    """The speed settings of ``cfg`` on ``device`` ("auto" values decided here)."""
+    cuda = device.type == "cuda"
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+    deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and cuda)
+    return Accel(
+        device=device,
+        amp_dtype=torch.bfloat16 if amp == "bf16" else None,
+        channels_last=cuda if cfg.channels_last is None else cfg.channels_last,
+        compile=cfg.compile,
+        # The deferred check skips updates through fused Adam's `found_inf` argument.
+        fused_adam=cuda or deferred,
+        deferred_nan_check=deferred,
+    )
+
+
+def configure_backends(accel: Accel) -> None:
+    """Allow TF32 and cuDNN autotuning on CUDA (process-wide settings, as every trainer does)."""
+    if accel.device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+
+
+def autocast(accel: Accel) -> AbstractContextManager:
+    dtype = accel.amp_dtype
+    return torch.autocast(accel.device.type, dtype=dtype or torch.float32, enabled=bool(dtype))
+
+
+def prepare_model(model: torch.nn.Module, accel: Accel) -> torch.nn.Module:
+    """Move ``model``'s 4-d weights to channels-last when asked (in place)."""
+    if accel.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def adam(params, lr: float, accel: Accel, **kwargs) -> torch.optim.Adam:
+    """Adam, fused when ``accel`` says so (default implementation otherwise)."""
+    return torch.optim.Adam(params, lr=lr, fused=True if accel.fused_adam else None, **kwargs)
+
+
+def keep_optimizer_flags(saved_groups: list[dict], opt: torch.optim.Optimizer) -> None:
+    """Give param groups read from a checkpoint this run's fused/foreach flags (a run may be
+    resumed on another device), before `load_state_dict` places the state by them."""
+    for saved, own in zip(saved_groups, opt.param_groups, strict=False):
+        saved["fused"], saved["foreach"] = own.get("fused"), own.get("foreach")
+
+
+class ModelForward:
+    """``model(x)`` under the run's autocast and memory format, compiled when asked.
+
+    Outputs come back in float32. A compilation that fails (no C++ compiler, an unsupported
+    backend) warns once and the run continues eagerly with the same module and weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, accel: Accel) -> None:
+        self.model, self.accel = model, accel
+        self._compiled: Callable | None = None
+        if accel.compile:
+            try:
+                self._compiled = torch.compile(model)
+            except Exception as e:  # noqa: BLE001 - any failure: eager
+                self._fall_back(e)
+
+    def _fall_back(self, e: Exception) -> None:
+        warnings.warn(
+            f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._compiled = None
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.accel.channels_last else x
+
+    def __call__(self, x: torch.Tensor) -> VAEOutput:
+        x = self._input(x)
+        with autocast(self.accel):
+            out = None
+            if self._compiled is not None:
+                try:
+                    out = self._compiled(x)
+                except Exception as e:  # noqa: BLE001 - backend errors surface at first call
+                    self._fall_back(e)
+            if out is None:
+                out = self.model(x)
+        return VAEOutput(out.logits.float(), out.mu.float(), out.logvar.float(), out.z.float())
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` in float32 (eager: FactorVAE's second batch, under no_grad)."""
+        with autocast(self.accel):
+            mu, logvar = self.model.encode(self._input(x))
+        return mu.float(), logvar.float()
+
+
+def first_nonfinite(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> str | None:
+    """The name of a non-finite loss term (one other than the total if any), "gradient" when
+    only a gradient of ``params`` is, or None when all are finite (one host sync)."""
+    grads = [p.grad for p in params]
+    ok = torch.stack([torch.isfinite(v).all() for v in (*terms.values(), *grads)]).all()
+    if bool(ok):
+        return None
+    bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+    bad = [k for k in bad if k != "loss"] or bad
+    return bad[0] if bad else "gradient"
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the gradients of ``params`` (a device scalar; no host sync)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+
+
+def clip_to(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale the gradients so that their global norm is at most ``max_norm`` (no host sync)."""
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+
+
+def skip_unless(opt: torch.optim.Optimizer, ok: torch.Tensor) -> None:
+    """Make the next ``opt.step()`` a no-op when the device flag ``ok`` is False, without reading
+    it on the host: fused Adam skips its update (and undoes its step count) when ``found_inf``
+    is 1, the mechanism `torch.amp.GradScaler` uses."""
+    opt.found_inf = (~ok).to(torch.float32).reshape(1)  # type: ignore[attr-defined]
+
+
+class DeferredGuard:
+    """Sync-free detection of non-finite steps (the CUDA default; ``nan_check = "deferred"``).
+
+    `finite` compares loss terms and the gradient norm on the device and returns a flag that
+    gates the update (`skip_unless`) and masks the summed terms; `end_step` counts skipped
+    steps and the longest run of them. `flush` reads the counters on the host: the loop calls it
+    only at log and checkpoint steps, which synchronise anyway, and rolls back there when a run
+    of ``nan_patience`` skipped steps happened. So the outcome equals the per-step check's
+    (same steps skipped, same log averages), only noticed up to ``log_every`` steps later.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        zero = lambda: torch.zeros((), dtype=torch.int64, device=self.device)  # noqa: E731
+        self.n_bad, self.streak, self.worst = zero(), zero(), zero()
+        self._bad: dict[tuple, torch.Tensor] = {}  # (term names, sizes) -> bad counts per value
+
+    def finite(self, terms: dict[str, torch.Tensor], norm: torch.Tensor) -> torch.Tensor:
+        """A device bool: every term and the gradient norm ``norm`` are finite."""
+        values = [v.detach().reshape(-1).float() for v in terms.values()] + [norm.reshape(1)]
+        bad = ~torch.isfinite(torch.cat(values))
+        layout = (tuple(terms), tuple(v.numel() for v in values))
+        seen = self._bad.get(layout)
+        self._bad[layout] = bad.long() if seen is None else seen + bad
+        return ~bad.any()
+
+    def end_step(self, ok: torch.Tensor) -> None:
+        bad = (~ok).long()
+        self.n_bad += bad
+        self.streak = (self.streak + 1) * bad
+        self.worst = torch.maximum(self.worst, self.streak)
+
+    def flush(self) -> tuple[int, int, int, str]:
+        """``(skipped steps, longest run, current run, first bad name)`` since the last flush
+        (one host sync). The name prefers a term over the total, "gradient" if only those."""
+        n_bad, worst, streak = torch.stack([self.n_bad, self.worst, self.streak]).tolist()
+        name = self._first_bad_name() if n_bad else ""
+        self.n_bad.zero_()
+        self.worst = self.streak.clone()
+        self._bad.clear()
+        return n_bad, worst, streak, name
+
+    def _first_bad_name(self) -> str:
+        for (names, sizes), counts in self._bad.items():
+            counts, pos, bad = counts.tolist(), 0, []
+            for name, size in zip(names, sizes, strict=False):  # sizes ends with the norm's
+                if any(counts[pos : pos + size]):
+                    bad.append(name)
+                pos += size
+            bad = [n for n in bad if n != "loss"] or bad
+            if bad:
+                return bad[0]
+        return "gradient"

@@ -1,0 +1,105 @@
+"""Saving and restoring a `Trainer`: checkpoints (everything needed to continue bit-for-bit)
+and the final weights."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from disvae import runs
+from disvae.errors import UserError
+from disvae.training import accel, logs, runtime
+from disvae.training import checkpoint as ckpt
+from disvae.training.runtime import NonFiniteError
+
+log = logging.getLogger("disvae.training.loop")
+
+
+class TrainerState:
+    """The checkpoint methods of `disvae.training.loop.Trainer` (a mixin: they read and set the
+    trainer's model, optimizers, data stream, accumulators and counters)."""
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = ckpt.module_state("model", self.model)
+        t, opt_meta = ckpt.optimizer_state("opt", self.opt)
+        tensors.update(t)
+        meta: dict[str, Any] = {
+            "step": self.step,
+            "opt": opt_meta,
+            "n_summed": self.n_summed,
+            "n_skipped": self.n_skipped,
+            "lr_scale": self.lr_scale,
+            "best_val": self.best_val,
+        }
+        if self.disc is not None:
+            tensors.update(ckpt.module_state("disc", self.disc))
+            t, meta["disc_opt"] = ckpt.optimizer_state("disc_opt", self.disc_opt)
+            tensors.update(t)
+        t, meta["rng"] = ckpt.rng_state()
+        tensors.update(t)
+        t, meta["data"] = self.stream.state()
+        tensors.update({f"data.{k}": v for k, v in t.items()})
+        tensors.update({f"acc.{k}": v for k, v in self.sums.items()})
+        return tensors, meta
+
+    def save_checkpoint(self) -> None:
+        tensors, meta = self.state()
+        weights = [v for k, v in tensors.items() if k.startswith(("model.", "disc."))]
+        if not all(torch.isfinite(w).all() for w in weights):
+            raise NonFiniteError(
+                f"weights became non-finite by step {self.step}; not checkpointing them "
+                "(lower --lr; the last good checkpoint is kept)"
+            )
+        directory = self.out / runs.CHECKPOINTS
+        try:
+            directory.mkdir(exist_ok=True)
+            ckpt.save_state(ckpt.checkpoint_path(directory, self.step), tensors, meta)
+        except OSError as e:
+            raise runtime.disk_error(e, f"checkpoint of step {self.step}", self.out) from None
+        ckpt.prune(directory, self.cfg.train.keep_checkpoints)
+
+    def restore(self) -> None:
+        """Continue from the newest good checkpoint of `self.out`."""
+        latest = ckpt.load_latest(self.out / runs.CHECKPOINTS)
+        if latest is None:
+            raise UserError(f"--resume {str(self.out)!r}: no usable checkpoint to resume from")
+        tensors, meta, path = latest
+        ckpt.load_module_state("model", self.model, tensors, str(path))
+        accel.keep_optimizer_flags(meta["opt"]["param_groups"], self.opt)
+        ckpt.load_optimizer_state("opt", self.opt, tensors, meta["opt"])
+        if self.disc is not None:
+            ckpt.load_module_state("disc", self.disc, tensors, str(path))
+            accel.keep_optimizer_flags(meta["disc_opt"]["param_groups"], self.disc_opt)
+            ckpt.load_optimizer_state("disc_opt", self.disc_opt, tensors, meta["disc_opt"])
+        ckpt.set_rng_state(tensors, meta["rng"])
+        data_t = {k[5:]: v for k, v in tensors.items() if k.startswith("data.")}
+        self.stream.load_state(data_t, meta["data"])
+        self.sums = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("acc.")}
+        self.n_summed = meta["n_summed"]
+        self.n_skipped = meta.get("n_skipped", 0)
+        self.lr_scale = meta.get("lr_scale", 1.0)
+        self.best_val = meta.get("best_val")
+        if self.guard is not None:
+            self.guard.reset()
+        self.step = meta["step"]
+        logs.truncate_log(self.out / runs.TRAIN_LOG, self.step)
+        if self.snapshot_every:
+            from disvae import viz
+
+            viz.prune_training_frames(self.out, after_step=self.step)
+        log.info("resumed %s at step %d", self.out, self.step)
+
+    def save_final(self) -> None:
+        tensors = ckpt.module_state("model", self.model)
+        if self.disc is not None:
+            tensors.update(ckpt.module_state("disc", self.disc))
+        try:
+            ckpt.save_state(self.out / runs.MODEL, tensors, {"step": self.step})
+            if self.snapshot_every:
+                from disvae import viz
+
+                viz.write_training_gif(self.out)
+        except OSError as e:
+            raise runtime.disk_error(e, "final weights", self.out) from None

@@ -1,0 +1,66 @@
+"""Held-out losses during training (``val_every``) and the best weights, kept in
+``RUN/best.safetensors``.
+
+The held-out losses are those of `disvae evaluate` (`disvae.evaluation.heldout_losses`: codes
+are the posterior means, every term averaged over the images), on a fixed subset of the
+validation split so that a check costs the same all run long. They run with every global RNG
+state saved and restored, so a run with ``val_every`` trains exactly as one without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from disvae.config import LossConfig
+from disvae.training import checkpoint as ckpt
+from disvae.training import runtime
+
+
+def val_subset(val_idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """``n`` indices of the validation split drawn once with ``seed`` (sorted), or all of it."""
+    if n is None or n >= len(val_idx):
+        return val_idx
+    return np.sort(np.random.default_rng(seed).choice(val_idx, n, replace=False))
+
+
+def heldout(
+    model: torch.nn.Module,
+    data: Any,
+    indices: np.ndarray,
+    loss_cfg: LossConfig,
+    step: int,
+    *,
+    dataset_size: int,
+    discriminator: torch.nn.Module | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """``{"val/NAME": value}`` for every loss term of ``model`` at ``step`` over ``indices``
+    (``val/kl_per_dim`` is a list of D floats)."""
+    from disvae.evaluation import heldout_losses
+
+    with runtime.rng_preserved(device), torch.no_grad():
+        values = heldout_losses(
+            model, data, indices, loss_cfg, step,
+            dataset_size=dataset_size, discriminator=discriminator,
+        )  # fmt: skip
+    return {f"val/{k}": v for k, v in values.items()}
+
+
+def save_best(
+    path: Path,
+    model: torch.nn.Module,
+    discriminator: torch.nn.Module | None,
+    step: int,
+    val_loss: float,
+) -> None:
+    """Write the weights (model, and FactorVAE's discriminator) with ``step`` and ``val_loss``
+    in the metadata, atomically, in the format of ``model.safetensors``
+    (`disvae.training.checkpoint.load_state` reads it)."""
+    tensors = ckpt.module_state("model", model)
+    if discriminator is not None:
+        tensors.update(ckpt.module_state("disc", discriminator))
+    ckpt.save_state(path, tensors, {"step": step, "val_loss": val_loss})

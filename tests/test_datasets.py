@@ -1,0 +1,403 @@
+"""Every dataset loader on tiny fixture files written here in the real on-disk format."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from disvae import config as C
+from disvae.data import (
+    GridDataset,
+    LabeledDataset,
+    cifar,
+    describe,
+    images,
+    load_data,
+    load_dataset,
+    shapes3d,
+)
+from disvae.errors import DataError
+
+RNG = np.random.default_rng(0)
+
+
+def blobs(n: int, h: int, w: int, c: int = 1) -> np.ndarray:
+    """``n`` uint8 ``(H, W, C)`` images: a bright disc at a position that depends on i."""
+    yy, xx = np.mgrid[:h, :w]
+    out = np.zeros((n, h, w, c), dtype=np.uint8)
+    for i in range(n):
+        cy, cx = h * (0.3 + 0.4 * (i % 3) / 2), w * (0.3 + 0.4 * (i // 3 % 3) / 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (min(h, w) / 5) ** 2
+        out[i][disc] = 255 - 40 * np.arange(c)
+    return out
+
+
+# ----------------------------------------------------------------------------- IDX
+def write_idx(file: Path, magic: int, arr: np.ndarray) -> None:
+    """An IDX file (big-endian magic, then one big-endian size per dimension, then bytes)."""
+    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    raw = head + arr.astype(np.uint8).tobytes()
+    if file.suffix == ".gz":
+        raw = gzip.compress(raw)
+    file.write_bytes(raw)
+
+
+def make_mnist(root: Path, n_train: int = 20, n_test: int = 4, gz: bool = True) -> np.ndarray:
+    root.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    imgs = blobs(n_train + n_test, 28, 28)[..., 0]
+    labels = np.arange(n_train + n_test) % 10
+    for split, sl in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
+        write_idx(root / f"{split}-images-idx3-ubyte{ext}", 2051, imgs[sl])
+        write_idx(root / f"{split}-labels-idx1-ubyte{ext}", 2049, labels[sl])
+    return imgs
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_pads_to_32_and_keeps_labels(tmp_path: Path, gz: bool) -> None:
+    imgs = make_mnist(tmp_path, gz=gz)
+    data = load_dataset("mnist", str(tmp_path))
+    assert isinstance(data, LabeledDataset) and len(data) == 24
+    assert data.image_shape == (1, 32, 32) and data.info.default_rec_dist == "bernoulli"
+    raw = data.numpy_images(np.arange(24))
+    assert raw.dtype == np.uint8 and raw.max() == 255
+    np.testing.assert_array_equal(raw[:, 0, 2:30, 2:30], imgs)  # padding is lossless
+    assert raw[:, :, :2].max() == 0 and raw[:, :, :, 30:].max() == 0
+    assert data.factor_names == ("digit",) and data.n_classes == (10,)
+    np.testing.assert_array_equal(data.factors[:, 0], np.arange(24) % 10)
+    assert load_dataset("mnist", str(tmp_path), img_size=28).image_shape == (1, 28, 28)
+    assert load_dataset("fashion", str(tmp_path), img_size=64).factor_names == ("class",)
+
+
+def test_idx_errors_name_the_problem_and_the_source(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*yann.lecun.com"):
+        load_dataset("mnist", str(tmp_path))
+    with pytest.raises(DataError, match="fashion-mnist"):
+        load_dataset("fashion", str(tmp_path))
+    make_mnist(tmp_path, gz=False)
+    lab = tmp_path / "train-labels-idx1-ubyte"
+    write_idx(lab, 2051, np.arange(20) % 10)  # an image magic on a label file
+    with pytest.raises(DataError, match="magic number 2051, expected 2049"):
+        load_dataset("mnist", str(tmp_path))
+    write_idx(lab, 2049, np.arange(20) % 10)
+    img = tmp_path / "train-images-idx3-ubyte"
+    img.write_bytes(img.read_bytes()[:-5])
+    with pytest.raises(DataError, match=r"holds \d+ bytes for dimensions \(20, 28, 28\)"):
+        load_dataset("mnist", str(tmp_path))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(DataError, match="cannot be read"):
+        load_dataset("mnist", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+def make_cifar(root: Path, binary: bool, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    root.mkdir(parents=True, exist_ok=True)
+    imgs = blobs(6 * rows, 32, 32, 3).transpose(0, 3, 1, 2)  # (N, 3, 32, 32): R, G, B planes
+    labels = np.arange(6 * rows) % 10
+    for b, name in enumerate(cifar.TRAIN + [cifar.TEST]):
+        sl = slice(b * rows, (b + 1) * rows)
+        flat = imgs[sl].reshape(rows, 3072)
+        if binary:
+            rec = np.concatenate([labels[sl, None].astype(np.uint8), flat], axis=1)
+            (root / f"{name}.bin").write_bytes(rec.tobytes())
+        else:
+            batch = {b"batch_label": b"x", b"labels": labels[sl].tolist(), b"data": flat,
+                     b"filenames": [b"f.png"] * rows}  # fmt: skip
+            (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return imgs, labels
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_cifar10_binary_and_python_batches(tmp_path, monkeypatch, binary: bool) -> None:
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 3)
+    folder = "cifar-10-batches-bin" if binary else "cifar-10-batches-py"
+    imgs, labels = make_cifar(tmp_path / folder, binary, 3)
+    data = load_dataset("cifar10", str(tmp_path))
+    assert data.image_shape == (3, 32, 32) and len(data) == 18
+    assert data.info.default_rec_dist == "gaussian"
+    np.testing.assert_array_equal(data.numpy_images(np.arange(18)), imgs)
+    np.testing.assert_array_equal(data.factors[:, 0], labels)
+    f = tmp_path / folder / ("data_batch_3.bin" if binary else "data_batch_3")
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(DataError, match=r"data_batch_3.*cs.toronto.edu/~kriz/cifar.html"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 2)
+    make_cifar(tmp_path, binary=False, rows=2)
+    evil = _Evil()
+    evil.marker = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": evil, b"labels": [0, 1]}, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refused to load .*system"):
+        cifar.safe_load(payload)
+    (tmp_path / "data_batch_2").write_bytes(payload)
+    with pytest.raises(DataError, match="refused to load"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not evil.marker.exists()
+    with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
+        cifar.safe_load(pickle.dumps(eval))
+
+
+# ----------------------------------------------------------------------------- Shapes3D
+SMALL_GRID = (2, 2, 2, 2, 2, 3)
+
+
+def make_shapes3d(file: Path) -> np.ndarray:
+    n = int(np.prod(SMALL_GRID))
+    axes = [np.linspace(0, 1, s) if s != 4 else np.arange(4.0) for s in SMALL_GRID]
+    labels = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
+    imgs = blobs(n, 64, 64, 3)
+    imgs[:, 0, 0, :] = np.arange(n)[:, None]  # pixel (0, 0) numbers the image
+    with h5py.File(file, "w") as h5:
+        h5["images"] = imgs
+        h5["labels"] = labels
+    return labels
+
+
+def test_shapes3d_grid_factors_and_errors(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(shapes3d, "FACTOR_SIZES", SMALL_GRID)
+    monkeypatch.setattr(shapes3d, "CHUNK", 5)  # several chunks into the cache
+    labels = make_shapes3d(tmp_path / "3dshapes.h5")
+    data = load_dataset("shapes3d", str(tmp_path))
+    assert isinstance(data, GridDataset) and data.factor_sizes == SMALL_GRID
+    assert data.image_shape == (3, 64, 64) and data.info.default_rec_dist == "bernoulli"
+    raw = data.numpy_images(np.arange(len(data)))
+    np.testing.assert_array_equal(raw[:, 0, 0, 0], np.arange(len(data)))
+    np.testing.assert_allclose(data.values_of(data.classes_of(np.arange(96))), labels)
+    with h5py.File(tmp_path / "bad.h5", "w") as h5:
+        h5["images"] = np.zeros((96, 64, 64, 3), np.uint8)
+        h5["labels"] = labels[::-1]
+    with pytest.raises(DataError, match="not the factor grid.*github.com/google-deepmind/3d"):
+        load_dataset("shapes3d", str(tmp_path / "bad.h5"))
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match="not a readable HDF5"):
+        load_dataset("shapes3d", str(tmp_path / "junk.h5"))
+    with pytest.raises(DataError, match="nowhere not found; download 3dshapes.h5"):
+        load_dataset("shapes3d", str(tmp_path / "nowhere"))
+
+
+# ----------------------------------------------------------------------------- image folders
+def make_celeba(root: Path, n: int = 3) -> None:
+    (root / "img_align_celeba").mkdir(parents=True)
+    for i, img in enumerate(blobs(n, 218, 178, 3)):
+        img[:39] = img[-39:] = (0, 0, 255)  # outside the central 140x140: blue
+        img[:, :19] = img[:, -19:] = (0, 0, 255)
+        Image.fromarray(img).save(root / "img_align_celeba" / f"{i + 1:06d}.jpg", quality=95)
+
+
+def make_chairs(root: Path, n: int = 3) -> None:
+    for i, img in enumerate(blobs(n, 600, 600, 3)):
+        d = root / "rendered_chairs" / f"chair_{i % 2}" / "renders"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"image_{i:03d}.png")
+
+
+def make_folder(root: Path, n: int = 4) -> None:
+    for i in range(n):
+        img = blobs(i + 1, 50 + 10 * i, 40 + 7 * i, 3)[i]
+        sub = root / ("a" if i % 2 else "b/c")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(sub / f"{i}.{['png', 'jpg', 'bmp'][i % 3]}")
+    (root / "notes.txt").write_text("not an image")
+
+
+def test_celeba_chairs_and_folder_shapes(tmp_path: Path) -> None:
+    make_celeba(tmp_path / "celeba")
+    data = load_dataset("celeba", str(tmp_path / "celeba"), workers=1)
+    assert data.image_shape == (3, 64, 64) and len(data) == 3
+    raw = data.numpy_images(np.arange(3)).astype(int)
+    assert raw[:, 2].mean() < 60  # the blue border was cropped away
+    make_chairs(tmp_path / "ch")
+    data = load_dataset("chairs", str(tmp_path / "ch" / "rendered_chairs"), workers=1)
+    assert data.image_shape == (1, 64, 64) and len(data) == 3
+    assert data.numpy_images(np.arange(3)).max() > 200
+    make_folder(tmp_path / "f")
+    data = load_dataset("folder", str(tmp_path / "f"), img_size=32, workers=1)
+    assert data.image_shape == (3, 32, 32) and len(data) == 4
+    assert data.numpy_images(np.arange(4)).dtype == np.uint8
+
+
+def test_folder_errors_and_corrupt_image(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"img_align_celeba/\*\.jpg.*mmlab.ie.cuhk.edu.hk"):
+        load_dataset("celeba", str(tmp_path))
+    with pytest.raises(DataError, match=r"rendered_chairs/\*/renders/\*\.png.*seeing3Dchairs"):
+        load_dataset("chairs", str(tmp_path))
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset("folder", str(tmp_path / "nowhere"))
+    make_folder(tmp_path / "f")
+    (tmp_path / "f" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataError, match=r"image .*broken\.jpg cannot be used"):
+        load_dataset("folder", str(tmp_path / "f"), workers=1)
+
+
+def test_cache_is_reused_and_parallel_decoding_matches(tmp_path, monkeypatch) -> None:
+    make_folder(tmp_path / "f", n=6)
+    serial = load_dataset("folder", str(tmp_path / "f"), workers=1)
+    assert serial.cache_file and Path(serial.cache_file).is_file()
+
+    def boom(*args):
+        raise AssertionError("decoded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(images, "decode_crops", boom)
+        again = load_dataset("folder", str(tmp_path / "f"))
+    np.testing.assert_array_equal(
+        again.numpy_images(np.arange(6)), serial.numpy_images(np.arange(6))
+    )
+    os.remove(serial.cache_file)
+    parallel = load_dataset("folder", str(tmp_path / "f"), workers=2)
+    np.testing.assert_array_equal(
+        parallel.numpy_images(np.arange(6)), serial.numpy_images(np.arange(6))
+    )
+    os.utime(tmp_path / "f" / "a" / "1.jpg", ns=(1, 1))  # a changed source: a new cache file
+    assert load_dataset("folder", str(tmp_path / "f"), workers=1).cache_file != serial.cache_file
+
+
+# ----------------------------------------------------------------------------- stacked
+PATCHES = ["face", "right_eye", "left_eye"]
+FACTORS = ["gaze_x", "gaze_y", "scale"]
+
+
+def make_stacked(root: Path, n: int = 5, fmt: str = "json") -> np.ndarray:
+    """Face images 100x80 (W x H) with a red right eye and a green left eye; index file."""
+    (root / "faces").mkdir(parents=True, exist_ok=True)
+    values = np.stack([np.linspace(-1, 1, n), np.linspace(0.5, -0.5, n), np.full(n, 1.0)], 1)
+    samples = []
+    for i in range(n):
+        img = np.full((80, 100, 3), 90, dtype=np.uint8)
+        img[20:40, 10 + i : 40 + i] = (255, 0, 0)
+        img[20:40, 60:90] = (0, 255, 0)
+        Image.fromarray(img).save(root / "faces" / f"{i}.png")
+        boxes = {"right_eye": [10 + i, 20, 30, 20], "left_eye": [60, 20, 30, 20]}
+        factors = dict(zip(FACTORS, values[i].tolist(), strict=True))
+        samples.append({"image": f"faces/{i}.png", "boxes": boxes, "factors": factors})
+    if fmt == "json":
+        index = {"patches": PATCHES, "factors": FACTORS, "samples": samples}
+        (root / "index.json").write_text(json.dumps(index))
+    else:
+        lines = ["image," + ",".join(f"patch:{p}" for p in PATCHES) + "," + ",".join(FACTORS)]
+        for s, v in zip(samples, values, strict=True):
+            boxes = [" ".join(map(str, s["boxes"].get(p, []))) for p in PATCHES]
+            lines.append(",".join([s["image"], *boxes, *map(str, v)]))
+        (root / "index.csv").write_text("\n".join(lines) + "\n")
+    return values
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_stacked_patches_along_channels(tmp_path: Path, fmt: str) -> None:
+    values = make_stacked(tmp_path, fmt=fmt)
+    data = load_dataset("stacked", str(tmp_path), img_size=32, workers=1)
+    assert data.image_shape == (9, 32, 32) and data.info.patches == tuple(PATCHES)
+    raw = data.numpy_images(np.arange(5)).astype(int)
+    right, left = raw[:, 3:6].mean(axis=(2, 3)), raw[:, 6:9].mean(axis=(2, 3))
+    assert (right[:, 0] > 240).all() and (right[:, 1:] < 15).all()  # the red patch
+    assert (left[:, 1] > 240).all() and (left[:, [0, 2]] < 15).all()  # the green patch
+    face = raw[:, 0:3]  # the whole image: grey with both eyes
+    assert np.median(face) == 90 and face[:, 0].max() > 240 and face[:, 1].max() > 240
+    assert data.factor_names == tuple(FACTORS)
+    np.testing.assert_allclose(data.factor_values_raw, values)
+    np.testing.assert_array_equal(data.factors[:, 0], [0, 5, 10, 15, 19])  # 20 bins
+    np.testing.assert_array_equal(data.factors[:, 2], 0)  # a constant factor: one bin
+
+
+def test_stacked_index_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="index file .*index.json not found.*docs/data.md"):
+        load_dataset("stacked", str(tmp_path))
+    make_stacked(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["samples"][2]["boxes"]["left_eye"] = [90, 20, 30, 20]  # past the right edge
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"2\.png cannot be used: box .* outside the 100x80"):
+        load_dataset("stacked", str(tmp_path), workers=1)
+    index["samples"][2]["factors"]["scale"] = "big"
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="sample 2 has a factor that is not a number"):
+        load_dataset("stacked", str(tmp_path))
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(DataError, match="not readable JSON"):
+        load_dataset("stacked", str(tmp_path / "index.json"))
+
+
+# ----------------------------------------------------------------------------- plumbing
+def test_describe_and_data_info_cli(tmp_path: Path, capsys) -> None:
+    from disvae import cli
+
+    make_mnist(tmp_path)
+    info = describe("mnist", str(tmp_path))
+    assert info["n_images"] == 24 and info["image_shape"] == [1, 32, 32]
+    assert info["factors"] == {"digit": 10} and not info["grid"] and len(info["files"]) == 4
+    assert (
+        cli.main(["data", "info", "mnist", "--data-path", str(tmp_path), "--img-size", "64"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "24 of 1x64x64" in out and "digit (10)" in out and ".npy" in out
+    assert cli.main(["data", "info", "mnist", "--data-path", str(tmp_path / "x")]) == 2
+    assert "yann.lecun.com" in capsys.readouterr().err
+
+
+def test_dsprites_rejects_other_sizes_and_config_carries_img_size() -> None:
+    with pytest.raises(DataError, match="64x64; img_size 32"):
+        load_dataset("dsprites", img_size=32)
+    cfg = C.apply_overrides(C.RunConfig(), ["img_size=32", "workers=2"])
+    assert (cfg.data.img_size, cfg.data.workers) == (32, 2)
+    with pytest.raises(Exception, match="data.img_size must be positive"):
+        C.resolve(C.apply_overrides(C.RunConfig(), ["img_size=0"]))
+
+
+def _write(name: str, root: Path) -> str:
+    """A fixture of dataset ``name`` with enough images for batches of 8; its data path."""
+    if name in ("mnist", "fashion"):
+        make_mnist(root, n_train=30, n_test=6)
+    elif name == "cifar10":
+        make_cifar(root, binary=True, rows=6)
+    elif name == "shapes3d":
+        root.mkdir(parents=True)
+        make_shapes3d(root / "3dshapes.h5")
+    elif name == "celeba":
+        make_celeba(root, n=18)
+    elif name == "chairs":
+        make_chairs(root, n=18)
+    elif name == "folder":
+        make_folder(root, n=18)
+    else:
+        make_stacked(root, n=18)
+    return str(root)
+
+
+TRAINED = ["mnist", "cifar10", "shapes3d", "celeba", "chairs", "folder", "stacked"]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_short_training_run_lowers_the_loss(name, tmp_path, monkeypatch) -> None:
+    from disvae import runs
+    from disvae.training import train
+
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 6)
+    monkeypatch.setattr(shapes3d, "FACTOR_SIZES", SMALL_GRID)
+    path = _write(name, tmp_path / "data")
+    size = 32  # every loader resizes; small images keep the test fast
+    cfg = C.apply_overrides(
+        C.RunConfig(),
+        [f"dataset={name}", f"data.path={json.dumps(path)}", f"img_size={size}", "workers=1",
+         "loss=vae", "batch_size=8", "steps=20", "log_every=5", "lr=2e-3", "device=cpu",
+         "checkpoint_every=1000", "snapshot_every=0"],
+    )  # fmt: skip
+    run = train(cfg, tmp_path / "run", progress=False)
+    log = [json.loads(x) for x in (run / runs.TRAIN_LOG).read_text().splitlines()]
+    first, last = log[0], log[-1]
+    assert last["step"] == 20 and last["recon"] < 0.9 * first["recon"], (first, last)
+    assert load_data(runs.read_config(run).data).image_shape[1:] == (size, size)

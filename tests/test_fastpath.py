@@ -1,0 +1,337 @@
+"""The fast path (bf16 autocast, channels-last, torch.compile, the sync-free non-finite check)
+against the fp32 eager path, and the schedules: learning rate, clipping, validation."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from disvae import config as C
+from disvae import runs
+from disvae.cli import main
+from disvae.training import accel, train
+from disvae.training import checkpoint as ckpt
+from disvae.training.loop import NonFiniteError, Trainer
+from disvae.training.schedules import lr_factor
+
+FAST = ["dataset=dsprites_tiny", "batch_size=16", "log_every=5", "lr=1e-3", "snapshot_every=0"]
+
+
+def _cfg(loss: str = "betaH", *extra: str) -> C.RunConfig:
+    return C.apply_overrides(C.RunConfig(), [f"loss={loss}", *FAST, *extra])
+
+
+def _log(run) -> list[dict]:
+    return [json.loads(x) for x in (run / runs.TRAIN_LOG).read_text().splitlines()]
+
+
+def _losses(cfg: C.RunConfig, data, tmp_path, steps: int) -> list[float]:
+    """Loss of each of the first ``steps`` steps of a fresh trainer (same seed, same batches)."""
+    t = Trainer(C.resolve(cfg), tmp_path, data)
+    out = []
+    for _ in range(steps):
+        terms = t.train_step()
+        t.step += 1
+        out.append(float(terms["loss"]))
+    return out
+
+
+class _PoisonedBatches:
+    """Make the batches of chosen calls of ``data.batch`` NaN."""
+
+    def __init__(self, data, bad_calls):
+        self.bad_calls, self.calls, self._batch = bad_calls, 0, data.batch
+        data.batch = self.batch
+
+    def batch(self, index):
+        self.calls += 1
+        x = self._batch(index)
+        return torch.full_like(x, float("nan")) if self.bad_calls(self.calls) else x
+
+
+# ---------------------------------------------------------------------- learning-rate schedules
+
+
+def test_schedule_values_at_hand_computed_steps():
+    f = functools.partial(lr_factor, total_steps=100)
+    assert [f(s, "none") for s in (0, 50, 10**6)] == [1.0, 1.0, 1.0]
+    # step: x0.5 every 10 steps
+    assert [f(s, "step", decay_steps=10, decay=0.5) for s in (0, 9, 10, 19, 25)] == [
+        1.0, 1.0, 0.5, 0.5, 0.25]  # fmt: skip
+    # cosine from 1 to floor 0.1: halfway is 0.1 + 0.9 * (1 + cos(pi/2)) / 2 = 0.55
+    cos = [f(s, "cosine", floor=0.1) for s in (0, 25, 50, 100, 150)]
+    assert cos == pytest.approx([1.0, 0.1 + 0.9 * (1 + math.sqrt(0.5)) / 2, 0.55, 0.1, 0.1])
+    # warm-up over 4 steps: (s + 1) / 4, then the schedule counted from the end of the warm-up
+    assert [f(s, "none", warmup=4) for s in (0, 1, 3, 4)] == [0.25, 0.5, 1.0, 1.0]
+    assert f(1, "step", warmup=4, decay_steps=1, decay=0.5) == pytest.approx(0.5 * 0.5)
+    assert f(4 + 48, "cosine", warmup=4) == pytest.approx(0.5)  # half of the 96 steps after it
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        lr_factor(0, "linear", total_steps=10)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [("lr_schedule=linear", "train.lr_schedule must be one of"), ("lr_decay=2", "at most 1"),
+     ("grad_clip=0", "train.grad_clip must be positive"), ("amp=fp16", "train.amp must be"),
+     ("val_every=-1", "non-negative"), ("nan_check=never", "train.nan_check")],
+)  # fmt: skip
+def test_bad_schedule_and_speed_values_name_the_key(item, message):
+    with pytest.raises(C.UserError, match=message):
+        C.resolve(C.apply_overrides(C.RunConfig(), [item]))
+
+
+def test_resume_with_step_schedule_clip_and_validation_equals_an_uninterrupted_run(
+    tiny_data, tmp_path
+):
+    # 1843 training images / 16 = 115 steps an epoch: decay every 0.1 epoch = 12 steps.
+    extra = ["lr_schedule=step", "lr_decay_every=0.1", "lr_warmup=5", "grad_clip=100",
+             "val_every=10", "val_images=64", "checkpoint_every=10"]  # fmt: skip
+    whole = train(_cfg("betaH", "steps=40", *extra), tmp_path / "w", data=tiny_data,
+                  progress=False)  # fmt: skip
+    part = train(_cfg("betaH", "steps=20", *extra), tmp_path / "p", data=tiny_data,
+                 progress=False)  # fmt: skip
+    train(C.apply_overrides(runs.read_config(part), ["steps=40"]), part, data=tiny_data,
+          resume=True, progress=False)  # fmt: skip
+    assert (whole / runs.MODEL).read_bytes() == (part / runs.MODEL).read_bytes()
+    assert (whole / runs.BEST).read_bytes() == (part / runs.BEST).read_bytes()
+    strip = lambda log: [{k: v for k, v in r.items() if k != "img_per_s"} for r in log]  # noqa: E731
+    assert strip(_log(whole)) == strip(_log(part))
+    lr = {r["step"]: r["lr"] for r in _log(whole)}
+    # The lr logged at step s is the one of the update from s-1 to s.
+    assert lr[5] == pytest.approx(1e-3 * 0.5 ** (4 // 12))
+    assert lr[15] == pytest.approx(1e-3 * 0.5)  # step 14 // 12 = 1
+    assert lr[40] == pytest.approx(1e-3 * 0.5**3)  # step 39 // 12 = 3
+
+
+def test_cosine_schedule_and_deferred_check_resume_exactly(tiny_data, tmp_path, monkeypatch):
+    extra = ["steps=30", "lr_schedule=cosine", "lr_floor=0.1", "lr_warmup=3",
+             "nan_check=deferred", "checkpoint_every=10"]  # fmt: skip
+    whole = train(_cfg("vae", *extra), tmp_path / "w", data=tiny_data, progress=False)
+    real = Trainer.train_step
+
+    def stop_at_17(self):  # what Ctrl-C does: finish the step, checkpoint, stop
+        terms = real(self)
+        self._stop_requested = self.step == 16
+        return terms
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_17)
+    part = train(_cfg("vae", *extra), tmp_path / "p", data=tiny_data, progress=False)
+    assert not (part / runs.MODEL).exists() and _log(part)[-1]["step"] == 17
+    monkeypatch.undo()
+    train(runs.read_config(part), part, data=tiny_data, resume=True, progress=False)
+    assert (whole / runs.MODEL).read_bytes() == (part / runs.MODEL).read_bytes()
+    last = lr_factor(29, "cosine", total_steps=30, warmup=3, floor=0.1)
+    assert _log(whole)[-1]["lr"] == pytest.approx(1e-3 * last)
+
+
+# ---------------------------------------------------------------------- clipping, validation
+
+
+def test_grad_clip_bounds_the_norm_of_every_update(tiny_data, tmp_path):
+    cfg = C.resolve(_cfg("factor", "steps=6", "grad_clip=0.5", "log_every=1"))
+    t = Trainer(cfg, tmp_path, tiny_data)
+    seen = []
+
+    def record(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    t.opt.register_step_pre_hook(record)
+    t.disc_opt.register_step_pre_hook(record)
+    t.run(progress=False)
+    log = _log(tmp_path)
+    assert len(seen) == 12 and max(seen) <= 0.5 * (1 + 1e-5)
+    # The logged norms are those before clipping: clipping really acted.
+    assert min(r["grad_norm"] for r in log) > 0.5 and "disc_grad_norm" in log[0]
+
+
+def test_val_every_logs_val_losses_and_keeps_the_best_weights(tiny_data, tmp_path):
+    base = ["steps=20", "log_every=5", "checkpoint_every=100"]
+    plain = train(_cfg("betaH", *base), tmp_path / "a", data=tiny_data, progress=False)
+    run = train(_cfg("betaH", *base, "val_every=5", "val_images=100"), tmp_path / "b",
+                data=tiny_data, progress=False)  # fmt: skip
+    log = _log(run)
+    val = {r["step"]: r["val/loss"] for r in log if "val/loss" in r}
+    assert list(val) == [5, 10, 15, 20] and all("val/recon" in r for r in log)
+    tensors, meta = ckpt.load_state(run / runs.BEST)
+    assert meta["step"] == min(val, key=val.get) and meta["val_loss"] == min(val.values())
+    assert any(k.startswith("model.") for k in tensors)
+    # Validation leaves training untouched (its RNG draws are undone).
+    assert (plain / runs.MODEL).read_bytes() == (run / runs.MODEL).read_bytes()
+    with pytest.raises(C.UserError, match="needs a held-out split"):
+        train(_cfg("betaH", *base, "val_every=5", "val_fraction=0"), tmp_path / "c",
+              data=tiny_data)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- precision and compile
+
+
+@pytest.mark.parametrize(
+    "setting, rtol",
+    [
+        # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2% per op); the losses are
+        # sums over 4,096 pixels computed in fp32 from bf16 logits, and 5 Adam steps of lr 1e-3
+        # move the two runs apart a little more: 2% separates that from a real bug (a loss in
+        # bf16, a wrong cast), which shows as 10% or more.
+        ("amp=bf16", 2e-2),
+        # Same arithmetic in another memory layout: only the summation order differs.
+        ("channels_last=true", 1e-4),
+    ],
+)
+def test_amp_and_channels_last_are_close_to_fp32_eager(setting, rtol, tiny_data, tmp_path):
+    ref = _losses(_cfg("factor", "amp=none"), tiny_data, tmp_path, 5)
+    fast = _losses(_cfg("factor", setting), tiny_data, tmp_path, 5)
+    assert fast == pytest.approx(ref, rel=rtol)
+    assert fast != ref or setting != "amp=bf16"  # bf16 really ran
+
+
+def test_compile_path_is_close_to_eager(tiny_data, tmp_path, monkeypatch):
+    # The dynamo + AOTAutograd path of torch.compile without inductor's C++ code generation
+    # (70 s for this model on two cores; a tiny model goes through inductor below).
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    ref = _losses(_cfg("betaH"), tiny_data, tmp_path, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback happened
+        got = _losses(_cfg("betaH", "compile=true"), tiny_data, tmp_path, 3)
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
+def _tiny_vae():
+    from disvae.models.vae import VAE
+
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    dec = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Unflatten(1, (1, 8, 8)))
+    return VAE(enc, dec, 4).eval()  # eval: z = mu, no sampling to compare
+
+
+def test_compile_with_inductor_matches_eager_on_a_tiny_model():
+    pytest.importorskip("torch._inductor")
+    model, x = _tiny_vae(), torch.rand(4, 1, 8, 8)
+    fwd = accel.ModelForward(model, accel.Accel(torch.device("cpu"), compile=True))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            got = fwd(x)
+    except RuntimeWarning as e:
+        pytest.skip(f"torch.compile unavailable here: {e}")
+    ref = model(x)
+    torch.testing.assert_close(got.logits, ref.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
+    def broken(module, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, x = _tiny_vae(), torch.rand(4, 1, 8, 8)
+    fwd = accel.ModelForward(model, accel.Accel(torch.device("cpu"), compile=True))
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as caught:
+        outs = [fwd(x) for _ in range(3)]
+    assert len(caught) == 1
+    assert all(torch.equal(o.logits, model(x).logits) for o in outs)
+
+
+def test_auto_settings_are_the_fast_path_on_cuda_only():
+    cfg = C.TrainConfig()
+    cpu = accel.resolve(cfg, torch.device("cpu"))
+    assert cpu.amp_dtype is None and not cpu.channels_last and not cpu.deferred_nan_check
+    forced = accel.resolve(C.TrainConfig(nan_check="deferred", amp="bf16"), torch.device("cpu"))
+    assert forced.deferred_nan_check and forced.fused_adam and forced.amp_dtype is torch.bfloat16
+
+
+# ---------------------------------------------------------------------- the deferred NaN check
+
+
+def test_deferred_check_skips_the_same_steps_as_the_step_check(tiny_data, tmp_path):
+    logs = {}
+    for mode in ("step", "deferred"):
+        _PoisonedBatches(tiny_data, lambda call: call in (3, 11))
+        run = train(_cfg("betaH", "steps=20", "checkpoint_every=4", f"nan_check={mode}"),
+                    tmp_path / mode, data=tiny_data, progress=False)  # fmt: skip
+        logs[mode] = _log(run)
+        tiny_data.batch = tiny_data.batch.__self__._batch  # unwrap for the next mode
+        model, _ = runs.load_run(run)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [r["skipped"] for r in logs["deferred"]] == [r["skipped"] for r in logs["step"]]
+    assert sum(r["skipped"] for r in logs["step"]) == 2
+    # Same steps skipped and averaged; fused and plain Adam round differently, so not bitwise.
+    for a, b in zip(logs["step"], logs["deferred"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+
+
+def test_deferred_check_names_a_nan_gradient(tiny_data, tmp_path):
+    cfg = C.resolve(_cfg("betaH", "steps=10", "checkpoint_every=5", "nan_check=deferred"))
+    t = Trainer(cfg, runs.prepare_out_dir(tmp_path / "g", overwrite=False), tiny_data)
+    w = t.model.decoder[0].weight
+    w.register_hook(lambda g: torch.full_like(g, float("nan")) if t.step == 5 else g)
+    t.run(progress=False)
+    assert t.bad_term == "gradient"
+    assert sum(r["skipped"] for r in _log(tmp_path / "g")) == 1
+
+
+def test_deferred_check_rolls_back_then_stops_naming_the_term(tiny_data, tmp_path):
+    poison = _PoisonedBatches(tiny_data, lambda call: call >= 12)
+    cfg = _cfg("betaH", "steps=60", "checkpoint_every=5", "nan_patience=3", "nan_rollbacks=2",
+               "nan_check=deferred")  # fmt: skip
+    with pytest.raises(NonFiniteError, match=r"'recon' was not finite .* after 2 rollbacks"):
+        train(cfg, tmp_path / "p", data=tiny_data, progress=False)
+    assert poison.calls > 20  # batches were drawn again after the rollbacks
+    for _, path in ckpt.list_checkpoints(tmp_path / "p" / runs.CHECKPOINTS):
+        tensors, _ = ckpt.load_state(path)
+        assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+    steps = [r["step"] for r in _log(tmp_path / "p")]
+    assert steps == sorted(set(steps))
+
+
+# ---------------------------------------------------------------------- config file = flags
+
+
+def test_a_toml_config_and_the_same_flags_give_identical_config_json(tmp_path):
+    toml = """
+[data]
+name = "dsprites_tiny"
+val_fraction = 0.2
+[model]
+latent_dim = 6
+[loss]
+name = "betaH"
+beta = 3.0
+[train]
+steps = 2
+batch_size = 16
+lr = 0.002
+lr_schedule = "step"
+lr_decay_every = 2.5
+lr_decay = 0.3
+lr_warmup = 1
+grad_clip = 10.0
+val_every = 2
+val_images = 32
+amp = "none"
+channels_last = false
+compile = false
+snapshot_every = 0
+"""
+    (tmp_path / "c.toml").write_text(toml)
+    flags = ["--dataset", "dsprites_tiny", "--val-fraction", "0.2", "--latent-dim", "6",
+             "--loss", "betaH", "--beta", "3", "--steps", "2", "--batch-size", "16",
+             "--lr", "0.002", "--lr-schedule", "step", "--lr-decay-every", "2.5",
+             "--lr-decay", "0.3", "--lr-warmup", "1", "--grad-clip", "10", "--val-every", "2",
+             "--val-images", "32", "--amp", "none", "--no-channels-last", "--no-compile",
+             "--snapshot-every", "0"]  # fmt: skip
+    common = ["train", "--no-progress", "-q"]
+    assert main([*common, "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, *flags, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / runs.CONFIG).read_text()) for d in "ab")
+    a.pop("written"), b.pop("written")
+    assert a == b
+    assert a["train"]["lr_schedule"] == "step" and a["train"]["grad_clip"] == 10.0
+    assert (tmp_path / "a" / runs.BEST).is_file()

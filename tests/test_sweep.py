@@ -1,0 +1,254 @@
+"""Sweeps: expansion of sweep files, local and Ray execution, resume, failures, the page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+
+import pytest
+
+from disvae import runs
+from disvae.errors import UserError
+from disvae.sweep import build_sweep_report, load_sweep, read_results, run_sweep
+from disvae.sweep import state as S
+
+TINY_METRICS = ("mig", "mig_chen", "aam")
+
+
+def _write(tmp_path, text: str, name: str = "study.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _tiny_with_methods(methods: str) -> str:
+    """The shipped tiny sweep's base and evaluation, with other methods."""
+    text = (resources.files("disvae") / "sweeps" / "tiny.toml").read_text()
+    return text[: text.index("[[methods]]")] + methods
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def test_expansion_counts_names_and_configs(tmp_path):
+    path = _write(tmp_path, """
+seeds = [0, 1]
+[base.train]
+steps = 10
+[grid]
+"model.latent_dim" = [5, 10]
+[[methods]]
+loss = "betaH"
+grid = { "loss.beta" = [1, 4, 16] }
+[[methods]]
+name = "capacity"
+loss = "betaB"
+set = { "loss.gamma" = 1000 }
+grid = { "loss.c_fin" = [5, 25] }
+""")  # fmt: skip
+    sweep = load_sweep(path)
+    assert sweep.name == "study"
+    assert len(sweep.runs) == (3 + 2) * 2 * 2  # (method grids) × shared grid × seeds
+    names = [r.name for r in sweep.runs]
+    assert len(set(names)) == len(names)
+    assert names[0] == "betaH-latent_dim=5-beta=1-seed=0"
+    run = next(r for r in sweep.runs if r.name == "capacity-latent_dim=10-c_fin=25-seed=1")
+    cfg = run.config
+    assert (cfg.loss.name, cfg.loss.gamma, cfg.loss.c_fin) == ("betaB", 1000.0, 25.0)
+    assert (cfg.model.latent_dim, cfg.train.seed, cfg.train.steps) == (10, 1, 10)
+    assert run.params == {"model.latent_dim": 10, "loss.c_fin": 25}
+
+
+def test_shipped_sweeps_expand():
+    study = load_sweep("dsprites_study")
+    assert len(study.runs) == 4 * 6 * 5
+    methods = {r.method for r in study.runs}
+    assert methods == {"betaH", "betaB", "factor", "btcvae"}
+    betab = [r for r in study.runs if r.method == "betaB"]
+    assert {r.config.loss.c_fin for r in betab} == {5, 10, 25, 50, 75, 100}
+    assert all(r.config.train.steps == 300_000 and r.config.train.batch_size == 64 for r in betab)
+    assert [r.name for r in load_sweep("tiny").runs] == [
+        "betaH-beta=1-seed=0", "betaH-beta=4-seed=0", "btcvae-beta=1-seed=0", "btcvae-beta=6-seed=0",
+    ]  # fmt: skip
+
+
+RANDOM = """
+seed = {seed}
+[random]
+n = 6
+"train.lr" = {{ loguniform = [1e-4, 1e-2] }}
+"loss.beta" = {{ choice = [1, 2, 4] }}
+"model.latent_dim" = {{ int = [4, 8] }}
+"data.val_fraction" = {{ uniform = [0.05, 0.2] }}
+[[methods]]
+loss = "betaH"
+"""
+
+
+def test_random_samples_are_reproducible(tmp_path):
+    def values(seed):
+        sweep = load_sweep(_write(tmp_path, RANDOM.format(seed=seed)))
+        return [tuple(r.params.values()) for r in sweep.runs]
+
+    a, b, c = values(3), values(3), values(4)
+    assert a == b and a != c and len(a) == 6
+    for lr, beta, dim, frac in a:
+        assert 1e-4 <= lr <= 1e-2 and beta in (1, 2, 4) and 0.05 <= frac <= 0.2
+        assert isinstance(dim, int) and 4 <= dim <= 8
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[grid]\n"loss.betta" = [1, 2]', "loss.betta"),
+        ('[[methods]]\nloss = "betaH"\ngrid = { "loss.gamma" = [1] }', "loss.gamma"),
+        ('[grid]\n"train.lr" = [1e-3, -1.0]', "train.lr"),
+        ('[random]\nn = 2\n"train.lr" = { normal = [0, 1] }', "loguniform"),
+        ("[evaluate]\nmetrics = ['mgi']", "mgi"),
+        ("[base.train]\nstepz = 3", "train.stepz"),
+    ],
+)
+def test_bad_sweep_fails_at_expansion_naming_key_and_file(tmp_path, body, needle):
+    path = _write(tmp_path, body)
+    with pytest.raises(UserError) as e:
+        load_sweep(path)
+    assert needle in str(e.value) and str(path) in str(e.value)
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    from disvae.sweep.runner import import_ray
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)
+    with pytest.raises(UserError, match=r"pip install 'disvae\[ray\]'"):
+        import_ray()
+
+
+# --------------------------------------------------------------------------- running
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """The shipped tiny sweep (4 runs) run once on 2 local worker processes."""
+    cache = tmp_path_factory.getbasetemp() / "cache"  # the conftest's per-session cache
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISVAE_CACHE", str(cache))
+        from disvae.data import load_dataset
+
+        load_dataset("dsprites")  # render the cache once, not in each worker at the same time
+        out = tmp_path_factory.mktemp("sweep") / "tiny"
+        summary = run_sweep("tiny", out, workers=2, progress=False)
+    return out, summary
+
+
+def _assert_complete(rows):
+    assert [r["status"] for r in rows] == ["done"] * len(rows)
+    for r in rows:
+        assert r["loss.beta"] in (1, 4, 6) and r["seed"] == 0 and r["step"] == 4
+        assert all(isinstance(r[m], float) for m in TINY_METRICS)
+        assert isinstance(r["train/loss"], float) and isinstance(r["val/loss"], float)
+
+
+def test_local_sweep_on_two_workers(tiny_sweep):
+    out, summary = tiny_sweep
+    rows = read_results(out)
+    assert len(rows) == 4 and len(summary.ran) == 4
+    _assert_complete(rows)
+    state = S.read_state(out / S.RUNS / rows[0]["name"])
+    assert state["attempts"] == 1 and state["duration_s"] > 0 and state["error"] is None
+
+
+def test_resume_reruns_only_what_did_not_finish(tiny_sweep, tmp_path):
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny_sweep[0], out)
+    a, b, c, d = (out / S.RUNS / r.name for r in load_sweep("tiny").runs)
+    # a: killed mid-training (a checkpoint at step 2, no final weights, state left "running")
+    (a / S.RUN / runs.MODEL).unlink()
+    (a / S.RUN / runs.CHECKPOINTS / "step_000000004.safetensors").unlink()
+    (a / S.RUN / "metrics.json").unlink()
+    S.write_state(a, status="running")
+    # b: never started; c: failed before (not retried without retry_failed); d: done
+    shutil.rmtree(b / S.RUN)
+    S.write_state(b, status="pending")
+    S.write_state(c, status="failed", error="boom")
+    d_weights = (d / S.RUN / runs.MODEL).stat().st_mtime_ns
+    summary = run_sweep("tiny", out, workers=2, progress=False)
+    assert sorted(summary.ran) == sorted([a.name, b.name])
+    assert S.read_state(a)["resumed_from_step"] == 2 and S.read_state(a)["attempts"] == 2
+    assert S.read_state(b)["resumed_from_step"] is None
+    assert S.read_state(c) | {} == S.read_state(c) and S.read_state(c)["error"] == "boom"
+    assert (d / S.RUN / runs.MODEL).stat().st_mtime_ns == d_weights
+    rows = {r["name"]: r for r in read_results(out)}
+    _assert_complete([rows[a.name], rows[b.name], rows[d.name]])
+    assert rows[c.name]["status"] == "failed" and rows[c.name]["error"] == "boom"
+
+
+def test_failed_run_is_recorded_and_others_finish(tmp_path):
+    text = _tiny_with_methods("""
+[[methods]]
+loss = "betaH"
+[[methods]]
+name = "broken"
+loss = "betaH"
+set = { "data.path" = "/nonexistent/dsprites.npz" }
+""")  # fmt: skip
+    out = tmp_path / "out"
+    summary = run_sweep(_write(tmp_path, text), out, workers=2, progress=False)
+    assert summary.status == {"betaH-seed=0": "done", "broken-seed=0": "failed"}
+    rows = {r["name"]: r for r in read_results(out)}
+    assert "/nonexistent/dsprites.npz" in rows["broken-seed=0"]["error"]
+    assert "\n" not in rows["broken-seed=0"]["error"]
+    assert isinstance(rows["betaH-seed=0"]["mig"], float)
+    from disvae.cli import main
+
+    assert main(["sweep", str(out), "--status"]) == 0
+
+
+def test_ray_sweep(tmp_path, tiny_sweep):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'disvae[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_sweep("tiny", tmp_path / "tiny", backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    rows = read_results(tmp_path / "tiny")
+    assert len(rows) == 4 and len(summary.ran) == 4
+    _assert_complete(rows)
+
+
+# --------------------------------------------------------------------------- page and CLI
+
+
+def test_sweep_page_and_cli(tiny_sweep, tmp_path, capsys):
+    from disvae.cli import main
+
+    out = tiny_sweep[0]
+    page = build_sweep_report(out, tmp_path / "page.html").read_text()
+    assert page.count("data:image/png;base64,") == len(TINY_METRICS) + 2  # + val recon, kl
+    assert 'id="spearman"' in page and "mig_chen" in page
+    assert "src=\"http" not in page and "betaH-beta=4-seed=0" in page
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file()
+    assert main(["sweep", str(out), "--status"]) == 0
+    assert "done: 4" in capsys.readouterr().out
+    assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
+
+
+def test_spearman_matrix_known_answer():
+    from disvae.sweep.page import spearman_matrix
+
+    rows = [{"a": float(i), "b": float(i * i), "c": float(-i), "d": 1.0} for i in range(5)]
+    m = spearman_matrix(rows, ["a", "b", "c", "d"])
+    assert m[0][1] == pytest.approx(1.0) and m[0][2] == pytest.approx(-1.0)
+    assert m[0][3] is None  # a constant metric has no rank correlation
+
+
+def test_results_written_before_anything_runs(tmp_path):
+    from disvae.sweep.runner import prepare
+
+    sweep = load_sweep("tiny")
+    todo = prepare(sweep, tmp_path)
+    assert len(todo) == 4 and len(read_results(tmp_path)) == 4
+    assert {r["status"] for r in read_results(tmp_path)} == {"pending"}
+    spec = json.loads((todo[0] / S.SPEC).read_text())
+    assert spec["params"] == {"loss.beta": 1} and spec["config"]["train"]["seed"] == 0
