@@ -72,6 +72,31 @@ def test_unknown_or_factorless_metrics_are_user_errors():
     assert resolve_metric_names("all", False) == ["unsupervised"]
 
 
+def test_labelled_dataset_gets_the_metrics_on_codes(run):
+    from disvae.data.ground_truth import LabeledDataset
+
+    grid = small_grid()
+    index = np.arange(len(grid))
+    labelled = LabeledDataset(
+        (grid.numpy_images(index) * 255).astype(np.uint8),
+        grid.info, False, grid.factor_names, grid.classes_of(index).astype(float), [True] * 5,
+    )  # fmt: skip
+    with pytest.raises(UserError, match="full factor grid"):
+        resolve_metric_names("beta_vae", "labels")
+    res = evaluate_metrics(run, "all", data=labelled, device="cpu", **KW)
+    assert "beta_vae" not in res["metrics"] and "factor_vae" not in res["metrics"]
+    # The labels are the grid's classes, so MIG estimates the same quantity from other draws.
+    on_grid = evaluate_metrics(run, "mig", data=grid, device="cpu", **KW)["metrics"]["mig"]
+    assert res["metrics"]["mig"] == pytest.approx(on_grid, abs=0.1)
+
+
+def test_batch_scores_encode_each_image_once_when_they_need_most_of_them(run):
+    data = small_grid()
+    res = evaluate_metrics(run, "factor_vae", data=data, device="cpu", **KW)
+    # 450 points * 64 draws >> 432 images: one ordered pass over the dataset, nothing twice.
+    assert res["protocol"]["points_encoded"] == 450 + len(data)
+
+
 def test_factorless_dataset_gets_the_unsupervised_measures(run, tiny_data):
     res = evaluate_metrics(run, "all", data=tiny_data, device="cpu", n_samples=200, n_test=50)
     assert set(res["metrics"]) == {"unsupervised"}

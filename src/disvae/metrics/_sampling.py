@@ -55,6 +55,25 @@ class CachedEncoder:
         u = np.unique(np.asarray(index, dtype=np.int64))
         return u[~self._done[u]]
 
+    def _store(self, chunk: np.ndarray, codes: np.ndarray) -> None:
+        if self._codes is None:
+            self._codes = np.zeros((len(self.dataset), codes.shape[1]), dtype=np.float32)
+        self._codes[chunk] = codes
+        self._done[chunk] = True
+        self.n_encoded += len(chunk)
+        if self.progress is not None:
+            self.progress(len(chunk))
+
+    def encode_all(self) -> None:
+        """Encode every image not yet known, in index order (contiguous batches: the cheapest
+        gather), for scores that would draw most of the dataset anyway."""
+        import torch
+
+        todo = np.flatnonzero(~self._done)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            self._store(chunk, self(self.dataset.batch(torch.from_numpy(chunk))))
+
     def codes_at(self, index: np.ndarray) -> np.ndarray:
         """Codes (len(index), D) of dataset images ``index`` (N,), encoding only new ones."""
         import torch
@@ -63,14 +82,7 @@ class CachedEncoder:
         todo = self.missing(index)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            codes = self(self.dataset.batch(torch.from_numpy(chunk)))
-            if self._codes is None:
-                self._codes = np.zeros((len(self.dataset), codes.shape[1]), dtype=np.float32)
-            self._codes[chunk] = codes
-            self._done[chunk] = True
-            self.n_encoded += len(chunk)
-            if self.progress is not None:
-                self.progress(len(chunk))
+            self._store(chunk, self(self.dataset.batch(torch.from_numpy(chunk))))
         if self._codes is None:  # nothing asked for yet
             return np.zeros((len(index), 0))
         return self._codes[index].astype(np.float64)
