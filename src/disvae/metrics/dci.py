@@ -13,9 +13,10 @@ trees (100 stages, depth 3, learning rate 0.1) per factor on 10,000 training poi
 points. It runs our vectorised implementation of scikit-learn's algorithm (`disvae.metrics.gbt`:
 all factors' trees at once, thresholds from at most 256 candidates per feature), about 8x faster;
 ``model="sklearn"`` fits scikit-learn's own ``GradientBoostingClassifier`` one factor at a time
-(exact thresholds; a test checks that the two agree). ``model="lasso"`` is the paper's own variant: a Lasso regression on
-standardised codes to the factor scaled to [0, 1], importances = |weights|, informativeness =
-1 - NRMSE (test RMSE divided by the factor's standard deviation), averaged over factors.
+(exact thresholds; a test checks that the two agree). ``model="lasso"`` is the paper's own
+variant: a Lasso regression on standardised codes to the factor scaled to [0, 1], importances =
+|weights|, informativeness = 1 - NRMSE (test RMSE divided by the factor's standard deviation),
+averaged over factors.
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ def dci(
     """DCI scores (Eastwood & Williams 2018) of codes (N, D) against factor classes (N, K).
 
     The N points are split at random into ``n_train`` / ``n_test`` (fewer points: the same
-    proportion). ``model``: ``"gbt"`` (disentanglement_lib's boosted trees, default), ``"sklearn"`` (the same
-    with scikit-learn's own classifier: exact, slower) or ``"lasso"`` (the paper).
+    proportion). ``model``: ``"gbt"`` (disentanglement_lib's boosted trees, default),
+    ``"sklearn"`` (the same with scikit-learn's own classifier: exact, slower) or ``"lasso"``
+    (the paper).
 
     Returns:
         ``{"disentanglement", "completeness", "informativeness"}``, each in [0, 1].

@@ -7,7 +7,8 @@ at a time (about 25 ms each on one core: some 5 minutes). This module runs the s
 (Friedman 2001, "Greedy Function Approximation", Alg. 6 "LK_TreeBoost", as scikit-learn implements
 it) with every tree of a stage grown at once, level by level, from histograms:
 
-- initial raw scores: the log class priors (binary factors: the prior's log-odds, one tree per stage);
+- initial raw scores: the log class priors (binary factors: the prior's log-odds, and one tree
+  per stage);
 - each stage: negative gradients ``g = y_k - p_k`` of the softmax; one regression tree per class
   fitted to ``g`` by least squares (split gain = S_L^2/N_L + S_R^2/N_R - S^2/N, the impurity
   decrease), depth 3, at least one sample per leaf;
@@ -83,7 +84,7 @@ def _targets(y: np.ndarray) -> tuple[_Groups, np.ndarray, np.ndarray]:
 def _probabilities(raw: np.ndarray, groups: _Groups) -> np.ndarray:
     """Softmax per factor (sigmoid for binary factors) of raw scores (N, C)."""
     p = np.empty_like(raw)
-    for o, s in zip(groups.offsets, groups.sizes):
+    for o, s in zip(groups.offsets, groups.sizes, strict=True):
         r = raw[:, o : o + s]
         if s == 1:
             p[:, o] = 1 / (1 + np.exp(-r[:, 0]))
@@ -196,9 +197,7 @@ def gbt_importance(
     onehot_bins = bin_matrix(bins, b)
     groups, onehot, raw0 = _targets(y)
     c, n, d = onehot.shape[1], len(x), x.shape[1]
-    factor = np.concatenate(
-        [np.full(s, 1.0 if s == 1 else (s - 1) / s) for s in groups.sizes]
-    )
+    factor = np.concatenate([np.full(s, 1.0 if s == 1 else (s - 1) / s) for s in groups.sizes])
     raw = np.tile(raw0, (n, 1))
     raw_test = np.tile(raw0, (len(x_test), 1))
     importance = np.zeros((c, d))
@@ -211,9 +210,7 @@ def gbt_importance(
         stage_imp = np.zeros((c, d))
         root_split, hist = None, None
         for level in range(max_depth):
-            node, splits, hist = _grow_level(
-                g, node, bins, onehot_bins, level, b, hist, stage_imp
-            )
+            node, splits, hist = _grow_level(g, node, bins, onehot_bins, level, b, hist, stage_imp)
             node_test = _route(node_test, bins_test, *splits)
             root_split = splits[2][:, 0] if level == 0 else root_split
         leaves = _leaf_values(g, p.T, node, 2**max_depth, factor)
@@ -229,7 +226,8 @@ def _per_factor(importance, n_relevant, groups, raw_test, y_test):
     k = len(groups.sizes)
     imp = np.zeros((importance.shape[1], k))
     acc = np.zeros(k)
-    for f, (o, s, labels) in enumerate(zip(groups.offsets, groups.sizes, groups.classes)):
+    layout = zip(groups.offsets, groups.sizes, groups.classes, strict=True)
+    for f, (o, s, labels) in enumerate(layout):
         trees = n_relevant[o : o + s].sum()
         total = importance[o : o + s].sum(axis=0) / max(trees, 1)
         imp[:, f] = total / total.sum() if total.sum() > 0 else 0.0

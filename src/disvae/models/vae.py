@@ -61,9 +61,16 @@ class VAE(nn.Module):
         """Logits (B, C, H, W) of p(x|z) for codes z (B, D)."""
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor) -> VAEOutput:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
+        """One pass; ``eps`` (B, D), when given, is the standard-normal noise of the sample
+        (data-parallel ranks pass their rows of the global batch's noise)."""
         mu, logvar = self.encode(x)
-        z = self.sample(mu, logvar) if self.training else mu
+        if not self.training:
+            z = mu
+        elif eps is None:
+            z = self.sample(mu, logvar)
+        else:
+            z = mu + eps * torch.exp(0.5 * logvar)
         return VAEOutput(self.decode(z), mu, logvar, z)
 
 

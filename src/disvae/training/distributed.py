@@ -1,0 +1,133 @@
+"""Data-parallel training over several processes, launched by ``torchrun`` (torch.distributed).
+
+Semantics (docs/train.md, "Several GPUs or machines"):
+
+- ``--batch-size`` is the **global** batch: every step, all ranks draw the same global batch of
+  indices from the same seeded `BatchStream`, and rank r takes its contiguous share
+  ``[r * B/W, (r+1) * B/W)``. The shares never overlap and cover the batch; a checkpoint holds the
+  global data order, so a run resumes with any number of processes that divides the batch.
+- All ranks seed their generators alike and draw the reparameterisation noise for the whole global
+  batch, each keeping its rows, so W processes take exactly the steps one process takes with the
+  same global batch (up to float summation order), for objectives whose loss is a mean over the
+  batch. β-TCVAE's minibatch estimate of q(z) uses each rank's own share (M = B/W) with the full
+  training-set size N (Chen et al. 2018, Eq. S6), so it is an estimate from a smaller minibatch.
+- Gradients are averaged with one all-reduce of a flat buffer per module and step (the models are
+  small, a few MB, so overlapping it with the backward pass, as `DistributedDataParallel` does,
+  would save nothing); FactorVAE's discriminator is averaged the same way.
+- Only rank 0 writes: logs, TensorBoard, checkpoints, the training GIF, the final weights.
+
+Backends: NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from disvae.errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among ``world`` data-parallel processes (1: not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch (its first dimension divides by ``world``)."""
+        if not self.active:
+            return batch
+        n = batch.shape[0] // self.world
+        return batch[self.rank * n : (self.rank + 1) * n]
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """Replace every gradient of ``module`` by its mean over the ranks (one all-reduce)."""
+        if not self.active:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def average(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The mean over the ranks of each tensor (same names and shapes on every rank)."""
+        if not self.active or not tensors:
+            return tensors
+        names = sorted(tensors)
+        flat = torch.cat([tensors[k].double().reshape(-1) for k in names])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        out, offset = {}, 0
+        for k in names:
+            t = tensors[k]
+            out[k] = flat[offset : offset + t.numel()].view(t.shape).to(t.dtype)
+            offset += t.numel()
+        return out
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any rank (e.g. a stop request from a signal)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+
+def from_environment() -> Dist:
+    """The `Dist` that ``torchrun`` describes in the environment; joins the process group.
+
+    Without ``WORLD_SIZE`` (or with 1) this is a plain single-process run.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as td
+
+    rank = int(os.environ["RANK"])
+    if not td.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        td.init_process_group("nccl" if cuda else "gloo")
+    return Dist(rank=rank, world=world)
+
+
+def device_for(dist: Dist, requested: str) -> str:
+    """The device a rank trains on: ``cuda:LOCAL_RANK`` when CUDA is asked for (or auto)."""
+    if not dist.active or not torch.cuda.is_available() or requested == "cpu":
+        return requested
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def check_batch(dist: Dist, batch_size: int) -> None:
+    if batch_size % dist.world:
+        raise UserError(
+            f"--batch-size {batch_size} is the global batch and must divide among the "
+            f"{dist.world} processes; use a multiple of {dist.world}"
+        )
+
+
+def shutdown(dist: Dist) -> None:
+    if dist.active and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
