@@ -133,9 +133,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "traversals, GIFs and a latent explorer; for several, a comparison page.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run directories, or one sweep directory"
-    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one sweep directory")
     p.add_argument(
         "-o", "--out", help="output file (default RUN/report.html; compare.html for several runs)"
     )

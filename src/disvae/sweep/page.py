@@ -152,7 +152,9 @@ def spearman_matrix(rows: list[dict[str, Any]], metrics: list[str]) -> list[list
         line: list[float | None] = []
         for b in metrics:
             pairs = [(r[a], r[b]) for r in rows if _finite(r.get(a)) and _finite(r.get(b))]
-            x, y = (np.array(v, dtype=float) for v in zip(*pairs, strict=True)) if pairs else ([], [])
+            x, y = (
+                (np.array(v, dtype=float) for v in zip(*pairs, strict=True)) if pairs else ([], [])
+            )
             if len(pairs) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
                 line.append(None)
             else:

@@ -65,7 +65,9 @@ def metric_columns(columns: list[str]) -> list[str]:
     """The columns that hold disentanglement metrics."""
     skip = set(FIXED) | set(AFTER)
     return [
-        c for c in columns if c not in skip and "." not in c and not c.startswith(("train/", "val/"))
+        c
+        for c in columns
+        if c not in skip and "." not in c and not c.startswith(("train/", "val/"))
     ]
 
 

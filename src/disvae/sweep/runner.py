@@ -194,8 +194,10 @@ def _record_exit(slot: Path, rc: int) -> None:
     if rc in (-9, 137):
         how += " (out of memory?)"
     tail = _log_tail(slot / S.WORKER_LOG)
-    S.write_state(slot, status="failed", error=f"worker process died: {how}{tail}",
-                  finished=time.time(), duration_s=round(time.time() - state.get("started", time.time()), 2))  # fmt: skip
+    now = time.time()
+    duration = round(now - state.get("started", now), 2)
+    error = f"worker process died: {how}{tail}"
+    S.write_state(slot, status="failed", error=error, finished=now, duration_s=duration)
 
 
 def _log_tail(path: Path) -> str:
