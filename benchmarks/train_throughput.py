@@ -158,8 +158,10 @@ def main() -> None:
     args = parser.parse_args()
     data = load_dataset("dsprites")
     packed = data._images.numpy()  # the bit-packed array the plain loop reads per item
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
-          + (f" ({torch.cuda.get_device_name(args.device)})" if "cuda" in args.device else ""))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
+        + (f" ({torch.cuda.get_device_name(args.device)})" if "cuda" in args.device else "")
+    )
     head = f"{'objective':<9}{'batch':>6}{'limit':>9}{'disvae':>9}{'plain':>9}"
     print(head + f"{'disvae/limit':>14}{'disvae/plain':>14}   (images/s, median of reps ± spread)")
     shown = False

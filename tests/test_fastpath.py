@@ -78,7 +78,8 @@ def test_schedule_values_at_hand_computed_steps():
     "item, message",
     [("lr_schedule=linear", "train.lr_schedule must be one of"), ("lr_decay=2", "at most 1"),
      ("grad_clip=0", "train.grad_clip must be positive"), ("amp=fp16", "train.amp must be"),
-     ("val_every=-1", "non-negative"), ("nan_check=never", "train.nan_check")],
+     ("val_every=-1", "non-negative"), ("nan_check=never", "train.nan_check"),
+     ("amp=none", 'for the word none write amp="none"')],
 )  # fmt: skip
 def test_bad_schedule_and_speed_values_name_the_key(item, message):
     with pytest.raises(C.UserError, match=message):
@@ -88,14 +89,14 @@ def test_bad_schedule_and_speed_values_name_the_key(item, message):
 def test_resume_with_step_schedule_clip_and_validation_equals_an_uninterrupted_run(
     tiny_data, tmp_path
 ):
-    # 1843 training images / 16 = 115 steps an epoch: decay every 0.1 epoch = 12 steps.
-    extra = ["lr_schedule=step", "lr_decay_every=0.1", "lr_warmup=5", "grad_clip=100",
-             "val_every=10", "val_images=64", "checkpoint_every=10"]  # fmt: skip
-    whole = train(_cfg("betaH", "steps=40", *extra), tmp_path / "w", data=tiny_data,
+    # 1843 training images / 16 = 115.2 steps an epoch: decay every 0.05 epoch = 6 steps.
+    extra = ["lr_schedule=step", "lr_decay_every=0.05", "lr_warmup=3", "grad_clip=100",
+             "val_every=4", "val_images=32", "checkpoint_every=6", "log_every=3"]  # fmt: skip
+    whole = train(_cfg("betaH", "steps=24", *extra), tmp_path / "w", data=tiny_data,
                   progress=False)  # fmt: skip
-    part = train(_cfg("betaH", "steps=20", *extra), tmp_path / "p", data=tiny_data,
+    part = train(_cfg("betaH", "steps=12", *extra), tmp_path / "p", data=tiny_data,
                  progress=False)  # fmt: skip
-    train(C.apply_overrides(runs.read_config(part), ["steps=40"]), part, data=tiny_data,
+    train(C.apply_overrides(runs.read_config(part), ["steps=24"]), part, data=tiny_data,
           resume=True, progress=False)  # fmt: skip
     assert (whole / runs.MODEL).read_bytes() == (part / runs.MODEL).read_bytes()
     assert (whole / runs.BEST).read_bytes() == (part / runs.BEST).read_bytes()
@@ -103,9 +104,10 @@ def test_resume_with_step_schedule_clip_and_validation_equals_an_uninterrupted_r
     assert strip(_log(whole)) == strip(_log(part))
     lr = {r["step"]: r["lr"] for r in _log(whole)}
     # The lr logged at step s is the one of the update from s-1 to s.
-    assert lr[5] == pytest.approx(1e-3 * 0.5 ** (4 // 12))
-    assert lr[15] == pytest.approx(1e-3 * 0.5)  # step 14 // 12 = 1
-    assert lr[40] == pytest.approx(1e-3 * 0.5**3)  # step 39 // 12 = 3
+    assert lr[3] == pytest.approx(1e-3)  # the last warm-up step: (2 + 1) / 3
+    assert lr[9] == pytest.approx(1e-3 * 0.5)  # step 8 // 6 = 1
+    assert lr[24] == pytest.approx(1e-3 * 0.5**3)  # step 23 // 6 = 3
+    assert lr[4] == pytest.approx(1e-3) and lr[8] == pytest.approx(5e-4)
 
 
 def test_cosine_schedule_and_deferred_check_resume_exactly(tiny_data, tmp_path, monkeypatch):
@@ -184,7 +186,7 @@ def test_val_every_logs_val_losses_and_keeps_the_best_weights(tiny_data, tmp_pat
     ],
 )
 def test_amp_and_channels_last_are_close_to_fp32_eager(setting, rtol, tiny_data, tmp_path):
-    ref = _losses(_cfg("factor", "amp=none"), tiny_data, tmp_path, 5)
+    ref = _losses(_cfg("factor", 'amp="none"'), tiny_data, tmp_path, 5)
     fast = _losses(_cfg("factor", setting), tiny_data, tmp_path, 5)
     assert fast == pytest.approx(ref, rel=rtol)
     assert fast != ref or setting != "amp=bf16"  # bf16 really ran

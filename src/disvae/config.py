@@ -187,6 +187,9 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
+    if value is None and str in allowed:  # `--set amp=none` parses as "no value"
+        name = key.rpartition(".")[2]
+        raise UserError(f'{source}: {key} must be a string; for the word none write {name}="none"')
     for t in allowed:
         if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)):
             item = typing.get_args(t)[0]

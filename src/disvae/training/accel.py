@@ -174,7 +174,7 @@ def skip_unless(opt: torch.optim.Optimizer, ok: torch.Tensor) -> None:
     """Make the next ``opt.step()`` a no-op when the device flag ``ok`` is False, without reading
     it on the host: fused Adam skips its update (and undoes its step count) when ``found_inf``
     is 1, the mechanism `torch.amp.GradScaler` uses."""
-    opt.found_inf = (~ok).to(torch.float32).reshape(1)  # type: ignore[attr-defined]
+    opt.found_inf = (~ok).to(torch.float32).reshape(())  # type: ignore[attr-defined]
 
 
 class DeferredGuard:

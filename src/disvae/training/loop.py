@@ -55,9 +55,9 @@ class Trainer(TrainerState):
             )
         self.total_steps = C.total_steps(cfg.train, len(self.train_idx) // self.batches_per_step)
         if cfg.train.eval_every:
-            from disvae.evaluation import resolve_metric_names
+            from disvae.evaluation import factor_kind, resolve_metric_names
 
-            resolve_metric_names(cfg.train.eval_metrics, hasattr(data, "factor_sizes"))
+            resolve_metric_names(cfg.train.eval_metrics, factor_kind(data))
         snap = cfg.train.snapshot_every
         self.snapshot_every = max(1, self.total_steps // 50) if snap is None else snap
         if cfg.train.val_every and not len(self.val_idx):
@@ -395,6 +395,7 @@ def train(
         record["patches"] = list(getattr(data.info, "patches", ()))
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
+        record["speed"] = trainer.accel.describe()  # what "auto" became on this device
         atomic_write_json(out / runs.CONFIG, record)
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
         trainer.run(progress)

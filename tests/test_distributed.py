@@ -1,0 +1,106 @@
+"""Data-parallel training: 2 gloo processes launched by torchrun take the steps of one process
+with the same global batch, only rank 0 writes, and a run resumes with another process count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disvae.errors import UserError
+from disvae.training.distributed import Dist, check_batch
+
+
+def write_mnist(root: Path, n: int = 96) -> None:
+    """Tiny MNIST IDX files (magic 2051/2049, big-endian sizes): blobs with labels."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:28, :28]
+    cy, cx = rng.uniform(8, 20, (2, n, 1, 1))
+    imgs = (np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18) * 255).astype(np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, magic, arr in (("train-images-idx3-ubyte", 2051, imgs),
+                             ("train-labels-idx1-ubyte", 2049, labels)):  # fmt: skip
+        head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        (root / name).write_bytes(head + arr.tobytes())
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _train(args: list[str], procs: int = 1) -> subprocess.CompletedProcess:
+    if procs == 1:
+        cmd = [sys.executable, "-m", "disvae", "train"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={procs}", "-m", "disvae", "train"]  # fmt: skip
+    return subprocess.run(cmd + args, env=_env(), capture_output=True, text=True, timeout=240)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(run / "model.safetensors").items() if k.startswith("model")}
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist(root)
+    return root
+
+
+def _args(mnist: Path, out: Path, steps: int) -> list[str]:
+    return ["--dataset", "mnist", "--data-path", str(mnist), "--loss", "betaH",
+            "--batch-size", "16", "--steps", str(steps), "--log-every", "2",
+            "--checkpoint-every", "3", "--lr", "1e-3", "--out", str(out), "--no-progress",
+            "--device", "cpu", "--set", "snapshot_every=0"]  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_two_processes_equal_one_and_resume_with_one(mnist, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    r = _train(_args(mnist, single, 6))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _train(_args(mnist, multi, 3), procs=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # rank 0 alone wrote the log: one line per logged step, not two
+    steps = [json.loads(x)["step"] for x in (multi / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [2, 3]
+    # 3 steps on 2 processes, then 3 more on 1 process, equal 6 steps on 1 process
+    r = _train(["--resume", str(multi), "--steps", "6", "--no-progress"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _weights(single), _weights(multi)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    la = (single / "train_log.jsonl").read_text().splitlines()
+    lb = (multi / "train_log.jsonl").read_text().splitlines()
+    assert json.loads(la[0])["loss"] == pytest.approx(json.loads(lb[0])["loss"], rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_batch_that_does_not_divide_is_a_clear_error(mnist, tmp_path):
+    r = _train([*_args(mnist, tmp_path / "odd", 2), "--batch-size", "15"], procs=2)
+    assert r.returncode != 0
+    assert "must divide among the 2 processes" in r.stderr
+
+
+def test_shares_cover_the_batch_without_overlap():
+    batch = torch.arange(12)
+    parts = [Dist(rank=r, world=3).share(batch) for r in range(3)]
+    assert torch.equal(torch.cat(parts), batch)
+    assert Dist().share(batch) is batch
+    with pytest.raises(UserError, match="multiple of 4"):
+        check_batch(Dist(rank=0, world=4), 30)
+    check_batch(Dist(rank=0, world=4), 32)
