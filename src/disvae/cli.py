@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -309,7 +310,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=getattr(args, "overwrite", False),
         progress=False if getattr(args, "no_progress", False) else None,
     )
-    _print_summary(run, time.perf_counter() - t0)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        _print_summary(run, time.perf_counter() - t0)
     return 0
 
 

@@ -128,17 +128,17 @@ class ModelForward:
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.accel.channels_last else x
 
-    def __call__(self, x: torch.Tensor) -> VAEOutput:
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
         x = self._input(x)
         with autocast(self.accel):
             out = None
             if self._compiled is not None:
                 try:
-                    out = self._compiled(x)
+                    out = self._compiled(x, eps)
                 except Exception as e:  # noqa: BLE001 - backend errors surface at first call
                     self._fall_back(e)
             if out is None:
-                out = self.model(x)
+                out = self.model(x, eps)
         return VAEOutput(out.logits.float(), out.mu.float(), out.logvar.float(), out.z.float())
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ from disvae.errors import UserError
 from disvae.losses import DISC_BETAS, LossContext, LossOutput, compute_loss, discriminator_loss
 from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
-from disvae.training import accel, logs, runtime, schedules, validation
+from disvae.training import accel, distributed, logs, runtime, schedules, validation
 from disvae.training import checkpoint as ckpt
 from disvae.training.runtime import NonFiniteError
 from disvae.training.state import TrainerState
@@ -41,9 +41,13 @@ class Trainer(TrainerState):
     """Holds everything one run needs; `run()` trains to the configured number of steps
     (saving and restoring its state: `TrainerState`)."""
 
-    def __init__(self, cfg: C.RunConfig, out: Path, data: ArrayDataset) -> None:
+    def __init__(
+        self, cfg: C.RunConfig, out: Path, data: ArrayDataset, dist: distributed.Dist | None = None
+    ) -> None:
         self.cfg, self.out, self.data = cfg, out, data
-        self.device = pick_device(cfg.train.device)
+        self.dist = dist or distributed.Dist()
+        distributed.check_batch(self.dist, cfg.train.batch_size)
+        self.device = pick_device(distributed.device_for(self.dist, cfg.train.device))
         self.train_idx, self.val_idx = split_indices(
             len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
         )
@@ -104,7 +108,7 @@ class Trainer(TrainerState):
         `self.guard` counts the step until the next `flush_deferred`."""
         self.set_lr()
         x = self.next_batch()
-        out = self.forward(x)
+        out = self.forward(x, self.noise())
         result = compute_loss(out, x, self.step, self.cfg.loss, self.ctx)
         ok = self._update(self.opt, self.model, result, "grad_norm")
         if ok is False:
@@ -139,6 +143,7 @@ class Trainer(TrainerState):
         step, else True, or (deferred check) the device flag that gated the update."""
         opt.zero_grad(set_to_none=True)
         result.total.backward()
+        self.dist.average_gradients(module)  # data-parallel ranks: the mean gradient
         clip = self.cfg.train.grad_clip
         params = [p for p in module.parameters() if p.grad is not None]
         if self.guard is None:  # one host sync a step, free on the CPU
@@ -160,9 +165,18 @@ class Trainer(TrainerState):
         return ok
 
     def next_batch(self) -> torch.Tensor:
-        """The next training batch on the device (the index copy does not wait for the GPU)."""
-        index = self.stream.next(self.cfg.train.batch_size)
+        """The next training batch on the device (the index copy does not wait for the GPU);
+        with several processes, this rank's share of the global batch."""
+        index = self.dist.share(self.stream.next(self.cfg.train.batch_size))
         return self.data.batch(index.to(self.device, non_blocking=True))
+
+    def noise(self) -> torch.Tensor | None:
+        """Data-parallel ranks: this rank's rows of the global batch's reparameterisation noise
+        (all ranks draw it alike), so W processes take one process's steps. None otherwise."""
+        if not self.dist.active:
+            return None
+        shape = (self.cfg.train.batch_size, self.cfg.model.latent_dim)
+        return self.dist.share(torch.randn(shape, device=self.device))
 
     def accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():
@@ -178,7 +192,12 @@ class Trainer(TrainerState):
         cfg = self.cfg.train
         if progress is None:
             progress = sys.stderr.isatty()
-        writer = logs.open_tensorboard(self.out, purge_step=self.step or None)
+        progress = progress and self.dist.main
+        writer = (
+            logs.open_tensorboard(self.out, purge_step=self.step or None)
+            if self.dist.main
+            else None
+        )
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -196,6 +215,8 @@ class Trainer(TrainerState):
                 while self.step < self.total_steps and not self._stop_requested:
                     terms = self.train_step()
                     self.step += 1
+                    if self.dist.active:  # a signal to one rank stops them all at this step
+                        self._stop_requested = self.dist.any(self._stop_requested, self.device)
                     bar.update(1)
                     if terms is not None:
                         self.bad_streak = 0
@@ -225,7 +246,8 @@ class Trainer(TrainerState):
                         self.save_checkpoint()
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         if self.step == self.total_steps:
             self.save_final()
 
@@ -278,7 +300,7 @@ class Trainer(TrainerState):
     def snapshot(self) -> None:
         """A frame of the training GIF: the traversal grid of the prior mean (no randomness, so
         resumed runs stay exact)."""
-        if not self.snapshot_every:
+        if not self.snapshot_every or not self.dist.main:
             return
         from disvae import viz
 
@@ -302,6 +324,8 @@ class Trainer(TrainerState):
         from disvae.evaluation import metrics_during_training
 
         cfg = self.cfg.train
+        if not self.dist.main:  # rank 0 alone evaluates and logs
+            return {}
         t0 = time.perf_counter()
         with runtime.rng_preserved(self.device):
             values = metrics_during_training(
@@ -314,6 +338,8 @@ class Trainer(TrainerState):
     def validate(self) -> dict[str, Any]:
         """Held-out losses (``val_every``) as ``val/NAME``; the weights go to best.safetensors
         when ``val/loss`` is the lowest so far (a NaN never is)."""
+        if not self.dist.main:
+            return {}
         values = validation.heldout(
             self.model, self.data, self.val_idx_used, self.cfg.loss, self.step,
             dataset_size=len(self.train_idx), discriminator=self.disc, device=self.device,
@@ -330,8 +356,10 @@ class Trainer(TrainerState):
     def write_log(
         self, img_per_s: float, writer: Any, extra: dict[str, float] | None = None
     ) -> dict[str, Any]:
-        """Average the accumulated terms, check them, append a JSON line, write TensorBoard."""
-        means = {k: v / max(self.n_summed, 1) for k, v in self.sums.items()}
+        """Average the accumulated terms (over the ranks too), check them, and (rank 0) append
+        a JSON line and write TensorBoard."""
+        sums = self.dist.average(self.sums)
+        means = {k: v / max(self.n_summed, 1) for k, v in sums.items()}
         record: dict[str, Any] = {"step": self.step, "epoch": self.stream.epoch}
         for k, v in means.items():
             record[k] = v.tolist() if v.ndim else float(v)
@@ -345,6 +373,9 @@ class Trainer(TrainerState):
         record["lr"] = self.opt.param_groups[0]["lr"]
         record["skipped"] = self.n_skipped
         record["img_per_s"] = round(img_per_s, 1)
+        if not self.dist.main:
+            self.sums, self.n_summed, self.n_skipped = {}, 0, 0
+            return record
         try:
             logs.append_record(self.out / runs.TRAIN_LOG, record)
         except OSError as e:
@@ -370,24 +401,37 @@ def train(
 
     With ``resume``, ``cfg`` is the run's saved config (possibly with more steps) and training
     continues from the newest checkpoint in ``out``. ``data`` may be given to skip loading.
+    Launched by ``torchrun`` with several processes, they train one model data-parallel
+    (`disvae.training.distributed`); rank 0 writes the run.
     """
+    dist = distributed.from_environment()
+    try:
+        return _train(cfg, Path(out).expanduser(), data, resume, overwrite, progress, dist)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) -> Path:
+    from contextlib import nullcontext
+
     from disvae.data import load_data
 
-    out = Path(out).expanduser()
     # Fail fast on bad values, before touching the disk or loading data (the dataset's default
     # likelihood is not known yet; a scale alone implies a non-Bernoulli one).
     C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+    distributed.check_batch(dist, cfg.train.batch_size)
     if resume:
         runs.read_config(out)  # a clear error when `out` is not a run
-    else:
+    elif dist.main:
         runs.check_out_dir(out, overwrite)
     if data is None:
         data = load_data(cfg.data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
-    with runs.RunLock(out, create=not resume):
-        if not resume:
+    with runs.RunLock(out, create=not resume) if dist.main else nullcontext():
+        if not resume and dist.main:
             runs.prepare_out_dir(out, overwrite)
-        trainer = Trainer(cfg, out, data)
+        dist.barrier()  # the run directory is ready for every rank
+        trainer = Trainer(cfg, out, data, dist)
         if resume:
             trainer.restore()
         record = runs.config_record(cfg)
@@ -396,7 +440,9 @@ def train(
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
         record["speed"] = trainer.accel.describe()  # what "auto" became on this device
-        atomic_write_json(out / runs.CONFIG, record)
+        record["processes"] = dist.world
+        if dist.main:
+            atomic_write_json(out / runs.CONFIG, record)
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
         trainer.run(progress)
     return out

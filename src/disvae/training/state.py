@@ -45,6 +45,13 @@ class TrainerState:
         return tensors, meta
 
     def save_checkpoint(self) -> None:
+        """Write a checkpoint (rank 0; every rank first pools its loss sums, so that a resume
+        with any number of processes logs the same means)."""
+        if self.dist.active:
+            self.sums = self.dist.average(self.sums)
+        if not self.dist.main:
+            self.dist.barrier()  # the file exists for every rank once this returns
+            return
         tensors, meta = self.state()
         weights = [v for k, v in tensors.items() if k.startswith(("model.", "disc."))]
         if not all(torch.isfinite(w).all() for w in weights):
@@ -59,6 +66,7 @@ class TrainerState:
         except OSError as e:
             raise runtime.disk_error(e, f"checkpoint of step {self.step}", self.out) from None
         ckpt.prune(directory, self.cfg.train.keep_checkpoints)
+        self.dist.barrier()
 
     def restore(self) -> None:
         """Continue from the newest good checkpoint of `self.out`."""
@@ -84,6 +92,8 @@ class TrainerState:
         if self.guard is not None:
             self.guard.reset()
         self.step = meta["step"]
+        if not self.dist.main:  # rank 0 alone touches the run's files
+            return
         logs.truncate_log(self.out / runs.TRAIN_LOG, self.step)
         if self.snapshot_every:
             from disvae import viz
@@ -92,6 +102,8 @@ class TrainerState:
         log.info("resumed %s at step %d", self.out, self.step)
 
     def save_final(self) -> None:
+        if not self.dist.main:
+            return
         tensors = ckpt.module_state("model", self.model)
         if self.disc is not None:
             tensors.update(ckpt.module_state("disc", self.disc))
