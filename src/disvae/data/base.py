@@ -13,6 +13,13 @@ import numpy as np
 import torch
 
 _BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
+_SHIFTS_ON: dict[torch.device, torch.Tensor] = {}  # per device: no host-to-device copy a batch
+
+
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    if device not in _SHIFTS_ON:
+        _SHIFTS_ON[device] = _BIT_SHIFTS.to(device)
+    return _SHIFTS_ON[device]
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class ArrayDataset:
         index = index.to(self._images.device)
         raw = self._images.index_select(0, index)
         if self.packed:
-            bits = (raw.unsqueeze(-1) >> _BIT_SHIFTS.to(raw.device)) & 1
+            bits = (raw.unsqueeze(-1) >> _bit_shifts(raw.device)) & 1
             return bits.reshape(len(index), *self.image_shape).to(torch.float32)
         return raw.to(torch.float32).div_(255.0)
 
