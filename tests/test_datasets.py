@@ -390,11 +390,15 @@ def test_short_training_run_lowers_the_loss(name, tmp_path, monkeypatch) -> None
     monkeypatch.setattr(shapes3d, "FACTOR_SIZES", SMALL_GRID)
     path = _write(name, tmp_path / "data")
     size = 32  # every loader resizes; small images keep the test fast
+    # stacked data trains with its shipped preset: the stacked architecture, beta-VAE
+    base, loss = (
+        (C.load_preset("stacked_gaze"), []) if name == "stacked" else (C.RunConfig(), ["loss=vae"])
+    )
     cfg = C.apply_overrides(
-        C.RunConfig(),
+        base,
         [f"dataset={name}", f"data.path={json.dumps(path)}", f"img_size={size}", "workers=1",
-         "loss=vae", "batch_size=8", "steps=20", "log_every=5", "lr=2e-3", "device=cpu",
-         "checkpoint_every=1000", "snapshot_every=0"],
+         *loss, "batch_size=8", "steps=20", "epochs=none", "log_every=5", "lr=2e-3",
+         "device=cpu", "checkpoint_every=1000", "snapshot_every=0"],
     )  # fmt: skip
     run = train(cfg, tmp_path / "run", progress=False)
     log = [json.loads(x) for x in (run / runs.TRAIN_LOG).read_text().splitlines()]
