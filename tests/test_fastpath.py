@@ -186,7 +186,7 @@ def test_val_every_logs_val_losses_and_keeps_the_best_weights(tiny_data, tmp_pat
     ],
 )
 def test_amp_and_channels_last_are_close_to_fp32_eager(setting, rtol, tiny_data, tmp_path):
-    ref = _losses(_cfg("factor", 'amp="none"'), tiny_data, tmp_path, 5)
+    ref = _losses(_cfg("factor", 'amp="none"', "channels_last=false"), tiny_data, tmp_path, 5)
     fast = _losses(_cfg("factor", setting), tiny_data, tmp_path, 5)
     assert fast == pytest.approx(ref, rel=rtol)
     assert fast != ref or setting != "amp=bf16"  # bf16 really ran
@@ -244,7 +244,8 @@ def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
 def test_auto_settings_are_the_fast_path_on_cuda_only():
     cfg = C.TrainConfig()
     cpu = accel.resolve(cfg, torch.device("cpu"))
-    assert cpu.amp_dtype is None and not cpu.channels_last and not cpu.deferred_nan_check
+    # channels-last is also the CPU's fast layout (oneDNN); bf16 and the deferred check are not
+    assert cpu.amp_dtype is None and cpu.channels_last and not cpu.deferred_nan_check
     forced = accel.resolve(C.TrainConfig(nan_check="deferred", amp="bf16"), torch.device("cpu"))
     assert forced.deferred_nan_check and forced.fused_adam and forced.amp_dtype is torch.bfloat16
 

@@ -159,6 +159,19 @@ def resolve_metric_names(names: Sequence[str] | str, kind: str | bool) -> list[s
     return list(dict.fromkeys(out))
 
 
+def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` for encoding: eval mode, channels-last weights (the fast layout of
+    oneDNN on the CPU, 2.7x the NCHW speed there, and of the tensor cores on CUDA). The caller's
+    model, e.g. one still training, keeps its layout and its numbers."""
+    import copy
+
+    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def make_encoder(model: torch.nn.Module, batch_size: int = 1000) -> Callable:
     """``encode(images) -> (mu, logvar)`` as numpy (B, D): posterior parameters, inference mode."""
     device = next(model.parameters()).device
@@ -167,7 +180,7 @@ def make_encoder(model: torch.nn.Module, batch_size: int = 1000) -> Callable:
     def encode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         mus, lvs = [], []
         for s in range(0, len(x), batch_size):
-            mu, lv = model.encode(x[s : s + batch_size].to(device))
+            mu, lv = model.encode(_nhwc(x[s : s + batch_size].to(device)))
             mus.append(mu.float().cpu().numpy())
             lvs.append(lv.float().cpu().numpy())
         return np.concatenate(mus), np.concatenate(lvs)
@@ -190,7 +203,7 @@ def _encode_points(
     device = next(model.parameters()).device
     mus, lvs, errs = [], [], []
     for s in range(0, len(index), bs):
-        x = data.batch(torch.as_tensor(index[s : s + bs])).to(device)
+        x = _nhwc(data.batch(torch.as_tensor(index[s : s + bs])).to(device))
         mu, lv = model.encode(x)
         mus.append(mu.float().cpu().numpy())
         lvs.append(lv.float().cpu().numpy())
@@ -216,7 +229,7 @@ def compute_metrics(
     n_bins: int = 20,
     dci_model: str = "gbt",
     rec: tuple[str, float | None] | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Requested metrics of ``model`` on ``data``: ``(values, protocol)``.
@@ -229,7 +242,11 @@ def compute_metrics(
     called with images encoded (stage "encode") and after each metric (stage = its name).
     """
     from disvae.metrics import METRICS, CachedEncoder, EvalContext
+    from disvae.utils import tune_allocator
 
+    tune_allocator()
+    if batch_size is None:  # on the CPU, activations that stay under the 32 MB mmap threshold
+        batch_size = 1000 if next(model.parameters()).device.type == "cuda" else 200
     kind = factor_kind(data)
     grid = kind == "grid"
     names = resolve_metric_names(names, kind)
@@ -242,8 +259,7 @@ def compute_metrics(
     else:
         index = rng.integers(0, len(data), size=n_points)
         factors = data.factors_of(index) if kind == "labels" else None
-    was_training = model.training
-    model.eval()
+    model = inference_copy(model)
     mu, logvar, err = _encode_points(model, data, index, rec, batch_size, tick)
     encode = make_encoder(model, batch_size)
     cache = CachedEncoder(data, lambda x: encode(x)[0], batch_size, tick)
@@ -264,7 +280,6 @@ def compute_metrics(
         log.info("%s: %s (%.1fs)", name, values[name], seconds[name])
         if progress:
             progress(name, 0)
-    model.train(was_training)
     protocol = dict(params, metrics=names, points_encoded=int(n_points + cache.n_encoded),
                     seconds=seconds)  # fmt: skip
     return values, protocol
@@ -308,7 +323,7 @@ def evaluate_metrics(
     n_bins: int = 20,
     dci_model: str = "gbt",
     data: ArrayDataset | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     device: str = "auto",
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:

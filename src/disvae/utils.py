@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,35 @@ def pick_device(name: str):
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device {name!r} asked for but MPS is not available; use --device cpu")
     return device
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed tensor buffers in glibc's heap instead of returning them to the kernel.
+
+    glibc serves every allocation above its mmap threshold (128 KB, raised adaptively) with a
+    fresh ``mmap`` and unmaps it on free, so each convolution's activations (megabytes per
+    layer and batch) are page-faulted in anew every step: on 2 CPU cores half the time of a
+    Burgess-model step went to the kernel (measured: 370 -> 560 images/s for training in NCHW,
+    2,300 -> 4,600 for encoding). A 32 MB mmap threshold (glibc's maximum) and a 512 MB trim
+    threshold let the same pages be reused. Process-wide, Linux/glibc only, applied once;
+    ``DISVAE_MALLOC_TUNING=0`` leaves the allocator alone. Returns whether it was applied.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("DISVAE_MALLOC_TUNING") == "0":
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    _ALLOCATOR_TUNED = bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(
+        mallopt(m_trim_threshold, 512 << 20)
+    )
+    return _ALLOCATOR_TUNED

@@ -5,7 +5,9 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
 - **bf16 autocast** (``amp = "auto"``: on CUDA with bf16 support): the model's forward runs
   under `torch.autocast`; its outputs are cast back to float32, so every loss term is computed
   in fp32 (the reductions over 4,096 pixels are where bf16's 8 bits of mantissa would hurt).
-- **channels-last** (``channels_last = None``: on CUDA): NHWC convolutions for the tensor cores.
+- **channels-last** (``channels_last = None``: on CUDA and the CPU): NHWC convolutions, for the
+  tensor cores and for oneDNN on the CPU (+15% training and 2.7x encoding speed on 2 cores,
+  where NCHW convolutions spend their time in page faults of layout reorders).
 - **torch.compile** (``compile = true``, off by default: compilation costs tens of seconds): the
   model's forward and backward; if compilation fails the run warns once and continues eagerly.
 - **fused Adam** (on CUDA, and wherever the deferred check is on): one kernel per step.
@@ -56,10 +58,11 @@ def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
     if amp == "auto":
         amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
     deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and cuda)
+    cl = cfg.channels_last
     return Accel(
         device=device,
         amp_dtype=torch.bfloat16 if amp == "bf16" else None,
-        channels_last=cuda if cfg.channels_last is None else cfg.channels_last,
+        channels_last=device.type in ("cuda", "cpu") if cl is None else cl,
         compile=cfg.compile,
         # The deferred check skips updates through fused Adam's `found_inf` argument.
         fused_adam=cuda or deferred,

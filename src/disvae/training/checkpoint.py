@@ -135,6 +135,18 @@ def load_optimizer_state(
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # Saved moments are contiguous; give each the memory layout of its parameter (channels-last
+    # convolutions), as the uninterrupted run has them: a fused Adam pairs the elements of its
+    # tensors by memory, so mixed layouts would not even compute the same update.
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    opt.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

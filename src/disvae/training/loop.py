@@ -404,6 +404,9 @@ def train(
     Launched by ``torchrun`` with several processes, they train one model data-parallel
     (`disvae.training.distributed`); rank 0 writes the run.
     """
+    from disvae.utils import tune_allocator
+
+    tune_allocator()
     dist = distributed.from_environment()
     try:
         return _train(cfg, Path(out).expanduser(), data, resume, overwrite, progress, dist)
