@@ -16,9 +16,11 @@ both of its batches):
 - plain:   the common loop: a `Dataset` whose `__getitem__` unpacks one image, a shuffling
            `DataLoader` (no workers), the same model and objective, `.item()` every step.
 
-The trainer runs with the speed settings given (by default those of `disvae train`: on CUDA
-bf16 autocast, channels-last, fused Adam and the sync-free non-finite check); the plain loop
-always in fp32 eager mode. On CUDA every timing starts and ends with a synchronisation.
+The trainer runs with the speed settings given (by default those of `disvae train`: channels-
+last; on CUDA also bf16 autocast, fused Adam and the sync-free non-finite check); the plain loop
+always in fp32 eager mode, NCHW, plain Adam. ``--allocator`` (process-wide, so it applies to all
+three columns) is ``tuned`` as in `disvae train`, or glibc's ``default``: run both to compare
+what a user of either gets. On CUDA every timing starts and ends with a synchronisation.
 """
 
 from __future__ import annotations
@@ -103,37 +105,45 @@ class ItemDataset(torch.utils.data.Dataset):
 
 
 def time_plain(t: Trainer, steps: int, packed: np.ndarray) -> float:
-    """Images/s of a plain DataLoader loop with the same model, objective and optimizer."""
+    """Images/s of a plain DataLoader loop: copies of the trainer's model (and discriminator) in
+    the default NCHW layout, plain Adam, the same objective."""
+    import copy
+
+    from disvae.losses import DISC_BETAS, LossContext
+
     batch = t.cfg.train.batch_size
     loader = torch.utils.data.DataLoader(
         ItemDataset(packed, t.train_idx), batch_size=batch, shuffle=True, drop_last=True
     )
     it = iter(loader)
-    disc_step = t.disc is not None
-    for opt in (t.opt, t.disc_opt):  # no skip flag left by the trainer's deferred check
-        if opt is not None and hasattr(opt, "found_inf"):
-            del opt.found_inf
+    model = copy.deepcopy(t.model).to(memory_format=torch.contiguous_format)
+    opt = torch.optim.Adam(model.parameters(), lr=t.cfg.train.lr)
+    disc = copy.deepcopy(t.disc)
+    disc_step = disc is not None
+    if disc_step:
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=t.cfg.loss.lr_disc, betas=DISC_BETAS)
+    ctx = LossContext(dataset_size=len(t.train_idx), discriminator=disc)
     t0 = None
     for i in range(steps + 1):
         if i == 1:
             _sync(t.device)
             t0 = time.perf_counter()
         x = next(it).to(t.device)
-        out = t.model(x)
-        result = compute_loss(out, x, t.step, t.cfg.loss, t.ctx)
-        t.opt.zero_grad()
+        out = model(x)
+        result = compute_loss(out, x, t.step, t.cfg.loss, ctx)
+        opt.zero_grad()
         result.total.backward()
-        t.opt.step()
+        opt.step()
         if disc_step:
             from disvae.losses import discriminator_loss
 
             x2 = next(it).to(t.device)
             with torch.no_grad():
-                z2 = t.model.sample(*t.model.encode(x2))
-            d = discriminator_loss(t.disc, out.z, z2)
-            t.disc_opt.zero_grad()
+                z2 = model.sample(*model.encode(x2))
+            d = discriminator_loss(disc, out.z, z2)
+            disc_opt.zero_grad()
             d.total.backward()
-            t.disc_opt.step()
+            disc_opt.step()
             d.total.item()
         result.total.item()
     _sync(t.device)
@@ -155,7 +165,18 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument(
+        "--allocator",
+        default="tuned",
+        choices=("tuned", "default"),
+        help="tuned: glibc malloc kept from returning tensor buffers to the kernel, as `disvae "
+        "train` does (process-wide, so every column gets it); default: glibc as it comes",
+    )
     args = parser.parse_args()
+    if args.allocator == "tuned":
+        from disvae.utils import tune_allocator
+
+        tune_allocator()
     data = load_dataset("dsprites")
     packed = data._images.numpy()  # the bit-packed array the plain loop reads per item
     print(
