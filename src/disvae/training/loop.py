@@ -30,6 +30,7 @@ from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
 from disvae.training import accel, distributed, logs, runtime, schedules, validation
 from disvae.training import checkpoint as ckpt
+from disvae.training.nonfinite import NonFiniteHandling
 from disvae.training.runtime import NonFiniteError
 from disvae.training.state import TrainerState
 from disvae.utils import atomic_write_json, pick_device
@@ -37,7 +38,7 @@ from disvae.utils import atomic_write_json, pick_device
 log = logging.getLogger(__name__)
 
 
-class Trainer(TrainerState):
+class Trainer(TrainerState, NonFiniteHandling):
     """Holds everything one run needs; `run()` trains to the configured number of steps
     (saving and restoring its state: `TrainerState`)."""
 
@@ -250,52 +251,6 @@ class Trainer(TrainerState):
                 writer.close()
         if self.step == self.total_steps:
             self.save_final()
-
-    def on_nonfinite(self) -> bool:
-        """A skipped step: warn; after `nan_patience` in a row roll back with a lower learning
-        rate (returns True), or stop when `nan_rollbacks` rollbacks did not help."""
-        self.n_skipped += 1
-        self.bad_streak += 1
-        if self.bad_streak == 1:
-            log.warning("step %d: %r is not finite; update skipped", self.step, self.bad_term)
-        return self._roll_back_if_stuck()
-
-    def flush_deferred(self) -> bool:
-        """Read the deferred check's counters (one host sync, at log/checkpoint steps only) and
-        act as `on_nonfinite` would have: returns True when the run rolled back."""
-        if self.guard is None:
-            return False
-        n_bad, worst, current, name = self.guard.flush()
-        if not n_bad:
-            self.bad_streak = 0
-            return False
-        self.n_summed -= n_bad  # the skipped steps' terms were zeroed, not summed
-        self.n_skipped += n_bad
-        self.bad_term = name
-        log.warning("%d updates skipped by step %d: %r was not finite", n_bad, self.step, name)
-        self.bad_streak = worst
-        if self._roll_back_if_stuck():
-            return True
-        self.bad_streak = current
-        return False
-
-    def _roll_back_if_stuck(self) -> bool:
-        cfg = self.cfg.train
-        if self.bad_streak < cfg.nan_patience:
-            return False
-        if self.rollbacks >= cfg.nan_rollbacks:
-            raise NonFiniteError(
-                f"{self.bad_term!r} was not finite for {self.bad_streak} steps in a row at step "
-                f"{self.step}, after {self.rollbacks} rollbacks with lower learning rates; check "
-                "the data or lower --lr (the last good checkpoint is kept)"
-            )
-        scale = self.lr_scale * cfg.nan_lr_factor
-        self.restore()
-        self.rollbacks += 1
-        self.lr_scale = scale  # `set_lr` applies it from the next step on
-        self.bad_streak = 0
-        log.warning("rolled back to step %d with learning rate x%g", self.step, scale)
-        return True
 
     def snapshot(self) -> None:
         """A frame of the training GIF: the traversal grid of the prior mean (no randomness, so
