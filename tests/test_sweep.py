@@ -183,6 +183,37 @@ def test_resume_reruns_only_what_did_not_finish(tiny_sweep, tmp_path):
     assert rows[c.name]["status"] == "failed" and rows[c.name]["error"] == "boom"
 
 
+def test_killed_sweep_resumes_only_the_runs_it_had_not_finished(tiny_sweep, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "tiny"
+    cmd = [sys.executable, "-m", "disvae", "sweep", "tiny", "--out", str(out), "--workers", "1",
+           "--no-progress", "-q"]  # fmt: skip
+    # (DISVAE_CACHE is the conftest's per-session cache, rendered by the tiny_sweep fixture)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    slots = [out / S.RUNS / r.name for r in load_sweep("tiny").runs]
+    deadline = time.monotonic() + 180
+    try:
+        while not any((s / S.STATE).is_file() and S.read_state(s)["status"] == "done"
+                      for s in slots):  # fmt: skip
+            assert proc.poll() is None and time.monotonic() < deadline, "no run finished"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, as a crash would
+        proc.wait()
+    done = {s.name for s in slots if S.read_state(s)["status"] == "done"}
+    assert 0 < len(done) < 4
+    summary = run_sweep("tiny", out, workers=2, progress=False)
+    assert sorted(summary.ran) == sorted(s.name for s in slots if s.name not in done)
+    assert all(S.read_state(out / S.RUNS / n)["attempts"] == 1 for n in done)
+    _assert_complete(read_results(out))
+
+
 def test_failed_run_is_recorded_and_others_finish(tmp_path):
     text = _tiny_with_methods("""
 [[methods]]
