@@ -48,8 +48,10 @@ def heldout_losses(
     ctx = LossContext(dataset_size=dataset_size, discriminator=discriminator)
     sums: dict[str, torch.Tensor] = {}
     index = torch.as_tensor(indices, dtype=torch.int64)
+    nhwc = _is_nhwc(model)  # inputs in the layout of the weights: no reorder in every conv
     for start in range(0, len(index), batch_size):
         x = data.batch(index[start : start + batch_size]).to(device)
+        x = _nhwc(x) if nhwc and x.dim() == 4 else x
         result = compute_loss(model(x), x, step, loss_cfg, ctx)
         for k, v in result.terms.items():
             sums[k] = sums.get(k, 0) + v.double() * len(x)
@@ -85,7 +87,11 @@ def evaluate(
     from disvae.utils import atomic_write_json
 
     run_dir = Path(run_dir)
+    from disvae.utils import tune_allocator
+
+    tune_allocator()
     model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device)
+    model = inference_copy(model.to(dev))
     train_idx, val_idx = split_indices(
         len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
     )
@@ -166,6 +172,12 @@ def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+
+def _is_nhwc(model: torch.nn.Module) -> bool:
+    """Whether the model's first 4-D weight is channels-last (then so should its input be)."""
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last)
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
