@@ -47,10 +47,10 @@ def _train(args: list[str], procs: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run(cmd + args, env=_env(), capture_output=True, text=True, timeout=240)
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
+def _weights(run: Path, prefix: str = "model") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return {k: v for k, v in load_file(run / "model.safetensors").items() if k.startswith("model")}
+    return {k: v for k, v in load_file(run / "model.safetensors").items() if k.startswith(prefix)}
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,16 @@ def test_shares_cover_the_batch_without_overlap():
     with pytest.raises(UserError, match="multiple of 4"):
         check_batch(Dist(rank=0, world=4), 30)
     check_batch(Dist(rank=0, world=4), 32)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_factor_vae_trains_its_discriminator_on_two_processes(mnist, tmp_path):
+    run = tmp_path / "factor"
+    args = _args(mnist, run, 4)
+    args[args.index("betaH")] = "factor"
+    r = _train(args, procs=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [2, 4] and "disc_loss" in log[-1]
+    disc = _weights(run, "disc")
+    assert disc and all(torch.isfinite(v).all() for v in disc.values())
