@@ -117,3 +117,51 @@ def test_factor_vae_trains_its_discriminator_on_two_processes(mnist, tmp_path):
     assert [x["step"] for x in log] == [2, 4] and "disc_loss" in log[-1]
     disc = _weights(run, "disc")
     assert disc and all(torch.isfinite(v).all() for v in disc.values())
+
+
+def _collectives_worker(rank: int, store_path: str, out_path: str) -> None:
+    """One of 2 gloo processes: what `main_says` and `average_gradients` give on each rank."""
+    import torch.distributed as td
+
+    torch.set_num_threads(1)
+    td.init_process_group("gloo", store=td.FileStore(store_path, 2), rank=rank, world_size=2)
+    dist = Dist(rank=rank, world=2)
+    # Rank 0 sees no checkpoint yet; rank 1 already sees the one rank 0 just wrote.
+    says = dist.main_says(rank == 0, torch.device("cpu"))
+    lin = torch.nn.Linear(2, 1)
+    grads = {}
+    for case, term in (("finite", 1.5), ("nan_on_rank1", float("nan") if rank else 2.0)):
+        lin.zero_grad()
+        lin.weight.grad = torch.full((1, 2), float(rank + 1))
+        lin.bias.grad = torch.tensor([10.0 * (rank + 1)])
+        dist.average_gradients(lin, {"loss": torch.tensor(term), "kl": torch.ones(3)})
+        grads[case] = [lin.weight.grad.tolist(), lin.bias.grad.tolist()]
+    td.destroy_process_group()
+    Path(out_path).write_text(json.dumps({"says": says, "grads": grads}))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_ranks_agree_on_file_decisions_and_on_skipped_steps(tmp_path):
+    """Rank 0 decides what depends on the run's files (a rank that looks later may see what rank
+    0 has written meanwhile: the step-0 checkpoint race that hung 2-process runs), and a
+    non-finite loss term on one rank makes every rank's gradients non-finite."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    procs = [
+        ctx.Process(target=_collectives_worker, args=(r, str(tmp_path / "store"), str(outs[r])))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    results = [json.loads(o.read_text()) for o in outs]
+    for res in results:
+        assert res["says"] is True
+        # mean of 1 and 2, of 10 and 20; the finite terms' 0.0 changes nothing
+        assert res["grads"]["finite"] == [[[1.5, 1.5]], [15.0]]
+        w, b = res["grads"]["nan_on_rank1"]
+        assert all(np.isnan(v) for v in [*w[0], *b])

@@ -51,16 +51,31 @@ class Dist:
         n = batch.shape[0] // self.world
         return batch[self.rank * n : (self.rank + 1) * n]
 
-    def average_gradients(self, module: torch.nn.Module) -> None:
-        """Replace every gradient of ``module`` by its mean over the ranks (one all-reduce)."""
+    def average_gradients(
+        self, module: torch.nn.Module, terms: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Replace every gradient of ``module`` by its mean over the ranks (one all-reduce).
+
+        ``terms`` (this rank's loss terms) ride along as one extra element, 0 when they are all
+        finite and NaN otherwise, which is added to every averaged gradient: a non-finite term
+        on any rank makes the gradients non-finite on all of them, so every rank skips the same
+        steps and rolls back together (a skip decided by one rank alone would leave the others
+        waiting in a collective it never joins). Adding 0.0 changes no gradient.
+        """
         if not self.active:
             return
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        parts = [g.reshape(-1) for g in grads]
+        if terms:
+            flag = sum(v.detach().float().sum() for v in terms.values()) * 0.0
+            parts.append(flag.reshape(1).to(grads[0].dtype))
+        flat = torch.cat(parts)
         torch.distributed.all_reduce(flat)
         flat /= self.world
+        if terms:
+            flat = flat[:-1] + flat[-1]
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -87,6 +102,15 @@ class Dist:
             return flag
         t = torch.tensor([1.0 if flag else 0.0], device=device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def main_says(self, flag: bool, device: torch.device) -> bool:
+        """Rank 0's ``flag`` on every rank: for decisions that read the run's files, which rank
+        0 may be writing while another rank looks (one broadcast)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.broadcast(t, src=0)
         return bool(t.item() > 0)
 
     def barrier(self) -> None:

@@ -144,7 +144,7 @@ class Trainer(TrainerState, NonFiniteHandling):
         step, else True, or (deferred check) the device flag that gated the update."""
         opt.zero_grad(set_to_none=True)
         result.total.backward()
-        self.dist.average_gradients(module)  # data-parallel ranks: the mean gradient
+        self.dist.average_gradients(module, result.terms)  # data-parallel: the mean gradient
         clip = self.cfg.train.grad_clip
         params = [p for p in module.parameters() if p.grad is not None]
         if self.guard is None:  # one host sync a step, free on the CPU
@@ -208,7 +208,8 @@ class Trainer(TrainerState, NonFiniteHandling):
             desc=self.cfg.loss.name,
         )
         t_last, step_last = time.perf_counter(), self.step
-        if not ckpt.list_checkpoints(self.out / runs.CHECKPOINTS):
+        fresh = self.dist.main and not ckpt.list_checkpoints(self.out / runs.CHECKPOINTS)
+        if self.dist.main_says(fresh, self.device):  # rank 0 may be writing it already
             self.save_checkpoint()  # step 0: something to roll back to, and resumable at once
             self.snapshot()
         try:

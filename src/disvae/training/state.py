@@ -49,16 +49,18 @@ class TrainerState:
         with any number of processes logs the same means)."""
         if self.dist.active:
             self.sums = self.dist.average(self.sums)
-        if not self.dist.main:
-            self.dist.barrier()  # the file exists for every rank once this returns
-            return
-        tensors, meta = self.state()
-        weights = [v for k, v in tensors.items() if k.startswith(("model.", "disc."))]
-        if not all(torch.isfinite(w).all() for w in weights):
+        # Every rank checks its (identical) weights, so all stop together instead of the others
+        # waiting at the barrier below for a rank 0 that raised.
+        modules = [m for m in (self.model, self.disc) if m is not None]
+        if not all(torch.isfinite(p).all() for m in modules for p in m.state_dict().values()):
             raise NonFiniteError(
                 f"weights became non-finite by step {self.step}; not checkpointing them "
                 "(lower --lr; the last good checkpoint is kept)"
             )
+        if not self.dist.main:
+            self.dist.barrier()  # the file exists for every rank once this returns
+            return
+        tensors, meta = self.state()
         directory = self.out / runs.CHECKPOINTS
         try:
             directory.mkdir(exist_ok=True)
