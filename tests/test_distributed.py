@@ -44,7 +44,16 @@ def _train(args: list[str], procs: int = 1) -> subprocess.CompletedProcess:
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={procs}", "-m", "disvae", "train"]  # fmt: skip
-    return subprocess.run(cmd + args, env=_env(), capture_output=True, text=True, timeout=240)
+    # Its own session, so that a hang leaves no worker behind: torchrun's workers outlive it.
+    with subprocess.Popen(cmd + args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as p:  # fmt: skip
+        try:
+            out, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            out, err = p.communicate()
+            pytest.fail(f"{' '.join(cmd)} hung for 240 s; its stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def _weights(run: Path, prefix: str = "model") -> dict[str, torch.Tensor]:

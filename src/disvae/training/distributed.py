@@ -133,8 +133,29 @@ def from_environment() -> Dist:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        td.init_process_group("nccl" if cuda else "gloo")
+        td.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
     return Dist(rank=rank, world=world)
+
+
+def _timeout():
+    """How long a rank waits in a collective: ``DISVAE_DIST_TIMEOUT`` seconds, default one hour.
+
+    The other ranks wait at their next collective while rank 0 alone validates, computes metrics
+    during training (minutes on a large dataset) or writes a checkpoint, longer than NCCL's
+    10-minute default allows.
+    """
+    from datetime import timedelta
+
+    raw = os.environ.get("DISVAE_DIST_TIMEOUT", "3600")
+    try:
+        seconds = float(raw)
+        if not seconds > 0:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"DISVAE_DIST_TIMEOUT={raw!r} must be a positive number of seconds"
+        ) from None
+    return timedelta(seconds=seconds)
 
 
 def device_for(dist: Dist, requested: str) -> str:
