@@ -240,3 +240,23 @@ def test_random_or_truncated_npz_give_data_errors_only(tmp_path, junk, cut):
         path.write_bytes(blob)
         with pytest.raises(DataError):
             load_dsprites(str(path))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_non_finite_weights_stop_every_rank_before_the_checkpoint_barrier(
+    tiny_data, tmp_path, rank
+):
+    """Every rank checks its weights itself: a rank other than 0 raises too, instead of waiting
+    at the barrier for a rank 0 that stopped (no process group exists here, so reaching the
+    barrier would be a different error)."""
+    from disvae.training.distributed import Dist
+
+    cfg = C.resolve(_cfg("steps=5"), "bernoulli")
+    out = tmp_path / "w"
+    out.mkdir()
+    t = Trainer(cfg, out, tiny_data, Dist(rank=rank, world=2))
+    with torch.no_grad():
+        next(t.model.parameters())[0].fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="weights became non-finite by step 0"):
+        t.save_checkpoint()
+    assert not (out / runs.CHECKPOINTS).exists()

@@ -75,7 +75,7 @@ class Dist:
         torch.distributed.all_reduce(flat)
         flat /= self.world
         if terms:
-            flat = flat[:-1] + flat[-1]
+            flat[:-1] += flat[-1]  # in place: the flag's element lies past every gradient
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -151,11 +151,11 @@ def _timeout():
         seconds = float(raw)
         if not seconds > 0:
             raise ValueError
-    except ValueError:
+        return timedelta(seconds=seconds)
+    except (ValueError, OverflowError):  # "abc", "0", "nan"; "inf" overflows timedelta
         raise UserError(
-            f"DISVAE_DIST_TIMEOUT={raw!r} must be a positive number of seconds"
+            f"DISVAE_DIST_TIMEOUT={raw!r} must be a positive, finite number of seconds"
         ) from None
-    return timedelta(seconds=seconds)
 
 
 def device_for(dist: Dist, requested: str) -> str:
