@@ -4,7 +4,7 @@
         [--batch-sizes 64,256] [--steps 30] [--reps 3] [--device cpu|cuda]
         [--amp auto|none|bf16] [--compile] [--channels-last auto|on|off]
 
-For each objective and batch size, three ways of training the Burgess model on the built-in
+For each objective and batch size, four ways of training the Burgess model on the built-in
 dSprites are timed in interleaved repetitions (median and spread of images/s; FactorVAE counts
 both of its batches):
 
@@ -14,19 +14,25 @@ both of its batches):
            from the bit-packed array, terms accumulated on the device, a log line every 100
            steps; checkpoints, amortised over thousands of steps, left out);
 - plain:   the common loop: a `Dataset` whose `__getitem__` unpacks one image, a shuffling
-           `DataLoader` (no workers), the same model and objective, `.item()` every step.
+           `DataLoader` (no workers), the same model and objective, `.item()` every step; run
+           in this process, so it shares disvae's allocator setting (below);
+- plain*:  the same plain loop in a child process that leaves glibc's allocator as it comes,
+           i.e. what a plain PyTorch script gets. The child is started once per row and asked
+           for one repetition at a time, so its repetitions interleave with the others.
 
 The trainer runs with the speed settings given (by default those of `disvae train`: channels-
-last; on CUDA also bf16 autocast, fused Adam and the sync-free non-finite check); the plain loop
-always in fp32 eager mode, NCHW, plain Adam. ``--allocator`` (process-wide, so it applies to all
-three columns) is ``tuned`` as in `disvae train`, or glibc's ``default``: run both to compare
-what a user of either gets. On CUDA every timing starts and ends with a synchronisation.
+last, glibc's allocator told to keep freed buffers (`disvae.utils.tune_allocator`); on CUDA also
+bf16 autocast, fused Adam and the sync-free non-finite check); the plain loops always in fp32
+eager mode, NCHW, plain Adam. On CUDA every timing starts and ends with a synchronisation.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +161,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class PlainChild:
+    """The plain loop of one row in a child process with glibc's allocator as it comes; each
+    `rep()` asks it for one timed repetition (the child is set up once, outside the timings)."""
+
+    def __init__(self, name: str, batch: int, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, __file__, "--child", "--objectives", name,
+               "--batch-sizes", str(batch), "--steps", str(args.steps), "--device", args.device,
+               "--amp", args.amp, "--channels-last", args.channels_last]  # fmt: skip
+        env = dict(os.environ, DISVAE_MALLOC_TUNING="0")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                     text=True, bufsize=1)  # fmt: skip
+        self._read()  # "ready": its set-up must not overlap the parent's timings
+
+    def _read(self) -> str:
+        assert self.proc.stdout
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the plain-loop child exited with code {self.proc.wait()}")
+        return line
+
+    def rep(self) -> float:
+        assert self.proc.stdin
+        self.proc.stdin.write("rep\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def child(args: argparse.Namespace, data, packed: np.ndarray) -> None:
+    """Serve `PlainChild`: one plain-loop repetition per line read from stdin."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = _trainer(args.objectives, int(args.batch_sizes), 1, data, args, Path(tmp))
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            print(f"{time_plain(t, args.steps, packed):.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objectives", default="vae,betaH,betaB,factor,btcvae")
@@ -165,26 +212,23 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
-    parser.add_argument(
-        "--allocator",
-        default="tuned",
-        choices=("tuned", "default"),
-        help="tuned: glibc malloc kept from returning tensor buffers to the kernel, as `disvae "
-        "train` does (process-wide, so every column gets it); default: glibc as it comes",
-    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.allocator == "tuned":
-        from disvae.utils import tune_allocator
-
-        tune_allocator()
     data = load_dataset("dsprites")
     packed = data._images.numpy()  # the bit-packed array the plain loop reads per item
+    if args.child:
+        return child(args, data, packed)
+    from disvae.utils import tune_allocator
+
+    tune_allocator()  # as `disvae train` does; process-wide, so the in-process plain loop too
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
         + (f" ({torch.cuda.get_device_name(args.device)})" if "cuda" in args.device else "")
     )
-    head = f"{'objective':<9}{'batch':>6}{'limit':>9}{'disvae':>9}{'plain':>9}"
-    print(head + f"{'disvae/limit':>14}{'disvae/plain':>14}   (images/s, median of reps ± spread)")
+    cols = ("limit", "disvae", "plain", "plain*")
+    head = f"{'objective':<9}{'batch':>6}" + "".join(f"{c:>10}" for c in cols)
+    print(head + f"{'disvae/limit':>14}{'disvae/plain':>14}{'disvae/plain*':>15}"
+          "   (images/s, median of reps ± half the spread)")  # fmt: skip
     shown = False
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.objectives.split(","):
@@ -193,16 +237,22 @@ def main() -> None:
                 if not shown:
                     print("trainer settings:", t.accel.describe())
                     shown = True
-                runs = {"limit": [], "disvae": [], "plain": []}
-                for _ in range(args.reps):
-                    runs["limit"].append(time_limit(t, args.steps))
-                    runs["disvae"].append(time_trainer(t, args.steps))
-                    runs["plain"].append(time_plain(t, args.steps, packed))
+                plain_child = PlainChild(name, batch, args)
+                runs: dict[str, list[float]] = {c: [] for c in cols}
+                try:
+                    for _ in range(args.reps):
+                        runs["limit"].append(time_limit(t, args.steps))
+                        runs["disvae"].append(time_trainer(t, args.steps))
+                        runs["plain"].append(time_plain(t, args.steps, packed))
+                        runs["plain*"].append(plain_child.rep())
+                finally:
+                    plain_child.close()
                 med = {k: statistics.median(v) for k, v in runs.items()}
                 spread = {k: (max(v) - min(v)) / 2 for k, v in runs.items()}
-                cols = "".join(f"{med[k]:>6.0f}±{spread[k]:<2.0f}" for k in runs)
-                print(f"{name:<9}{batch:>6}{cols}{med['disvae'] / med['limit']:>14.3f}"
-                      f"{med['disvae'] / med['plain']:>14.3f}", flush=True)  # fmt: skip
+                row = "".join(f"{med[k]:>6.0f}±{spread[k]:<3.0f}" for k in cols)
+                print(f"{name:<9}{batch:>6}{row}{med['disvae'] / med['limit']:>14.3f}"
+                      f"{med['disvae'] / med['plain']:>14.3f}"
+                      f"{med['disvae'] / med['plain*']:>15.3f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

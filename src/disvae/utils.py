@@ -121,3 +121,18 @@ def tune_allocator() -> bool:
         mallopt(m_trim_threshold, 512 << 20)
     )
     return _ALLOCATOR_TUNED
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (interpreter start-up included), from Linux's
+    ``/proc``; None elsewhere or when it cannot be read. Used to report how soon the first
+    training step comes after the command."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        # Field 22 (starttime, in clock ticks since boot); the command name (field 2) may hold
+        # spaces, so count from its closing parenthesis.
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -33,7 +33,7 @@ from disvae.training import checkpoint as ckpt
 from disvae.training.nonfinite import NonFiniteHandling
 from disvae.training.runtime import NonFiniteError
 from disvae.training.state import TrainerState
-from disvae.utils import atomic_write_json, pick_device
+from disvae.utils import atomic_write_json, pick_device, process_age
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +212,15 @@ class Trainer(TrainerState, NonFiniteHandling):
         if self.dist.main_says(fresh, self.device):  # rank 0 may be writing it already
             self.save_checkpoint()  # step 0: something to roll back to, and resumable at once
             self.snapshot()
+        first = True
         try:
             with runtime.stop_on_signals(self):
                 while self.step < self.total_steps and not self._stop_requested:
                     terms = self.train_step()
                     self.step += 1
+                    if first:
+                        first = False
+                        self._report_startup()
                     if self.dist.active:  # a signal to one rank stops them all at this step
                         self._stop_requested = self.dist.any(self._stop_requested, self.device)
                     bar.update(1)
@@ -252,6 +256,13 @@ class Trainer(TrainerState, NonFiniteHandling):
                 writer.close()
         if self.step == self.total_steps:
             self.save_final()
+
+    def _report_startup(self) -> None:
+        """Log how long after the process started its first step finished (the start-up cost a
+        user waits for: imports, data, model, first step; `benchmarks/startup.py` reads it)."""
+        age = process_age()
+        if age is not None and self.dist.main:
+            log.info("first step done %.1f s after the process started", age)
 
     def snapshot(self) -> None:
         """A frame of the training GIF: the traversal grid of the prior mean (no randomness, so
