@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -338,3 +342,28 @@ snapshot_every = 0
     assert a == b
     assert a["train"]["lr_schedule"] == "step" and a["train"]["grad_clip"] == 10.0
     assert (tmp_path / "a" / runs.BEST).is_file()
+
+
+# ---------------------------------------------------------------------- start-up
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_process_age_counts_from_the_process_start():
+    # A child that sleeps 0.6 s before asking is at least that old, and not minutes old (a
+    # wrong /proc field gives the machine's uptime or a negative age clamped to 0).
+    code = (
+        "import time; time.sleep(0.6); from disvae.utils import process_age; print(process_age())"
+    )
+    t0 = time.monotonic()
+    age = float(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert 0.6 <= age <= time.monotonic() - t0 + 0.5
+
+
+def test_the_first_step_reports_how_soon_it_came(tiny_data, tmp_path, caplog, monkeypatch):
+    import disvae.training.loop as loop
+
+    monkeypatch.setattr(loop, "process_age", lambda: 3.31)
+    with caplog.at_level(logging.INFO, logger="disvae.training.loop"):
+        train(_cfg("betaH", "steps=3"), tmp_path / "r", data=tiny_data, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "first step" in r.getMessage()]
+    assert lines == ["first step done 3.3 s after the process started"]  # once, not per step

@@ -120,5 +120,42 @@ def test_cli(run, capsys, monkeypatch):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "dci/disentanglement" in out and "mig" in out
+    # The CLI leaves the batch to the device's default (200 on the CPU) and records it.
+    protocol = json.loads((run / "metrics.json").read_text())["protocol"]
+    assert (protocol["encode_batch"], protocol["encode_amp"]) == (200, "none")
+    assert cli.main([*argv, "--batch-size", "50", "--amp", "bf16"]) == 0
+    protocol = json.loads((run / "metrics.json").read_text())["protocol"]
+    assert (protocol["encode_batch"], protocol["encode_amp"]) == (50, "bf16")
     assert cli.main(["evaluate", str(run), "--metrics", "bogus", "--device", "cpu"]) == 2
     assert "unknown metric" in capsys.readouterr().err
+
+
+def test_bf16_encoding_is_close_to_fp32_and_recorded(run):
+    """The CUDA default (bf16 autocast of the encoding) runs on the CPU too: its codes round to
+    bf16's 8-bit mantissa (0.4% relative), so MIG moves by a bin boundary at most, and the
+    reconstruction error (fp32 likelihood of bf16 logits) stays within 1%."""
+    import torch
+
+    from disvae.evaluation import _encode_points, encode_amp, inference_copy
+
+    assert encode_amp("auto", torch.device("cpu")) == "none"
+    assert encode_amp("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(UserError, match="amp must be"):
+        encode_amp("fp8", torch.device("cpu"))
+    ref = evaluate_metrics(run, "mig,unsupervised", data=small_grid(), device="cpu", **KW)
+    bf = evaluate_metrics(run, "mig,unsupervised", data=small_grid(), device="cpu", amp="bf16",
+                          **KW)  # fmt: skip
+    assert ref["protocol"]["encode_amp"] == "none" and bf["protocol"]["encode_amp"] == "bf16"
+    assert ref["protocol"]["encode_batch"] == 200  # the CPU default
+    assert abs(bf["metrics"]["mig"] - ref["metrics"]["mig"]) < 0.05
+    r, b = (x["metrics"]["unsupervised"]["reconstruction_error"] for x in (ref, bf))
+    assert abs(b - r) <= 0.01 * r
+    # The codes themselves: bf16 differs from fp32, by about bf16's rounding and no more.
+    from disvae.evaluation import _open_run
+
+    model = inference_copy(_open_run(run, small_grid(), "cpu")[0])
+    index = np.arange(64)
+    mu32, _, _ = _encode_points(model, small_grid(), index, None, 64, lambda n: None, "none")
+    mu16, _, _ = _encode_points(model, small_grid(), index, None, 64, lambda n: None, "bf16")
+    err = np.abs(mu16 - mu32).max() / np.abs(mu32).max()
+    assert 1e-5 < err < 3e-2
