@@ -286,7 +286,7 @@ def compute_metrics(
     tune_allocator()
     device = next(model.parameters()).device
     amp = encode_amp(amp, device)
-    if batch_size is None:  # on the CPU, activations that stay under the 32 MB mmap threshold
+    if batch_size is None:  # on the CPU activations under 32 MB, fast also untuned (utils)
         batch_size = 1000 if device.type == "cuda" else 200
     kind = factor_kind(data)
     grid = kind == "grid"

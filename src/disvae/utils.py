@@ -102,7 +102,11 @@ def tune_allocator() -> bool:
     layer and batch) are page-faulted in anew every step: on 2 CPU cores half the time of a
     Burgess-model step went to the kernel (measured: 370 -> 560 images/s for training in NCHW,
     2,300 -> 4,600 for encoding). A 32 MB mmap threshold (glibc's maximum) and a 512 MB trim
-    threshold let the same pages be reused. Process-wide, Linux/glibc only, applied once;
+    threshold let the same pages be reused. Buffers above 32 MB (a batch of 256 in training,
+    1,000 in encoding) would still be mapped anew each time, so mmap is turned off altogether
+    (``M_MMAP_MAX = 0``): everything comes from the heap, whose free top beyond 512 MB still
+    goes back to the kernel (measured: +20% training at batch 256, 3,400 -> 5,700 images/s
+    encoding in batches of 1,000). Process-wide, Linux/glibc only, applied once;
     ``DISVAE_MALLOC_TUNING=0`` leaves the allocator alone. Returns whether it was applied.
     """
     global _ALLOCATOR_TUNED
@@ -116,9 +120,11 @@ def tune_allocator() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    _ALLOCATOR_TUNED = bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(
-        mallopt(m_trim_threshold, 512 << 20)
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # glibc's <malloc.h>
+    _ALLOCATOR_TUNED = (
+        bool(mallopt(m_mmap_threshold, 32 << 20))
+        and bool(mallopt(m_trim_threshold, 512 << 20))
+        and bool(mallopt(m_mmap_max, 0))
     )
     return _ALLOCATOR_TUNED
 
