@@ -10,7 +10,8 @@ half the spread):
 - limit:   the encoder's forward on one fixed in-memory batch, as the metrics run it
            (inference mode, channels-last, the ``--amp`` autocast): no data path at all;
 - disvae:  `disvae.evaluation._encode_points`, the function `compute_metrics` encodes with
-           (batches gathered by index from the bit-packed array, codes copied to numpy);
+           (batches gathered by index from the bit-packed array, which `disvae evaluate`
+           keeps on the device, codes copied to numpy);
 - plain:   the common loop: a per-item `Dataset` and a `DataLoader`, the model in eval mode
            and NCHW under `torch.no_grad`, ``.cpu().numpy()`` per batch.
 
@@ -90,7 +91,8 @@ def main() -> None:
     device = torch.device(args.device)
     amp = encode_amp(args.amp, device)
     data = load_dataset("dsprites")
-    packed = data._images.numpy()
+    packed = data._images.numpy()  # the plain loop reads this copy on the host, per item
+    data.to(device)  # as `disvae evaluate` does: the bit-packed images resident on the device
     torch.manual_seed(0)
     model = build_model(C.ModelConfig(), data.image_shape).to(device).eval()
     fast = inference_copy(model)  # what compute_metrics encodes with

@@ -251,6 +251,7 @@ def test_auto_settings_are_the_fast_path_on_cuda_only():
     cpu = accel.resolve(cfg, torch.device("cpu"))
     # channels-last is also the CPU's fast layout (oneDNN); bf16 and the deferred check are not
     assert cpu.amp_dtype is None and cpu.channels_last and not cpu.deferred_nan_check
+    assert cpu.fused_adam  # its CPU kernel: one pass instead of one per Adam operation
     forced = accel.resolve(C.TrainConfig(nan_check="deferred", amp="bf16"), torch.device("cpu"))
     assert forced.deferred_nan_check and forced.fused_adam and forced.amp_dtype is torch.bfloat16
 

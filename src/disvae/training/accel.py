@@ -10,7 +10,9 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
   where NCHW convolutions spend their time in page faults of layout reorders).
 - **torch.compile** (``compile = true``, off by default: compilation costs tens of seconds): the
   model's forward and backward; if compilation fails the run warns once and continues eagerly.
-- **fused Adam** (on CUDA, and wherever the deferred check is on): one kernel per step.
+- **fused Adam** (on CUDA and the CPU, and wherever the deferred check is on): one pass over
+  the parameters per step (on 2 CPU cores 0.4 instead of 2.2 ms for the Burgess model, 4.2
+  instead of 12.3 ms for FactorVAE's 5-million-parameter discriminator).
 - **TF32** matmuls and convolutions and the cuDNN autotuner (CUDA; shapes are fixed).
 - **sync-free non-finite check** (``nan_check = "auto"``: on CUDA): see `DeferredGuard`.
 """
@@ -65,7 +67,7 @@ def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
         channels_last=device.type in ("cuda", "cpu") if cl is None else cl,
         compile=cfg.compile,
         # The deferred check skips updates through fused Adam's `found_inf` argument.
-        fused_adam=cuda or deferred,
+        fused_adam=device.type in ("cuda", "cpu") or deferred,
         deferred_nan_check=deferred,
     )
 
