@@ -65,18 +65,15 @@ def time_disvae(model, data, index: np.ndarray, batch: int, amp: str) -> float:
 def time_plain(model, packed: np.ndarray, index: np.ndarray, batch: int) -> float:
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(ItemDataset(packed, index), batch_size=batch)
-    t0 = None
-    n = 0
     with torch.no_grad():
-        for i, x in enumerate(loader):
-            if i == 1:  # the first batch is the warm-up
-                _sync(device)
-                t0 = time.perf_counter()
+        model.encode(next(iter(loader)).to(device))  # warm-up, untimed
+        _sync(device)
+        t0 = time.perf_counter()
+        for x in loader:
             mu, _ = model.encode(x.to(device))
             mu.cpu().numpy()
-            n += len(x) if i else 0
     _sync(device)
-    return n / (time.perf_counter() - t0)
+    return len(index) / (time.perf_counter() - t0)
 
 
 def main() -> None:
