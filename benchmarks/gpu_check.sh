@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 7 in one prepared run (about 6-8 minutes on one H100/H200), for a
+# The GPU figures of issue 7 in one prepared run (estimated 6-8 minutes on one H100/H200; not yet run on one), for a
 # session lent a device: `run` it from the repository root, e.g.
 #     bash benchmarks/gpu_check.sh            # writes its logs under $OUT (or ./gpu_check_out)
 # It uses the machine's own python3 and PyTorch (the package from src/, no install), renders
@@ -27,17 +27,17 @@ $PY -m pytest -q -x -p no:cacheprovider tests/test_fastpath.py tests/test_object
 
 step "training throughput, batch 64"
 $PY benchmarks/train_throughput.py --device "$DEVICE" --batch-sizes 64 \
-    --steps "${STEPS64:-300}" --reps 3 | tee "$OUT/train64.txt"
+    --steps "${STEPS64:-200}" --reps 3 | tee "$OUT/train64.txt"
 step "training throughput, batch 1024"
 $PY benchmarks/train_throughput.py --device "$DEVICE" --batch-sizes 1024 \
-    --steps "${STEPS1024:-40}" --reps 3 | tee "$OUT/train1024.txt"
+    --steps "${STEPS1024:-20}" --reps 3 | tee "$OUT/train1024.txt"
 step "compiled, betaB, batch 64"
 $PY benchmarks/train_throughput.py --device "$DEVICE" --objectives betaB --batch-sizes 64 \
-    --steps "${STEPS64:-300}" --reps 3 --compile | tee "$OUT/train64_compile.txt"
+    --steps "${STEPS64:-200}" --reps 3 --compile | tee "$OUT/train64_compile.txt"
 
 step "encoding for the metrics"
 $PY benchmarks/encode_throughput.py --device "$DEVICE" --batch-sizes 1000,4096 \
-    --images "${ENC:-200000}" --reps 3 | tee "$OUT/encode.txt"
+    --images "${ENC:-100000}" --reps 3 | tee "$OUT/encode.txt"
 
 step "a real run: images/s from its log"
 $PY -m disvae train --dataset dsprites --loss betaB --device "$DEVICE" --no-progress \
