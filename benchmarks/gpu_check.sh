@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 7 in one prepared run (estimated 6-8 minutes on one H100/H200; not yet run on one), for a
-# session lent a device: `run` it from the repository root, e.g.
+# The GPU figures of issue 7 in one prepared run (estimated 6-8 minutes on one H100/H200; not
+# yet run on one), for a session lent a device: `run` it from the repository root, e.g.
 #     bash benchmarks/gpu_check.sh            # writes its logs under $OUT (or ./gpu_check_out)
 # It uses the machine's own python3 and PyTorch (the package from src/, no install), renders
 # dSprites once (~5 s), then: the CUDA-relevant tests, training throughput at batch 64 and
