@@ -185,15 +185,13 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 def encode_amp(amp: str, device: torch.device) -> str:
-    """What ``amp`` ("auto", "none" or "bf16") means for encoding on ``device``: "auto" is bf16
-    on a CUDA device with bf16 support (the tensor cores' fast path) and fp32 elsewhere (the
-    CPUs here have no bf16 units: 20x slower)."""
+    """What ``amp`` ("auto", "none" or "bf16") means for encoding on ``device``: "auto" as in
+    training (`disvae.training.accel.auto_amp`: bf16 on a CUDA GPU with bf16 support)."""
+    from disvae.training.accel import auto_amp
+
     if amp not in ("auto", "none", "bf16"):
         raise C.UserError(f"amp must be 'auto', 'none' or 'bf16', not {amp!r}")
-    if amp == "auto":
-        cuda = device.type == "cuda" and torch.cuda.is_available()
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
-    return amp
+    return auto_amp(amp, device)
 
 
 def _autocast(amp: str, device: torch.device):
@@ -286,7 +284,7 @@ def compute_metrics(
     tune_allocator()
     device = next(model.parameters()).device
     amp = encode_amp(amp, device)
-    if batch_size is None:  # on the CPU activations under 32 MB, fast also untuned (utils)
+    if batch_size is None:  # CPU: activations under glibc's 32 MB mmap threshold even untuned
         batch_size = 1000 if device.type == "cuda" else 200
     kind = factor_kind(data)
     grid = kind == "grid"

@@ -53,12 +53,19 @@ class Accel:
         }
 
 
+def auto_amp(amp: str, device: torch.device) -> str:
+    """``amp`` with "auto" decided for ``device``: bf16 on a CUDA GPU with bf16 support, fp32
+    ("none") elsewhere (CPUs without bf16 units run it ~20x slower). Training and the metrics'
+    encoding both decide it here."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+
+
 def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
     """The speed settings of ``cfg`` on ``device`` ("auto" values decided here)."""
     cuda = device.type == "cuda"
-    amp = cfg.amp
-    if amp == "auto":
-        amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+    amp = auto_amp(cfg.amp, device)
     deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and cuda)
     cl = cfg.channels_last
     return Accel(
