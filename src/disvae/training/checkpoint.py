@@ -24,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from disvae.errors import UserError
+from disvae.training.adam import Optimizer
 from disvae.utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def load_module_state(
     module.load_state_dict(state)
 
 
-def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+def optimizer_state(prefix: str, opt: Optimizer) -> tuple[dict, dict]:
     """(tensors, JSON) of an optimizer's state_dict."""
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -123,9 +124,7 @@ def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, dict
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_optimizer_state(
-    prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict
-) -> None:
+def load_optimizer_state(prefix: str, opt: Optimizer, tensors: dict, meta: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith(prefix + "."):

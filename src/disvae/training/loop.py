@@ -30,6 +30,7 @@ from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
 from disvae.training import accel, distributed, logs, runtime, schedules, validation
 from disvae.training import checkpoint as ckpt
+from disvae.training.adam import Optimizer
 from disvae.training.nonfinite import NonFiniteHandling
 from disvae.training.runtime import NonFiniteError
 from disvae.training.state import TrainerState
@@ -133,7 +134,7 @@ class Trainer(TrainerState, NonFiniteHandling):
 
     def _update(
         self,
-        opt: torch.optim.Optimizer,
+        opt: Optimizer,
         module: torch.nn.Module,
         result: LossOutput,
         norm_name: str,
