@@ -22,8 +22,8 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 $PY -c "from disvae.data import load_dataset; print(len(load_dataset('dsprites')), 'dSprites images')"
 
 step "tests of the fast path (CUDA paths run where a GPU is present)"
-$PY -m pytest -q -x -p no:cacheprovider tests/test_fastpath.py tests/test_objectives.py \
-    2>&1 | tail -3 | tee "$OUT/tests.txt"
+$PY -m pytest -q -x -p no:cacheprovider tests/test_fastpath.py tests/test_adam.py \
+    tests/test_objectives.py 2>&1 | tail -3 | tee "$OUT/tests.txt"
 
 step "training throughput, batch 64"
 $PY benchmarks/train_throughput.py --device "$DEVICE" --batch-sizes 64 \

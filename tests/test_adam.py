@@ -14,8 +14,11 @@ import torch
 
 from disvae.training.adam import FusedAdam
 
+# The CUDA kernel too, where a GPU is present (benchmarks/gpu_check.sh runs this file there).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-def _net(seed: int = 0) -> torch.nn.Module:
+
+def _net(seed: int = 0, device: str = "cpu") -> torch.nn.Module:
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, stride=2, padding=1),
@@ -23,12 +26,13 @@ def _net(seed: int = 0) -> torch.nn.Module:
         torch.nn.Flatten(),
         torch.nn.Linear(4 * 4 * 4, 3),
     )
-    return net.to(memory_format=torch.channels_last)  # as the trainer's models on the CPU
+    return net.to(device, memory_format=torch.channels_last)  # as the trainer's models
 
 
 def _grads(net: torch.nn.Module, step: int) -> None:
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(5, 1, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+    x = x.to(next(net.parameters()).device)
     net.zero_grad(set_to_none=True)
     (net(x) ** 2).mean().backward()
 
@@ -60,8 +64,9 @@ def test_update_matches_kingma_and_ba_worked_by_hand() -> None:
     assert opt.state[theta]["step"].item() == 3.0
 
 
-def test_bit_identical_to_torch_fused_adam_over_several_steps() -> None:
-    ours_net, ref_net = _net(), _net()
+@pytest.mark.parametrize("device", DEVICES)
+def test_bit_identical_to_torch_fused_adam_over_several_steps(device) -> None:
+    ours_net, ref_net = _net(device=device), _net(device=device)
     groups = lambda net: [  # noqa: E731 - two groups with their own hyperparameters
         {"params": list(net[0].parameters()), "weight_decay": 1e-3},
         {"params": list(net[3].parameters()), "lr": 3e-3, "betas": (0.5, 0.9)},
@@ -75,7 +80,7 @@ def test_bit_identical_to_torch_fused_adam_over_several_steps() -> None:
         ref.step()
     for a, b in zip(ours_net.parameters(), ref_net.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(_params(ours_net), _params(_net()), strict=True):
+    for a, b in zip(_params(ours_net), _params(_net(device=device)), strict=True):
         assert not torch.equal(a, b)  # it did move
     sd_ours, sd_ref = ours.state_dict(), ref.state_dict()
     assert sd_ours["param_groups"] == sd_ref["param_groups"]
@@ -114,21 +119,22 @@ def test_state_dict_loads_either_way_and_continues_identically(direction) -> Non
     assert b.state_dict()["state"][0]["step"].item() == 6.0
 
 
-def test_found_inf_skips_the_update_and_the_step_count_on_the_device() -> None:
-    net = _net()
+@pytest.mark.parametrize("device", DEVICES)
+def test_found_inf_skips_the_update_and_the_step_count_on_the_device(device) -> None:
+    net = _net(device=device)
     opt = FusedAdam(net.parameters(), lr=1e-2)
     _grads(net, 0)
     opt.step()
     before = _params(net)
     moments = [st["exp_avg"].clone() for st in opt.state.values()]
     _grads(net, 1)
-    opt.found_inf = torch.tensor(1.0)
+    opt.found_inf = torch.tensor(1.0, device=device)
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(_params(net), before, strict=True))
     now = [st["exp_avg"] for st in opt.state.values()]
     assert all(torch.equal(a, b) for a, b in zip(now, moments, strict=True))
     assert all(st["step"].item() == 1.0 for st in opt.state.values())
-    opt.found_inf = torch.tensor(0.0)
+    opt.found_inf = torch.tensor(0.0, device=device)
     opt.step()
     assert not any(torch.equal(a, b) for a, b in zip(_params(net), before, strict=True))
     assert all(st["step"].item() == 2.0 for st in opt.state.values())
