@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 7 in one prepared run (estimated 6-8 minutes on one H100/H200; not
+# The GPU figures of issue 7 in one prepared run (estimated 7-9 minutes on one H100/H200; not
 # yet run on one), for a session lent a device: `run` it from the repository root, e.g.
 #     bash benchmarks/gpu_check.sh            # writes its logs under $OUT (or ./gpu_check_out)
 # It uses the machine's own python3 and PyTorch (the package from src/, no install), renders
 # dSprites once (~5 s), then: the CUDA-relevant tests, training throughput at batch 64 and
-# 1024 (limit / disvae / plain / plain*), the compiled path, the metrics' encoding, and a
+# 1024 (limit / disvae / plain / plain*), the compiled path (with and without CUDA graphs),
+# the metrics' encoding, and a
 # 3,000-step run whose images/s give the 300,000-step protocol's time.
 # DEVICE=cpu STEPS64=3 STEPS1024=2 ENC=2000 RUNSTEPS=20 bash benchmarks/gpu_check.sh
 # is a dry run of the same commands on the CPU.
@@ -33,7 +34,11 @@ $PY benchmarks/train_throughput.py --device "$DEVICE" --batch-sizes 1024 \
     --steps "${STEPS1024:-20}" --reps 3 | tee "$OUT/train1024.txt"
 step "compiled, betaB, batch 64"
 $PY benchmarks/train_throughput.py --device "$DEVICE" --objectives betaB --batch-sizes 64 \
-    --steps "${STEPS64:-200}" --reps 3 --compile | tee "$OUT/train64_compile.txt"
+    --steps "${STEPS64:-200}" --reps 2 --compile | tee "$OUT/train64_compile.txt"
+step "compiled with CUDA graphs (reduce-overhead), betaB, batch 64"
+$PY benchmarks/train_throughput.py --device "$DEVICE" --objectives betaB --batch-sizes 64 \
+    --steps "${STEPS64:-200}" --reps 2 --compile-mode reduce-overhead \
+    | tee "$OUT/train64_graphs.txt"
 
 step "encoding for the metrics"
 $PY benchmarks/encode_throughput.py --device "$DEVICE" --batch-sizes 1000,4096 \

@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--objectives vae,betaH,betaB,factor,btcvae]
         [--batch-sizes 64,256] [--steps 30] [--reps 3] [--device cpu|cuda]
-        [--amp auto|none|bf16] [--compile] [--channels-last auto|on|off]
+        [--amp auto|none|bf16] [--compile] [--compile-mode MODE] [--channels-last auto|on|off]
 
 For each objective and batch size, four ways of training the Burgess model on the built-in
 dSprites are timed in interleaved repetitions (median and spread of images/s; FactorVAE counts
@@ -48,7 +48,9 @@ from disvae.training.loop import Trainer
 
 
 def _trainer(name: str, batch: int, steps: int, data, args, out: Path) -> Trainer:
-    speed = [f"amp={args.amp!r}", f"compile={str(args.compile).lower()}"]
+    compiled = args.compile or args.compile_mode != "default"  # a mode implies --compile
+    speed = [f"amp={args.amp!r}", f"compile={str(compiled).lower()}",
+             f"compile_mode={args.compile_mode!r}"]  # fmt: skip
     if args.channels_last != "auto":
         speed.append(f"channels_last={str(args.channels_last == 'on').lower()}")
     cfg = C.apply_overrides(
@@ -211,6 +213,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compile-mode", default="default", choices=C.COMPILE_MODES,
+        help="torch.compile mode (implies --compile); reduce-overhead: CUDA graphs",
+    )  # fmt: skip
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -222,10 +222,12 @@ def _tiny_vae():
     return VAE(enc, dec, 4).eval()  # eval: z = mu, no sampling to compare
 
 
-def test_compile_with_inductor_matches_eager_on_a_tiny_model():
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_with_inductor_matches_eager_on_a_tiny_model(mode):
     pytest.importorskip("torch._inductor")
     model, x = _tiny_vae(), torch.rand(4, 1, 8, 8)
-    fwd = accel.ModelForward(model, accel.Accel(torch.device("cpu"), compile=True))
+    settings = accel.Accel(torch.device("cpu"), compile=True, compile_mode=mode)
+    fwd = accel.ModelForward(model, settings)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
@@ -234,6 +236,24 @@ def test_compile_with_inductor_matches_eager_on_a_tiny_model():
         pytest.skip(f"torch.compile unavailable here: {e}")
     ref = model(x)
     torch.testing.assert_close(got.logits, ref.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_mode_reaches_torch_compile_from_the_command_line(tmp_path, monkeypatch):
+    seen = []
+
+    def recording(module, **kwargs):
+        seen.append(kwargs)
+        return module  # eager: only the arguments matter here
+
+    monkeypatch.setattr(torch, "compile", recording)
+    common = ["train", "--dataset", "dsprites_tiny", "--steps", "1", "--no-progress", "-q"]
+    assert main([*common, "--compile-mode", "reduce-overhead", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--compile", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [{"mode": "reduce-overhead"}, {"mode": None}]  # --compile-mode implies it
+    cfg = json.loads((tmp_path / "a" / runs.CONFIG).read_text())["train"]
+    assert cfg["compile"] is True and cfg["compile_mode"] == "reduce-overhead"
+    bad = main([*common, "--set", 'compile_mode="fastest"', "--out", str(tmp_path / "c")])
+    assert bad == 2 and not (tmp_path / "c").exists()
 
 
 def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):

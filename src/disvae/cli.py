@@ -35,14 +35,14 @@ FLAG_KEYS = {
     "lr_decay": "train.lr_decay", "lr_floor": "train.lr_floor", "lr_warmup": "train.lr_warmup",
     "grad_clip": "train.grad_clip", "val_every": "train.val_every",
     "val_images": "train.val_images", "amp": "train.amp", "compile": "train.compile",
-    "channels_last": "train.channels_last",
+    "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
 }  # fmt: skip
 # What may change when a run is resumed (everything else would make it a different run).
 RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
                   "train.eval_every", "train.eval_metrics", "train.val_every",
-                  "train.val_images", "train.amp", "train.compile", "train.channels_last",
-                  "train.nan_check"}  # fmt: skip
+                  "train.val_images", "train.amp", "train.compile", "train.compile_mode",
+                  "train.channels_last", "train.nan_check"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -80,6 +80,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from disvae.config import COMPILE_MODES  # no torch behind it: --help stays fast
+
     S = argparse.SUPPRESS  # flags left out do not override the preset/config file
     p = sub.add_parser(
         "train", help="train a model into a run directory",
@@ -190,6 +192,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="torch.compile the model (falls back to eager if compilation fails) (off)",
     )  # fmt: skip
     g.add_argument(
+        "--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+        help="torch.compile mode, implies --compile: default | reduce-overhead (CUDA graphs, "
+        "for small models on a GPU) | max-autotune | max-autotune-no-cudagraphs (default)",
+    )  # fmt: skip
+    g.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,
         help="NHWC memory format (default: on CUDA)",
     )  # fmt: skip
@@ -297,6 +304,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(name)
         return 0
     flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS}
+    if "train.compile_mode" in flags:  # --compile-mode implies --compile
+        flags.setdefault("train.compile", True)
     overrides = getattr(args, "overrides", None) or []
     if hasattr(args, "resume"):
         cfg, out = _resume_config(args, flags, overrides)

@@ -117,6 +117,13 @@ class TrainConfig:
     amp: str = "auto"  # auto | none | bf16
     channels_last: bool | None = None
     compile: bool = False
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs: replays the forward and
+    # backward without launching each kernel from Python, for small models on a GPU) |
+    # max-autotune | max-autotune-no-cudagraphs.
+    compile_mode: str = "default"
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -390,6 +397,7 @@ def _check_values(cfg: RunConfig) -> None:
         ("lr_schedule", T.lr_schedule, ("none", "step", "cosine")),
         ("amp", T.amp, ("auto", "none", "bf16")),
         ("nan_check", T.nan_check, ("auto", "step", "deferred")),
+        ("compile_mode", T.compile_mode, COMPILE_MODES),
     ):
         if value not in choices:
             raise UserError(f"train.{key} must be one of {', '.join(choices)}, got {value!r}")
