@@ -37,6 +37,18 @@ def _grads(net: torch.nn.Module, step: int) -> None:
     (net(x) ** 2).mean().backward()
 
 
+def _lockstep(steps: range, *pairs: tuple[torch.nn.Module, object]) -> None:
+    """The same gradients for each (net, optimizer) pair, then its step, for each step."""
+    for step in steps:
+        for net, opt in pairs:
+            _grads(net, step)
+            opt.step()
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 def _params(net: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in net.parameters()]
 
@@ -73,13 +85,8 @@ def test_bit_identical_to_torch_fused_adam_over_several_steps(device) -> None:
     ]
     ours = FusedAdam(groups(ours_net), lr=1e-2)
     ref = torch.optim.Adam(groups(ref_net), lr=1e-2, fused=True)
-    for step in range(6):
-        _grads(ours_net, step)
-        _grads(ref_net, step)
-        ours.step()
-        ref.step()
-    for a, b in zip(ours_net.parameters(), ref_net.parameters(), strict=True):
-        assert torch.equal(a, b)
+    _lockstep(range(6), (ours_net, ours), (ref_net, ref))
+    assert _same(ours_net, ref_net)
     for a, b in zip(_params(ours_net), _params(_net(device=device)), strict=True):
         assert not torch.equal(a, b)  # it did move
     sd_ours, sd_ref = ours.state_dict(), ref.state_dict()
@@ -100,22 +107,15 @@ def test_state_dict_loads_either_way_and_continues_identically(direction) -> Non
         make_a = lambda ps: FusedAdam(ps, lr=1e-2)  # noqa: E731
         make_b = lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True)  # noqa: E731
     a = make_a(first.parameters())
-    for step in range(3):
-        _grads(first, step)
-        a.step()
+    _lockstep(range(3), (first, a))
     second.load_state_dict(first.state_dict())
     b = make_b(second.parameters())
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # as from a checkpoint file
     if direction == "torch->ours":  # the same kernel from here on: compare with fused torch
         a = torch.optim.Adam(first.parameters(), lr=1e-2, fused=True)
         a.load_state_dict(copy.deepcopy(b.state_dict()))
-    for step in range(3, 6):
-        _grads(first, step)
-        _grads(second, step)
-        a.step()
-        b.step()
-    for p, q in zip(first.parameters(), second.parameters(), strict=True):
-        assert torch.equal(p, q)
+    _lockstep(range(3, 6), (first, a), (second, b))
+    assert _same(first, second)
     assert b.state_dict()["state"][0]["step"].item() == 6.0
 
 
