@@ -194,7 +194,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--compile-mode", choices=COMPILE_MODES, metavar="MODE",
         help="torch.compile mode, implies --compile: default | reduce-overhead (CUDA graphs, "
-        "for small models on a GPU) | max-autotune | max-autotune-no-cudagraphs (default)",
+        "for small models on a GPU) | max-autotune | max-autotune-no-cudagraphs (default: default)",
     )  # fmt: skip
     g.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,
