@@ -1,57 +1,84 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 7 in one prepared run (estimated 7-9 minutes on one H100/H200; not
-# yet run on one), for a session lent a device: `run` it from the repository root, e.g.
+# The GPU figures of issue 7 in one prepared run, for a session lent a device: `run` it from the
+# repository root with a 600 s limit, e.g.
 #     bash benchmarks/gpu_check.sh            # writes its logs under $OUT (or ./gpu_check_out)
-# It uses the machine's own python3 and PyTorch (the package from src/, no install), renders
-# dSprites once (~5 s), then: the CUDA-relevant tests, training throughput at batch 64 and
-# 1024 (limit / disvae / plain / plain*), the compiled path (with and without CUDA graphs),
-# the metrics' encoding, and a
-# 3,000-step run whose images/s give the 300,000-step protocol's time.
+# It uses the machine's own python3 and PyTorch (the package from src/, no install) and renders
+# dSprites once (~5 s). Then, most wanted first, each step under its own time limit (a step
+# that overruns or fails is reported and the next one runs; the limits add up to 570 s, so
+# whatever finished comes back even from a slow machine):
+#   1. training throughput at batch 64, eager (limit / disvae / plain / plain*)
+#   2. the same, betaB, with CUDA graphs (--compile-mode reduce-overhead)
+#   3. the metrics' encoding at batch 1000 and 4096
+#   4. training throughput at batch 1024
+#   5. the CUDA-relevant tests (fast path, Adam, objectives)
+#   6. a 3,000-step run whose logged images/s give the 300,000-step protocol's time
+#   7. betaB compiled in the default mode
+# Not yet run on a GPU; its duration there is an estimate (7-9 minutes).
 # DEVICE=cpu STEPS64=3 STEPS1024=2 ENC=2000 RUNSTEPS=20 bash benchmarks/gpu_check.sh
-# is a dry run of the same commands on the CPU.
-set -euo pipefail
+# is a dry run of the same commands on the CPU (slower than the limits allow for steps 4 and 7).
+set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-gpu_check_out}
+SCALE=${LIMIT_SCALE:-1}  # multiplies every step's limit (the CPU dry run: LIMIT_SCALE=4)
 mkdir -p "$OUT"
-step() { echo; echo "== $* ($(date +%T))"; }
+failed=()
 
-step environment
+# step LIMIT_S FILE TITLE -- COMMAND...: run COMMAND under a time limit, output into $OUT/FILE
+step() {
+    local limit=$(($1 * SCALE)) file=$2 title=$3
+    shift 4
+    echo
+    echo "== $title ($(date +%T), limit ${limit}s)"
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/$file"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+        echo "!! $title: exit $rc$( [ "$rc" -eq 124 ] && echo ' (time limit)')"
+        failed+=("$title")
+    fi
+}
+
+echo "== environment ($(date +%T))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
-$PY -c "from disvae.data import load_dataset; print(len(load_dataset('dsprites')), 'dSprites images')"
+$PY -c "from disvae.data import load_dataset; print(len(load_dataset('dsprites')), 'dSprites images')" || exit 1
 
-step "tests of the fast path (CUDA paths run where a GPU is present)"
-$PY -m pytest -q -x -p no:cacheprovider tests/test_fastpath.py tests/test_adam.py \
-    tests/test_objectives.py 2>&1 | tail -3 | tee "$OUT/tests.txt"
-
-step "training throughput, batch 64"
-$PY benchmarks/train_throughput.py --device "$DEVICE" --batch-sizes 64 \
-    --steps "${STEPS64:-200}" --reps 3 | tee "$OUT/train64.txt"
-step "training throughput, batch 1024"
-$PY benchmarks/train_throughput.py --device "$DEVICE" --batch-sizes 1024 \
-    --steps "${STEPS1024:-20}" --reps 3 | tee "$OUT/train1024.txt"
-step "compiled, betaB, batch 64"
-$PY benchmarks/train_throughput.py --device "$DEVICE" --objectives betaB --batch-sizes 64 \
-    --steps "${STEPS64:-200}" --reps 2 --compile | tee "$OUT/train64_compile.txt"
-step "compiled with CUDA graphs (reduce-overhead), betaB, batch 64"
-$PY benchmarks/train_throughput.py --device "$DEVICE" --objectives betaB --batch-sizes 64 \
-    --steps "${STEPS64:-200}" --reps 2 --compile-mode reduce-overhead \
-    | tee "$OUT/train64_graphs.txt"
-
-step "encoding for the metrics"
-$PY benchmarks/encode_throughput.py --device "$DEVICE" --batch-sizes 1000,4096 \
-    --images "${ENC:-100000}" --reps 3 | tee "$OUT/encode.txt"
-
-step "a real run: images/s from its log"
-$PY -m disvae train --dataset dsprites --loss betaB --device "$DEVICE" --no-progress \
-    --steps "${RUNSTEPS:-3000}" --log-every 500 --overwrite --out "$OUT/run" \
-    2>&1 | tee "$OUT/run.txt"
-$PY - "$OUT/run/train_log.jsonl" <<'PY' | tee -a "$OUT/run.txt"
+TT=(benchmarks/train_throughput.py --device "$DEVICE")
+step 110 train64.txt "training throughput, batch 64" -- \
+    $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPS64:-200}" --reps 3
+step 100 train64_graphs.txt "CUDA graphs (reduce-overhead), betaB, batch 64" -- \
+    $PY "${TT[@]}" --objectives betaB --batch-sizes 64 --steps "${STEPS64:-200}" --reps 2 \
+    --compile-mode reduce-overhead
+step 60 encode.txt "encoding for the metrics" -- \
+    $PY benchmarks/encode_throughput.py --device "$DEVICE" --batch-sizes 1000,4096 \
+    --images "${ENC:-100000}" --reps 3
+step 70 train1024.txt "training throughput, batch 1024" -- \
+    $PY "${TT[@]}" --batch-sizes 1024 --steps "${STEPS1024:-20}" --reps 3
+step 90 tests.txt "tests of the fast path (CUDA paths run where a GPU is present)" -- \
+    $PY -m pytest -q -x -p no:cacheprovider tests/test_fastpath.py tests/test_adam.py \
+    tests/test_objectives.py
+step 60 run.txt "a real run: images/s from its log" -- \
+    $PY -m disvae train --dataset dsprites --loss betaB --device "$DEVICE" --no-progress \
+    --steps "${RUNSTEPS:-3000}" --log-every 500 --overwrite --out "$OUT/run"
+if [ -f "$OUT/run/train_log.jsonl" ]; then
+    $PY - "$OUT/run/train_log.jsonl" <<'PY' | tee -a "$OUT/run.txt"
 import json, sys
 rows = [json.loads(x) for x in open(sys.argv[1])]
 rate = rows[-1]["img_per_s"]
 print(f"last logged rate {rate:.0f} images/s: the 300,000-step x 64 protocol would take "
       f"{300_000 * 64 / rate / 60:.1f} min")
 PY
+fi
+step 80 train64_compile.txt "compiled (default mode), betaB, batch 64" -- \
+    $PY "${TT[@]}" --objectives betaB --batch-sizes 64 --steps "${STEPS64:-200}" --reps 2 \
+    --compile
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "== all steps finished ($(date +%T))"
+else
+    echo "== finished with ${#failed[@]} step(s) failed or cut short ($(date +%T)):"
+    printf '   %s\n' "${failed[@]}"
+    exit 1
+fi
