@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000, help="images per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"))
+    parser.add_argument("--amp", default="auto", choices=C.AMP_MODES)
     args = parser.parse_args()
     tune_allocator()
     device = torch.device(args.device)

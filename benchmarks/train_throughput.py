@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps per timed repetition")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"))
+    parser.add_argument("--amp", default="auto", choices=C.AMP_MODES)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument(
         "--compile-mode", default="default", choices=C.COMPILE_MODES,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from disvae import __version__
+from disvae.config import AMP_MODES, COMPILE_MODES  # no torch behind it: --help stays fast
 from disvae.errors import UserError
 
 # flag destination -> config key
@@ -80,8 +81,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from disvae.config import COMPILE_MODES  # no torch behind it: --help stays fast
-
     S = argparse.SUPPRESS  # flags left out do not override the preset/config file
     p = sub.add_parser(
         "train", help="train a model into a run directory",
@@ -184,7 +183,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--val-images", type=_positive_int, help="held-out images for --val-every")
     g = p.add_argument_group("speed")
     g.add_argument(
-        "--amp", choices=("auto", "none", "bf16"),
+        "--amp", choices=AMP_MODES,
         help="bf16 autocast of the forward pass; losses stay fp32 (auto: bf16 on CUDA)",
     )  # fmt: skip
     g.add_argument(
@@ -239,7 +238,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument(
-        "--amp", choices=("auto", "none", "bf16"), default="auto",
+        "--amp", choices=AMP_MODES, default="auto",
         help="precision of the metrics' encoding: auto is bf16 autocast on a CUDA GPU with bf16 "
         "support, fp32 elsewhere",
     )  # fmt: skip

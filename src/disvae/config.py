@@ -123,6 +123,7 @@ class TrainConfig:
     compile_mode: str = "default"
 
 
+AMP_MODES = ("auto", "none", "bf16")  # train.amp and `disvae evaluate --amp`
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -395,7 +396,7 @@ def _check_values(cfg: RunConfig) -> None:
         raise UserError(f"train.nan_lr_factor must be at most 1, got {T.nan_lr_factor}")
     for key, value, choices in (
         ("lr_schedule", T.lr_schedule, ("none", "step", "cosine")),
-        ("amp", T.amp, ("auto", "none", "bf16")),
+        ("amp", T.amp, AMP_MODES),
         ("nan_check", T.nan_check, ("auto", "step", "deferred")),
         ("compile_mode", T.compile_mode, COMPILE_MODES),
     ):

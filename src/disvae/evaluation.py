@@ -189,8 +189,8 @@ def encode_amp(amp: str, device: torch.device) -> str:
     training (`disvae.training.accel.auto_amp`: bf16 on a CUDA GPU with bf16 support)."""
     from disvae.training.accel import auto_amp
 
-    if amp not in ("auto", "none", "bf16"):
-        raise C.UserError(f"amp must be 'auto', 'none' or 'bf16', not {amp!r}")
+    if amp not in C.AMP_MODES:
+        raise C.UserError(f"amp must be one of {', '.join(C.AMP_MODES)}, not {amp!r}")
     return auto_amp(amp, device)
 
 
