@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from disvae.data import DATASETS, ArrayDataset, DatasetInfo
 
@@ -43,3 +44,13 @@ def tiny_data() -> ArrayDataset:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's dataset cache."""
     monkeypatch.setenv("DISVAE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_cudnn(monkeypatch):
+    """On a GPU, the tests that compare two runs bit for bit (resume, validation) need cuDNN's
+    deterministic algorithms: every trainer turns the autotuner on, which may otherwise pick a
+    non-deterministic weight-gradient kernel. The autotuner then chooses among deterministic
+    ones only. (No effect on the CPU.)"""
+    if torch.cuda.is_available():
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)

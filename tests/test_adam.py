@@ -38,10 +38,16 @@ def _grads(net: torch.nn.Module, step: int) -> None:
 
 
 def _lockstep(steps: range, *pairs: tuple[torch.nn.Module, object]) -> None:
-    """The same gradients for each (net, optimizer) pair, then its step, for each step."""
+    """The same gradients for each (net, optimizer) pair, then its step, for each step. They
+    are computed once, on the first net, and copied: only the optimizers are compared (on a
+    GPU two backward passes of a convolution need not agree to the bit)."""
     for step in steps:
+        first = pairs[0][0]
+        _grads(first, step)
+        grads = [p.grad.clone() for p in first.parameters()]
         for net, opt in pairs:
-            _grads(net, step)
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.grad = g.clone()
             opt.step()
 
 

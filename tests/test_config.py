@@ -32,13 +32,28 @@ def test_rec_dist_defaults_to_dataset_and_scale_to_likelihood():
         (["loss=betaB", "beta=3"], "loss.beta is not used by loss 'betaB'"),
         (["rec_dist=poisson"], "unknown rec_dist"),
         (["loss=btcvae", "sampling=abc"], "loss.sampling must be mws or mss"),
-        (["steps=10", "epochs=2"], "not both"),
         (["val_fraction=1.5"], "data.val_fraction"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(UserError, match=message):
         C.resolve(C.apply_overrides(C.RunConfig(), overrides))
+
+
+def test_steps_and_epochs_a_later_source_replaces_the_other(tmp_path):
+    # betaH_mnist gives epochs = 100; --steps (or --set steps) after it must win, not clash.
+    preset = C.load_preset("betaH_mnist")
+    assert preset.train.epochs == 100.0 and preset.train.steps is None
+    cfg = C.resolve(C.apply_overrides(preset, ["steps=20"]))
+    assert (cfg.train.steps, cfg.train.epochs) == (20, None)
+    cfg = C.apply_overrides(cfg, ["epochs=0.5"])
+    assert (cfg.train.steps, cfg.train.epochs) == (None, 0.5)
+    # Clearing one leaves the other alone; one source that gives both is refused.
+    assert C.apply_overrides(preset, ["steps=none"]).train.epochs == 100.0
+    both = tmp_path / "both.toml"
+    both.write_text("[train]\nsteps = 10\nepochs = 2.0\n")
+    with pytest.raises(UserError, match="give train.steps or train.epochs, not both"):
+        C.resolve(C.load_file(both))
 
 
 def test_set_parses_toml_values_and_resolves_short_keys():

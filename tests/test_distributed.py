@@ -196,3 +196,28 @@ def test_collective_timeout_default_and_value(monkeypatch):
     assert _timeout() == timedelta(hours=1)
     monkeypatch.setenv("DISVAE_DIST_TIMEOUT", "90.5")
     assert _timeout() == timedelta(seconds=90.5)
+
+
+@pytest.mark.parametrize(
+    "requested, backend, device",
+    [("auto", "nccl", "cuda:1"), ("cuda", "nccl", "cuda:1"), ("cpu", "gloo", "cpu"),
+     ("mps", "gloo", "mps")],
+)  # fmt: skip
+def test_backend_and_device_follow_the_requested_device(monkeypatch, requested, backend, device):
+    # A machine with GPUs where the run asks for another device (e.g. `torchrun --nproc-per-node
+    # 2 -m disvae train --device cpu`) must not join over NCCL (which has no CPU collectives)
+    # nor pin rank 1 to a GPU that may not exist. Decided without a GPU: CUDA is faked.
+    from disvae.training import distributed
+
+    joined, pinned = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda b, **kw: joined.append(b))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    dist = distributed.from_environment(requested)
+    assert (dist.rank, dist.world) == (1, 2)
+    assert joined == [backend] and pinned == ([1] if backend == "nccl" else [])
+    assert distributed.device_for(dist, requested) == device

@@ -9,7 +9,9 @@ import torch
 
 from disvae import config as C
 from disvae import runs
+from disvae.errors import UserError
 from disvae.evaluation import evaluate
+from disvae.training import checkpoint as ckpt
 from disvae.training import train
 
 OBJECTIVES = ["vae", "betaH", "betaB", "factor", "btcvae"]
@@ -105,6 +107,29 @@ def test_load_run_while_training_uses_the_latest_checkpoint(tiny_data, tmp_path)
     assert cfg.loss.name == "vae" and not final_model.training
     for p, q in zip(final_model.parameters(), ckpt_model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_load_run_chooses_its_weights(tiny_data, tmp_path):
+    run = train(_cfg("vae", "steps=10", "checkpoint_every=5", "val_every=5", "val_images=64"),
+                tmp_path / "w", data=tiny_data, progress=False)  # fmt: skip
+    step5 = run / runs.CHECKPOINTS / "step_000000005.safetensors"
+    assert step5.is_file()
+
+    def weights_of(which):
+        return [p.detach().clone() for p in runs.load_run(run, weights=which).model.parameters()]
+
+    def same(a, b):
+        return all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+    final, latest, early = weights_of("final"), weights_of("latest"), weights_of(str(step5))
+    assert same(final, latest) and not same(final, early)  # the step-10 checkpoint is final
+    best_step = ckpt.load_state(run / runs.BEST)[1]["step"]
+    assert same(weights_of("best"), early if best_step == 5 else final)
+    with pytest.raises(UserError, match="give one of final, best, latest"):
+        runs.load_run(run, weights="newest")
+    (run / runs.BEST).unlink()
+    with pytest.raises(UserError, match="--val-every"):
+        runs.load_run(run, weights="best")
 
 
 def test_training_gif_frames_every_n_steps_and_after_resume(tiny_data, tmp_path):

@@ -53,6 +53,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_int_or_all(text: str) -> int | None:
+    """A positive integer, or ``all`` (None: no limit)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or all, got {text}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="disvae",
@@ -94,9 +104,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue RUN from its newest checkpoint; "
-        "only --steps/--epochs/--device/--log-every/--checkpoint-every, the validation and "
-        "the speed flags may change",
+        help="continue RUN from its newest checkpoint; only the length of training, the "
+        "device, the logging, checkpoint, snapshot, validation and metrics intervals and the "
+        "speed settings may change",
     )
     g.add_argument("--preset", help="a shipped config, e.g. betaB_dsprites (see --list-presets)")
     g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
@@ -144,8 +154,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--reg-anneal", type=int, help="steps of linear warm-up of the regulariser (0)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, help="optimisation steps (default 300000)")
-    g.add_argument("--epochs", type=float, help="passes over the training split, instead of steps")
+    length = g.add_mutually_exclusive_group()  # either replaces a preset's or config's other
+    length.add_argument("--steps", type=int, help="optimisation steps (default 300000)")
+    length.add_argument(
+        "--epochs", type=float, help="passes over the training split, instead of steps"
+    )
     g.add_argument("--batch-size", type=int, help="images per step (default 64)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
     g.add_argument("--seed", type=int, help="seed of weights, data order and sampling (1234)")
@@ -180,7 +193,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="steps between held-out losses (val/* in the log) and keeping the best weights "
         "in RUN/best.safetensors (default 0: never)",
     )  # fmt: skip
-    g.add_argument("--val-images", type=_positive_int, help="held-out images for --val-every")
+    g.add_argument(
+        "--val-images", type=_positive_int_or_all,
+        help="held-out images used by --val-every, or all (default 5000)",
+    )  # fmt: skip
     g = p.add_argument_group("speed")
     g.add_argument(
         "--amp", choices=AMP_MODES,
@@ -197,7 +213,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     g.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,
-        help="NHWC memory format (default: on CUDA)",
+        help="NHWC memory format (default: on CUDA and the CPU, off on MPS)",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
@@ -354,10 +370,6 @@ def _resume_config(args, flags, overrides):
             f"cannot change {fixed[0]} when resuming (it would be another run); "
             f"only {', '.join(sorted(RESUMABLE_KEYS))} may change"
         )
-    if "train.steps" in changes:
-        cfg = C.apply_overrides(cfg, ["train.epochs=none"])
-    if "train.epochs" in changes:
-        cfg = C.apply_overrides(cfg, ["train.steps=none"])
     cfg = C.apply_overrides(cfg, [f"{k}={_toml(v)}" for k, v in changes.items()])
     return cfg, run
 

@@ -113,7 +113,7 @@ class TrainConfig:
     grad_clip: float | None = None  # maximal global gradient norm (VAE and discriminator)
     val_every: int = 0  # steps between held-out losses (val/*) and best.safetensors (0: never)
     val_images: int | None = 5000  # held-out images used by val_every (None: all)
-    # Speed (training/accel.py): bf16 autocast (auto: on CUDA), NHWC (None: on CUDA), compile.
+    # Speed (training/accel.py): bf16 autocast (auto: on CUDA), NHWC (None: CUDA and CPU), compile.
     amp: str = "auto"  # auto | none | bf16
     channels_last: bool | None = None
     compile: bool = False
@@ -188,6 +188,12 @@ def _update(cfg: RunConfig, section: str, values: dict[str, Any], source: str) -
             valid = ", ".join(f.name for f in fields(cls))
             raise UserError(f"{source}: unknown key {section}.{key}; valid keys: {valid}")
         checked[key] = _check_type(value, hints[key], f"{section}.{key}", source)
+    if section == "train":
+        # The length of training is steps or epochs: a later source giving one replaces an
+        # earlier one's other (a preset's epochs, then --steps); one source giving both errs.
+        for key, other in (("steps", "epochs"), ("epochs", "steps")):
+            if checked.get(key) is not None and other not in checked:
+                checked[other] = None
     return replace(cfg, **{section: replace(getattr(cfg, section), **checked)})
 
 

@@ -169,15 +169,22 @@ class RunLock:
             self.run_dir.rmdir()
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
-    """The model and config of a run: final weights, or the latest checkpoint while it trains."""
-    model, cfg, _, _ = load_run_state(run_dir)
+def load_run(run_dir: str | Path, device: str = "cpu", weights: str = "final") -> LoadedRun:
+    """The model and config of a run. ``weights``: ``"final"`` (the final weights, or the newest
+    checkpoint while it trains), ``"best"`` (lowest held-out loss, from ``--val-every``),
+    ``"latest"`` (the newest good checkpoint) or the path of one of the run's checkpoints."""
+    model, cfg, _, _ = load_run_state(run_dir, weights)
     return LoadedRun(model.to(device).eval(), cfg)
 
 
-def load_run_state(run_dir: str | Path) -> tuple[Any, C.RunConfig, dict, dict]:
-    """(model, config, all saved tensors, metadata) of a run, from its final weights or else
-    its newest good checkpoint. The tensors include the discriminator of a FactorVAE run."""
+WEIGHTS = ("final", "best", "latest")
+
+
+def load_run_state(
+    run_dir: str | Path, weights: str = "final"
+) -> tuple[Any, C.RunConfig, dict, dict]:
+    """(model, config, all saved tensors, metadata) of a run, from the weights chosen by
+    ``weights`` (see `load_run`). The tensors include the discriminator of a FactorVAE run."""
     from disvae.models import build_model
     from disvae.training.checkpoint import load_latest, load_module_state, load_state
 
@@ -185,16 +192,25 @@ def load_run_state(run_dir: str | Path) -> tuple[Any, C.RunConfig, dict, dict]:
     cfg = read_config(run_dir)
     model = build_model(cfg.model, image_shape_of(run_dir), patches_of(run_dir))
     final = run_dir / MODEL
-    if final.is_file():
-        tensors, meta = load_state(final)
-        source = str(final)
-    else:
+    if weights == "latest" or (weights == "final" and not final.is_file()):
         latest = load_latest(run_dir / CHECKPOINTS)
         if latest is None:
-            raise UserError(f"{str(run_dir)!r} has no weights yet (no {MODEL}, no checkpoint)")
+            what = "no checkpoint" if weights == "latest" else f"no {MODEL}, no checkpoint"
+            raise UserError(f"{str(run_dir)!r} has no weights yet ({what})")
         tensors, meta, path = latest
-        source = str(path)
-    load_module_state("model", model, tensors, source)
+    else:
+        path = {"final": final, "best": run_dir / BEST}.get(weights, Path(weights))
+        if weights == "best" and not path.is_file():
+            raise UserError(
+                f"{str(run_dir)!r} has no {BEST}: it is written by training with --val-every N"
+            )
+        if not path.is_file():
+            raise UserError(
+                f"weights {weights!r}: no such file; give one of {', '.join(WEIGHTS)} or the "
+                "path of a .safetensors file of this run"
+            )
+        tensors, meta = load_state(path)
+    load_module_state("model", model, tensors, str(path))
     return model, cfg, tensors, meta
 
 

@@ -118,8 +118,9 @@ class Dist:
             torch.distributed.barrier()
 
 
-def from_environment() -> Dist:
-    """The `Dist` that ``torchrun`` describes in the environment; joins the process group.
+def from_environment(requested: str = "auto") -> Dist:
+    """The `Dist` that ``torchrun`` describes in the environment; joins the process group, with
+    NCCL when the run trains on CUDA (``requested`` is the run's ``--device``), else gloo.
 
     Without ``WORLD_SIZE`` (or with 1) this is a plain single-process run.
     """
@@ -130,7 +131,7 @@ def from_environment() -> Dist:
 
     rank = int(os.environ["RANK"])
     if not td.is_initialized():
-        cuda = torch.cuda.is_available()
+        cuda = _on_cuda(requested)
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         td.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
@@ -158,9 +159,14 @@ def _timeout():
         ) from None
 
 
+def _on_cuda(requested: str) -> bool:
+    """Whether a run asking for device ``requested`` trains on CUDA (auto: when present)."""
+    return torch.cuda.is_available() and (requested == "auto" or requested.startswith("cuda"))
+
+
 def device_for(dist: Dist, requested: str) -> str:
     """The device a rank trains on: ``cuda:LOCAL_RANK`` when CUDA is asked for (or auto)."""
-    if not dist.active or not torch.cuda.is_available() or requested == "cpu":
+    if not dist.active or not _on_cuda(requested):
         return requested
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 

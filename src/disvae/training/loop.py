@@ -375,7 +375,7 @@ def train(
     from disvae.utils import tune_allocator
 
     tune_allocator()
-    dist = distributed.from_environment()
+    dist = distributed.from_environment(cfg.train.device)
     try:
         return _train(cfg, Path(out).expanduser(), data, resume, overwrite, progress, dist)
     finally:
