@@ -278,6 +278,42 @@ def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
     assert all(torch.equal(o.logits, model(x).logits) for o in outs)
 
 
+class _FailingBackward(torch.autograd.Function):
+    """Identity forward whose backward fails, as a compiled backward can at its first use."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward kernel failed to compile")
+
+
+def test_a_compiled_backward_that_fails_falls_back_to_eager(tiny_data, tmp_path, monkeypatch):
+    def compiled_with_broken_backward(module, **kwargs):
+        def call(x, eps=None):
+            out = module(x, eps)
+            out.logits = _FailingBackward.apply(out.logits)
+            return out
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compiled_with_broken_backward)
+    with pytest.warns(RuntimeWarning, match="backward kernel failed") as caught:
+        run = train(_cfg("betaH", "steps=6", "compile=true"), tmp_path / "a", data=tiny_data,
+                    progress=False)  # fmt: skip
+    assert len(caught) == 1
+    log = _log(run)
+    assert log[-1]["step"] == 6 and log[-1]["skipped"] == 0
+    assert all(math.isfinite(r["loss"]) for r in log)
+    # Past its first calls a compiled model's errors are the run's own: they are raised.
+    monkeypatch.setattr(accel.ModelForward, "UNPROVEN_CALLS", 0)
+    with pytest.raises(RuntimeError, match="backward kernel failed"):
+        train(_cfg("betaH", "steps=2", "compile=true"), tmp_path / "b", data=tiny_data,
+              progress=False)  # fmt: skip
+
+
 def test_auto_settings_are_the_fast_path_on_cuda_only():
     cfg = C.TrainConfig()
     cpu = accel.resolve(cfg, torch.device("cpu"))

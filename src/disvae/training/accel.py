@@ -142,12 +142,27 @@ class ModelForward:
             "reduce-overhead",
             "max-autotune",
         )
+        self._calls = 0  # calls of the compiled model so far
         if accel.compile:
             mode = None if accel.compile_mode == "default" else accel.compile_mode
             try:
                 self._compiled = torch.compile(model, mode=mode)
             except Exception as e:  # noqa: BLE001 - any failure: eager
                 self._fall_back(e)
+
+    # The first calls compile (and, with CUDA graphs, record) the forward; AOTAutograd compiles
+    # the backward lazily at the first backward pass. Failures there may still fall back.
+    UNPROVEN_CALLS = 3
+
+    @property
+    def unproven(self) -> bool:
+        """Whether a failure now (in this forward or the backward of its output) may still be
+        the compiler's: compiled, and within its first `UNPROVEN_CALLS` calls."""
+        return self._compiled is not None and self._calls <= self.UNPROVEN_CALLS
+
+    def fall_back(self, e: Exception) -> None:
+        """Train eagerly from now on, after ``e`` came out of the compiled model's backward."""
+        self._fall_back(e)
 
     def _fall_back(self, e: Exception) -> None:
         warnings.warn(
@@ -168,6 +183,7 @@ class ModelForward:
                 try:
                     if self._graphs:
                         torch.compiler.cudagraph_mark_step_begin()
+                    self._calls += 1
                     out = self._compiled(x, eps)
                 except Exception as e:  # noqa: BLE001 - backend errors surface at first call
                     self._fall_back(e)

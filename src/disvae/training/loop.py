@@ -109,10 +109,16 @@ class Trainer(TrainerState, NonFiniteHandling):
         With the deferred check the skip happens on the device: the terms come back zeroed and
         `self.guard` counts the step until the next `flush_deferred`."""
         self.set_lr()
-        x = self.next_batch()
-        out = self.forward(x, self.noise())
-        result = compute_loss(out, x, self.step, self.cfg.loss, self.ctx)
-        ok = self._update(self.opt, self.model, result, "grad_norm")
+        x, noise = self.next_batch(), self.noise()
+        try:
+            out, result, ok = self._vae_update(x, noise)
+        except Exception as e:
+            if not self.forward.unproven:
+                raise
+            # The compiled backward failed (it is compiled at its first use): eager from here,
+            # this step again on the same batch.
+            self.forward.fall_back(e)
+            out, result, ok = self._vae_update(x, noise)
         if ok is False:
             return None
         terms = dict(result.terms)
@@ -131,6 +137,12 @@ class Trainer(TrainerState, NonFiniteHandling):
             self.guard.end_step(ok)
             terms = {k: torch.where(ok, v, 0.0) for k, v in terms.items()}
         return terms
+
+    def _vae_update(self, x: torch.Tensor, noise: torch.Tensor | None):
+        """Forward, objective and update of the VAE on batch ``x``: (output, loss, ok)."""
+        out = self.forward(x, noise)
+        result = compute_loss(out, x, self.step, self.cfg.loss, self.ctx)
+        return out, result, self._update(self.opt, self.model, result, "grad_norm")
 
     def _update(
         self,
