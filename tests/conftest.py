@@ -49,8 +49,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def _deterministic_cudnn(monkeypatch):
     """On a GPU, the tests that compare two runs bit for bit (resume, validation) need cuDNN's
-    deterministic algorithms: every trainer turns the autotuner on, which may otherwise pick a
-    non-deterministic weight-gradient kernel. The autotuner then chooses among deterministic
-    ones only. (No effect on the CPU.)"""
+    deterministic algorithms, which every trainer then respects (`accel.configure_backends`:
+    no autotuner, which could pick a non-deterministic kernel). No effect on the CPU."""
     if torch.cuda.is_available():
         monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)

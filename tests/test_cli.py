@@ -130,3 +130,20 @@ def test_resume_refuses_to_change_the_run(tmp_path, capsys):
 def test_evaluate_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a disvae run" in capsys.readouterr().err
+
+
+def test_import_disvae_is_light_and_reaches_its_subpackages():
+    # `import disvae` must not import torch (the CLI's --help stays fast); its subpackages are
+    # attributes on first use, as the README's Python example uses them.
+    code = (
+        "import sys, disvae\n"
+        "light = 'torch' not in sys.modules\n"
+        "print(light, disvae.config.load_preset('betaH_mnist').train.epochs,\n"
+        "      callable(disvae.data.load_data), callable(disvae.load_run))\n"
+        "try:\n    disvae.nope\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == [
+        "True 100.0 True True",
+        "module 'disvae' has no attribute 'nope'",
+    ]

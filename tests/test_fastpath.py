@@ -314,6 +314,35 @@ def test_a_compiled_backward_that_fails_falls_back_to_eager(tiny_data, tmp_path,
               progress=False)  # fmt: skip
 
 
+def test_deterministic_turns_the_autotuner_off_and_reaches_torch(tmp_path, monkeypatch):
+    # cuDNN's flags are plain process-wide settings: they can be set (and are restored here)
+    # without a GPU, so configure_backends is checked for a CUDA device on any machine. (It also
+    # allows cuBLAS TF32, as every CUDA trainer in the process does; nothing on the CPU.)
+    cudnn = torch.backends.cudnn
+    for name in ("deterministic", "benchmark", "allow_tf32"):
+        monkeypatch.setattr(cudnn, name, False)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda p: None)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *a, **k: calls.append(k))
+    cuda = torch.device("cuda")
+    accel.configure_backends(accel.Accel(cuda))
+    assert cudnn.benchmark and not cudnn.deterministic and not calls
+    assert cudnn.allow_tf32
+    accel.configure_backends(accel.Accel(cuda, deterministic=True))
+    assert cudnn.deterministic and not cudnn.benchmark and calls == [{"warn_only": True}]
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    # From the command line, into config.json; it may change on --resume.
+    run = tmp_path / "d"
+    common = ["--no-progress", "-q"]
+    assert main(["train", "--dataset", "dsprites_tiny", "--steps", "1", "--deterministic",
+                 "--out", str(run), *common]) == 0  # fmt: skip
+    assert json.loads((run / runs.CONFIG).read_text())["train"]["deterministic"] is True
+    assert main(["train", "--resume", str(run), "--steps", "2", "--no-deterministic",
+                 *common]) == 0  # fmt: skip
+    assert json.loads((run / runs.CONFIG).read_text())["train"]["deterministic"] is False
+
+
 def test_auto_settings_are_the_fast_path_on_cuda_only():
     cfg = C.TrainConfig()
     cpu = accel.resolve(cfg, torch.device("cpu"))

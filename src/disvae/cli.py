@@ -37,13 +37,14 @@ FLAG_KEYS = {
     "grad_clip": "train.grad_clip", "val_every": "train.val_every",
     "val_images": "train.val_images", "amp": "train.amp", "compile": "train.compile",
     "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
+    "deterministic": "train.deterministic",
 }  # fmt: skip
 # What may change when a run is resumed (everything else would make it a different run).
 RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
                   "train.eval_every", "train.eval_metrics", "train.val_every",
                   "train.val_images", "train.amp", "train.compile", "train.compile_mode",
-                  "train.channels_last", "train.nan_check"}  # fmt: skip
+                  "train.channels_last", "train.nan_check", "train.deterministic"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -214,6 +215,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,
         help="NHWC memory format (default: on CUDA and the CPU, off on MPS)",
+    )  # fmt: skip
+    g.add_argument(
+        "--deterministic", action=argparse.BooleanOptionalAction,
+        help="deterministic kernels only (cuDNN, torch.use_deterministic_algorithms), so a GPU "
+        "run is reproducible bit for bit; slower on a GPU (off)",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
 

@@ -121,6 +121,9 @@ class TrainConfig:
     # backward without launching each kernel from Python, for small models on a GPU) |
     # max-autotune | max-autotune-no-cudagraphs.
     compile_mode: str = "default"
+    # Deterministic kernels (cuDNN's deterministic algorithms, torch.use_deterministic_algorithms
+    # with warnings): a GPU run then resumes bit for bit, at some cost in speed.
+    deterministic: bool = False
 
 
 AMP_MODES = ("auto", "none", "bf16")  # train.amp and `disvae evaluate --amp`

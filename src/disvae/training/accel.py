@@ -17,12 +17,15 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
   the parameters per step (on 2 CPU cores 0.4 instead of 2.2 ms for the Burgess model, 4.2
   instead of 12.3 ms for FactorVAE's 5-million-parameter discriminator), by `FusedAdam`,
   which also spares start-up the ``torch._dynamo`` import of ``torch.optim`` (about 3 s).
-- **TF32** matmuls and convolutions and the cuDNN autotuner (CUDA; shapes are fixed).
+- **TF32** matmuls and convolutions and the cuDNN autotuner (CUDA; shapes are fixed). The
+  autotuner is off with ``deterministic = true``, which a GPU run needs to be reproducible bit
+  for bit.
 - **sync-free non-finite check** (``nan_check = "auto"``: on CUDA): see `DeferredGuard`.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -46,6 +49,7 @@ class Accel:
     compile_mode: str = "default"  # torch.compile's mode (TrainConfig.compile_mode)
     fused_adam: bool = False
     deferred_nan_check: bool = False
+    deterministic: bool = False
 
     def describe(self) -> dict[str, object]:
         """JSON-able summary for config.json / logs."""
@@ -57,6 +61,7 @@ class Accel:
             "compile_mode": self.compile_mode,
             "fused_adam": self.fused_adam,
             "nan_check": "deferred" if self.deferred_nan_check else "step",
+            "deterministic": self.deterministic,
         }
 
 
@@ -84,16 +89,31 @@ def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
         # The deferred check skips updates through fused Adam's `found_inf` argument.
         fused_adam=device.type in ("cuda", "cpu") or deferred,
         deferred_nan_check=deferred,
+        deterministic=cfg.deterministic,
     )
 
 
 def configure_backends(accel: Accel) -> None:
-    """Allow TF32 and cuDNN autotuning on CUDA (process-wide settings, as every trainer does)."""
+    """Allow TF32 and cuDNN autotuning on CUDA; with ``deterministic``, deterministic kernels
+    only. Process-wide settings, as every trainer makes them; a deterministic run's stay on.
+
+    The autotuner times the convolution algorithms in each process and keeps the fastest, which
+    may differ between processes and may be non-deterministic (atomic adds in the weight
+    gradient): two runs then agree to float rounding only. ``deterministic`` (or
+    `torch.backends.cudnn.deterministic` set by the user in the process) turns the autotuner off
+    and asks cuDNN for deterministic algorithms; other non-deterministic operations warn, and
+    cuBLAS gets the fixed workspace that ``CUBLAS_WORKSPACE_CONFIG`` must set before its first
+    use (PyTorch's reproducibility notes).
+    """
+    if accel.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if accel.device.type != "cuda":
         return
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not torch.backends.cudnn.deterministic
     torch.set_float32_matmul_precision("high")
 
 
