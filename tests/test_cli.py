@@ -42,6 +42,12 @@ def test_train_evaluate_resume_round(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "recon" in out and "capacity" in out
     assert json.loads((run / "eval_losses.json").read_text())["step"] == 20
+    # Resuming behind the run's step is refused; resuming a finished run changes nothing.
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["train", "--resume", str(run), "--steps", "10", "--no-progress"]) == 2
+    assert "already at step 20, past the 10 steps" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_preset_with_set_override(tmp_path):
@@ -72,6 +78,10 @@ BAD_INPUT = [
     (["--latent-dim", "0"], "model.latent_dim must be positive"),
     (["--set", "bogus=1"], "unknown config key 'bogus'"),
     (["--loss", "betaB", "--beta", "2"], "not used by loss 'betaB'"),
+    (["--loss", "betaH", "--beta", "inf"], "command line: loss.beta must be a finite number"),
+    (["--subset", "0"], "argument --subset: must be a positive integer, got 0"),  # argparse's
+    (["--steps", "3", "--epochs", "1"], "not allowed with argument --steps"),
+    (["--val-images", "some"], "must be a positive integer or all"),
 ]
 
 
@@ -116,6 +126,28 @@ def test_overwrite_replaces_a_run(tmp_path, capsys):
     assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "5",
                  "--loss", "betaH"]) == 0  # fmt: skip
     assert json.loads((run / "config.json").read_text())["loss"]["name"] == "betaH"
+    # Everything derived from the old model goes with it (a report must not show its metrics);
+    # the user's own files stay.
+    for name in ("metrics.json", "report.html", "plots/kl.png", "notes.txt"):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("old")
+    assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "5",
+                 "--loss", "vae"]) == 0  # fmt: skip
+    left = {p.name for p in run.iterdir()}
+    assert "notes.txt" in left and not left & {"metrics.json", "report.html", "plots"}
+
+
+def test_overwrite_refuses_a_directory_of_another_tool(tmp_path, capsys):
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text('{"architectures": ["BertModel"]}')
+    (other / "pytorch_model.bin").write_bytes(b"weights")
+    assert main(["train", "--out", str(other), "--overwrite", *TINY, "--steps", "2"]) == 2
+    assert "not a disvae run" in capsys.readouterr().err
+    assert (other / "config.json").read_text() == '{"architectures": ["BertModel"]}'
+    assert main(["train", "--resume", str(other)]) == 2
+    assert "not a disvae run" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["config.json", "pytorch_model.bin"]
 
 
 def test_resume_refuses_to_change_the_run(tmp_path, capsys):
@@ -147,3 +179,24 @@ def test_import_disvae_is_light_and_reaches_its_subpackages():
         "True 100.0 True True",
         "module 'disvae' has no attribute 'nope'",
     ]
+
+
+def test_warnings_and_unwritable_files_are_one_line(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "4", "--checkpoint-every", "2"]) == 0
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # torn: resume warns and takes the one before
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "6"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warned = [ln for ln in err if "Warning" in ln or "warning:" in ln]
+    assert warned and all(ln.startswith("disvae: warning: ") for ln in warned), err
+    import disvae.evaluation
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(run / "eval_losses.json"))
+
+    monkeypatch.setattr(disvae.evaluation, "evaluate", denied)
+    assert main(["evaluate", str(run)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "permission denied on" in lines[0] and "eval_losses.json" in lines[0]

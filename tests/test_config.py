@@ -33,6 +33,9 @@ def test_rec_dist_defaults_to_dataset_and_scale_to_likelihood():
         (["rec_dist=poisson"], "unknown rec_dist"),
         (["loss=btcvae", "sampling=abc"], "loss.sampling must be mws or mss"),
         (["val_fraction=1.5"], "data.val_fraction"),
+        (["loss=betaH", "beta=inf"], "--set: loss.beta must be a finite number, got inf"),
+        (["lr=nan"], "train.lr must be a finite number"),
+        (["split_seed=-1"], "data.split_seed must be non-negative"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
@@ -118,3 +121,12 @@ def test_total_steps_from_epochs():
     assert C.total_steps(t, 1000) == 200
     assert C.total_steps(C.TrainConfig(steps=7), 1000) == 7
     assert C.total_steps(C.TrainConfig(), 1000) == C.DEFAULT_STEPS
+
+
+def test_config_file_that_is_a_directory_or_not_a_table(tmp_path):
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object of sections"):
+        C.load_file(listed)
+    with pytest.raises(UserError, match="is a directory"):
+        C.load_file(tmp_path)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,8 +66,16 @@ def _positive_int_or_all(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"must be a positive integer or all, got {text}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line (the project's rule for bad input), pointing at --help instead of
+    printing the usage, which runs to 25 lines for `disvae train`; exit code 2 as argparse's."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="disvae",
         description="Train, evaluate and look at disentangling VAEs (VAE, beta-VAE_H, "
         "beta-VAE_B, FactorVAE, beta-TCVAE).",
@@ -336,7 +346,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = C.load_preset(args.preset, cfg)
         if hasattr(args, "config"):
             cfg = C.load_file(args.config, cfg)
-        cfg = C.apply_overrides(cfg, [f"{k}={_toml(v)}" for k, v in flags.items()])
+        cfg = C.apply_overrides(
+            cfg, [f"{k}={_toml(v)}" for k, v in flags.items()], source="command line"
+        )
         cfg = C.apply_overrides(cfg, overrides)
         out = Path(getattr(args, "out", None) or _default_out(cfg))
     from disvae.training import train
@@ -351,7 +363,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         _print_summary(run, time.perf_counter() - t0)
-    return 0
+    from disvae import runs
+    from disvae.training import runtime
+
+    if (run / runs.MODEL).is_file():
+        return 0
+    # Stopped by Ctrl-C or SIGTERM after its checkpoint: not a success, so that
+    # `disvae train ... && disvae evaluate ...` does not go on with an unfinished run.
+    return 128 + (runtime.last_stop_signal or signal.SIGINT)
 
 
 def _resume_config(args, flags, overrides):
@@ -381,8 +400,13 @@ def _resume_config(args, flags, overrides):
 
 
 def _toml(value: object) -> str:
+    """A flag's value as a TOML value for `apply_overrides` (inf and nan as TOML spells them,
+    so that the config's check names them)."""
     import json
+    import math
 
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf, nan: TOML's own literals
     return "none" if value is None else json.dumps(value)
 
 
@@ -491,18 +515,35 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"disvae: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a flag it rejects (2): the same code
+        return e.code if isinstance(e.code, int) else 2
     debug = getattr(args, "debug", False)
     _setup_logging(quiet=getattr(args, "quiet", False), debug=debug)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            if not debug:  # one line each, without Python's source-line echo
+                warnings.showwarning = _show_warning
+            return args.func(args)
     except UserError as e:
         if debug:
             raise
         print(f"disvae: error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        if debug:
+            raise
+        where = f" on {e.filename!r}" if e.filename else ""
+        print(f"disvae: error: permission denied{where}; make it writable (or readable) "
+              "for this user, or choose another directory", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("disvae: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -216,6 +217,8 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{source}: {key} must be a finite number, got {value}")
             return float(value)
         if t is str and isinstance(value, str):
             return value
@@ -234,11 +237,15 @@ def _type_name(t: Any) -> str:
 def load_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     """Read a TOML or JSON config file (sections data/model/loss/train)."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file {str(p)!r} is a directory; pass a .toml or .json file")
     if not p.is_file():
         raise UserError(f"config file {str(p)!r} not found; pass the path of a .toml or .json file")
     try:
         if p.suffix == ".json":
             d = json.loads(p.read_text())
+            if not isinstance(d, dict):
+                raise UserError(f"config file {str(p)!r}: expected a JSON object of sections")
             d = {k: v for k, v in d.items() if k in _SECTION_TYPES}  # config.json carries versions
         else:
             d = tomllib.loads(p.read_text())
@@ -266,7 +273,7 @@ def load_preset(name: str, base: RunConfig | None = None) -> RunConfig:
     return from_dict(tomllib.loads(preset_text(name)), base, source=f"preset {name}")
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+def apply_overrides(cfg: RunConfig, overrides: list[str], source: str = "--set") -> RunConfig:
     """Apply ``key=value`` strings; ``key`` is ``section.name`` or a unique ``name`` (``lr``);
     ``loss`` and ``dataset`` stand for ``loss.name`` and ``data.name``.
 
@@ -278,7 +285,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set lr=5e-4")
         section, name = resolve_key(key.strip())
-        cfg = _update(cfg, section, {name: parse_value(raw.strip())}, source="--set")
+        cfg = _update(cfg, section, {name: parse_value(raw.strip())}, source=source)
     return cfg
 
 
@@ -389,6 +396,7 @@ def _check_values(cfg: RunConfig) -> None:
         ("loss.c_steps", L.c_steps),
         ("loss.reg_anneal", L.reg_anneal),
         ("train.seed", T.seed),
+        ("data.split_seed", D.split_seed),
         ("train.nan_rollbacks", T.nan_rollbacks),
         ("train.snapshot_every", T.snapshot_every),
         ("train.eval_every", T.eval_every),

@@ -45,8 +45,11 @@ def read_config(run_dir: str | Path) -> C.RunConfig:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{str(path)!r} is not valid JSON; the run directory is damaged") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{str(path)!r} is not a disvae config")
+    if not isinstance(d, dict) or not all(k in d for k in C.SECTIONS):
+        raise UserError(
+            f"{str(path)!r} is not a disvae run's config (a run's has the sections "
+            f"{', '.join(C.SECTIONS)}); pass a directory written by `disvae train`"
+        )
     return C.from_dict({k: v for k, v in d.items() if k in C.SECTIONS}, source=str(path))
 
 
@@ -73,11 +76,13 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
                 f"--out {str(out)!r} is not empty; pass --resume {out} to continue it, "
                 "--overwrite to replace it, or choose another --out"
             )
-        if not (out / CONFIG).is_file():
+        try:
+            read_config(out)
+        except UserError:
             raise UserError(
                 f"--out {str(out)!r} is not empty and is not a disvae run; --overwrite only "
                 "replaces runs, choose another --out"
-            )
+            ) from None
     return out
 
 
@@ -98,12 +103,32 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+# Everything a run and the commands on it write (evaluate --metrics, plot, report), which
+# --overwrite removes: files, then directories. Other files in the directory are left alone.
+_PRODUCT_FILES = (*_RUN_FILES, "metrics.json", "report.html", "training.gif")
+_PRODUCT_DIRS = (CHECKPOINTS, "training_frames", "plots")
+
+
 def _remove_run_files(out: Path) -> None:
-    for name in _RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    for p in out.glob("events.out.tfevents.*"):
-        p.unlink()
+    """Remove the previous run in ``out`` (checkpoints first, config.json last: a removal that
+    fails midway leaves nothing a --resume could mistake for the old run's state)."""
+    doomed = [
+        *(out / d for d in _PRODUCT_DIRS),
+        *out.glob("events.out.tfevents.*"),
+        *(out / f for f in _PRODUCT_FILES if f != CONFIG),
+        out / CONFIG,
+    ]
+    for path in doomed:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"--overwrite: cannot remove {str(path)!r} of the previous run ({e.strerror}); "
+                "fix its permissions or choose another --out"
+            ) from None
 
 
 class RunLock:

@@ -31,11 +31,11 @@ def postfix(record: dict[str, Any]) -> dict[str, str]:
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a resume starts from) and a
-    last line torn by a crash."""
+    """Drop log lines past ``step`` (written after the checkpoint a resume starts from), a last
+    line torn by a crash, and lines that are not JSON (e.g. garbled bytes)."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
     kept = []
     for line in lines:
         try:

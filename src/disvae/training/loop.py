@@ -417,6 +417,16 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         trainer = Trainer(cfg, out, data, dist)
         if resume:
             trainer.restore()
+            if trainer.step > trainer.total_steps:
+                raise UserError(
+                    f"{str(out)!r} is already at step {trainer.step}, past the "
+                    f"{trainer.total_steps} steps asked for; give --steps (or --epochs) beyond "
+                    "it to train on"
+                )
+            finished = dist.main_says((out / runs.MODEL).is_file(), trainer.device)
+            if trainer.step == trainer.total_steps and finished:
+                log.info("%s already finished its %d steps; nothing to do", out, trainer.step)
+                return out
         record = runs.config_record(cfg)
         record["image_shape"] = list(data.image_shape)
         record["patches"] = list(getattr(data.info, "patches", ()))

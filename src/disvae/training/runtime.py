@@ -36,6 +36,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# The signal that last stopped a training in this process (the CLI's exit status: 128 + it).
+last_stop_signal: int | None = None
+
+
 @contextmanager
 def stop_on_signals(trainer: Any) -> Iterator[None]:
     """SIGINT/SIGTERM finish the current step, write a checkpoint and stop cleanly."""
@@ -44,8 +48,10 @@ def stop_on_signals(trainer: Any) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        global last_stop_signal
         log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
         trainer._stop_requested = True
+        last_stop_signal = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
