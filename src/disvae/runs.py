@@ -244,7 +244,10 @@ def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
     d = json.loads((Path(run_dir) / CONFIG).read_text())
     shape = d.get("image_shape")
     if not (isinstance(shape, list) and len(shape) == 3):
-        raise UserError(f"{str(run_dir)!r}: config.json lacks image_shape; the run is damaged")
+        raise UserError(
+            f"{str(run_dir)!r}: config.json's image_shape is missing or not [channels, height, "
+            "width]; the run is damaged"
+        )
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 

@@ -106,7 +106,8 @@ def load_module_state(
     if bad or extra:
         raise CheckpointError(
             f"{source} holds a different architecture ({len(bad)} missing or mis-shaped, "
-            f"{len(extra)} unexpected tensors in {prefix!r}); check --arch and --latent-dim"
+            f"{len(extra)} unexpected tensors in {prefix!r}) than the run's config.json "
+            "describes (model.arch, latent_dim, ...): the weights are not this run's"
         )
     module.load_state_dict(state)
 
