@@ -282,3 +282,126 @@ def test_results_written_before_anything_runs(tmp_path):
     assert {r["status"] for r in read_results(tmp_path)} == {"pending"}
     spec = json.loads((todo[0] / S.SPEC).read_text())
     assert spec["params"] == {"loss.beta": 1} and spec["config"]["train"]["seed"] == 0
+
+
+# --------------------------------------------------------------------------- bad input
+
+BROKEN = """
+[base.data]
+path = "/nonexistent/dsprites.npz"
+[[methods]]
+loss = "betaH"
+"""  # a run of it would fail at once (no data); the checks below must refuse before any
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """``disvae sweep ARGS``: the exit code and stderr, which must be one line, no traceback."""
+    from disvae.cli import main
+
+    capsys.readouterr()
+    code = main(["sweep", *args, "--no-progress"])
+    err = capsys.readouterr().err
+    if code == 2:
+        assert "Traceback" not in err and err.startswith("disvae: error: ") and err.count("\n") == 1
+    return code, err
+
+
+def _snapshot(path):
+    return {p.relative_to(path): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({runs.CONFIG: "{}", runs.MODEL: "weights", "metrics.json": "{}"}, "training run"),
+        ({"notes.txt": "mine", "data/x.npz": "x"}, "not empty"),
+    ],
+)
+def test_sweep_refuses_an_out_that_is_a_run_or_other_files(tmp_path, capsys, files, needle,
+                                                           dry_run):  # fmt: skip
+    out = tmp_path / "out"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = _snapshot(out)
+    args = [str(_write(tmp_path, BROKEN)), "--out", str(out)] + ["--dry-run"] * dry_run
+    code, err = _cli(capsys, *args)
+    assert code == 2 and needle in err and "--out" in err
+    assert _snapshot(out) == before  # nothing written, nothing touched
+
+
+def test_sweep_resumes_only_into_its_own_directory(tmp_path, capsys):
+    from disvae.sweep.runner import prepare
+
+    out = tmp_path / "out"
+    assert len(prepare(load_sweep("tiny"), out)) == 4
+    before = _snapshot(out)
+    other = _write(tmp_path, BROKEN, "other.toml")
+    for extra in ([], ["--dry-run"]):
+        code, err = _cli(capsys, str(other), "--out", str(out), *extra)
+        assert code == 2 and "sweep 'tiny', not 'other'" in err
+    assert _snapshot(out) == before
+    assert _cli(capsys, "tiny", "--out", str(out), "--dry-run")[0] == 0
+    assert len(prepare(load_sweep("tiny"), out)) == 4  # the same sweep resumes
+    (out / S.META).unlink()  # a sweep directory made before sweep.json resumes too
+    assert len(prepare(load_sweep("tiny"), out)) == 4 and (out / S.META).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(prepare(load_sweep("tiny"), empty)) == 4  # an empty directory is fine
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", "", "two words"])
+def test_sweep_name_must_be_a_plain_name(tmp_path, capsys, monkeypatch, name):
+    cwd = tmp_path / "a" / "b" / "c"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    path = _write(tmp_path, f"name = {json.dumps(name)}\n" + BROKEN)
+    code, err = _cli(capsys, str(path), "--dry-run")
+    assert code == 2 and "not a plain sweep name" in err and str(path) in err
+    assert _cli(capsys, str(path))[0] == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "c", "study.toml"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("seeds = [0, 1, 0]", "seeds has 0 twice"),
+        ('[grid]\n"loss.beta" = [1, 4, 1.0]', "loss.beta has 1.0 twice"),
+        ('[[methods]]\nloss = "betaH"\ngrid = { "lr" = [1e-3, 1e-3] }', "lr has 0.001 twice"),
+    ],
+)
+def test_duplicate_seeds_or_grid_values_are_refused(tmp_path, capsys, body, needle):
+    code, err = _cli(capsys, str(_write(tmp_path, body)), "--dry-run")
+    assert code == 2 and needle in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--cpus-per-run", "-1"],
+        ["--cpus-per-run", "0"],
+        ["--cpus-per-run", "nan"],
+        ["--gpus-per-run", "-1"],
+        ["--backend", "ray", "--cpus-per-run", "-1"],
+        ["--backend", "ray", "--gpus-per-run", "-0.5"],
+    ],
+)
+def test_bad_resources_per_run_are_refused(tmp_path, capsys, args):
+    out = tmp_path / "out"
+    code, err = _cli(capsys, str(_write(tmp_path, BROKEN)), "--out", str(out), *args)
+    flag = args[-2]
+    assert code == 2 and f"{flag} must be a number" in err and not out.exists()
+    assert _cli(capsys, str(_write(tmp_path, BROKEN)), "--dry-run", *args)[0] == 2
+    from disvae.sweep.runner import check_resources
+
+    check_resources(0.5, 0.25)  # fractions are fine
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_out_that_is_a_file_is_refused_even_on_dry_run(tmp_path, capsys, dry_run):
+    path = tmp_path / "results.csv"
+    path.write_text("mine\n")
+    code, err = _cli(capsys, "tiny", "--out", str(path), *["--dry-run"] * dry_run)
+    assert code == 2 and "is a file" in err and path.read_text() == "mine\n"

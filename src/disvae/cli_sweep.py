@@ -18,7 +18,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("sweep", metavar="FILE", help="sweep file, shipped sweep name or sweep dir")
-    p.add_argument("--out", help="sweep directory (default: sweeps/out/<sweep name>)")
+    p.add_argument(
+        "--out", help="sweep directory: new, empty or this sweep's own (default: sweeps/out/<name>)"
+    )
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs go")
     p.add_argument("--address", help="Ray cluster address (e.g. auto); default: a local Ray")
@@ -40,9 +42,11 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from disvae import sweep as SW
+    from disvae.sweep.runner import check_resources
 
-    if args.dry_run:
-        for run in SW.expand_only(args.sweep, args.overrides):
+    check_resources(args.cpus_per_run, args.gpus_per_run)
+    if args.dry_run:  # --out is checked too: a dry run says what the real one would refuse
+        for run in SW.expand_only(args.sweep, args.overrides, args.out):
             print(run.name)
         return 0
     if args.status:

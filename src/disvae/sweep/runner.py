@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -73,6 +74,7 @@ def run_sweep(
         raise UserError(f"unknown backend {backend!r}; choose local or ray")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    check_resources(cpus_per_run, gpus_per_run)
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
     out = Path(out) if out is not None else DEFAULT_ROOT / sw.name
     todo = prepare(sw, out, retry_failed)
@@ -96,10 +98,18 @@ def run_sweep(
 
 def prepare(sw: Sweep, out: Path, retry_failed: bool = False) -> list[Path]:
     """Write the sweep's directory (new runs' specs, the sweep file) and return the slots to
-    execute. A run whose saved spec differs from the file's is an error naming it."""
+    execute. A run whose saved spec differs from the file's is an error naming it; an ``out``
+    that is not new, empty or this sweep's own directory is refused (see `check_out`)."""
+    out = check_out(out, sw)
     root = out / S.RUNS
+    fresh = not S.is_sweep_dir(out)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / S.META).is_file():
+            atomic_write_json(out / S.META, {"name": sw.name, "source": sw.source})
+        if fresh:  # the sweep file first: from here on the directory is recognised as a sweep's
+            atomic_write_bytes(out / S.SWEEP_FILE, sw.text.encode())
+        root.mkdir(exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to --out {str(out)!r}: {e.strerror}") from None
     todo = []
@@ -129,6 +139,66 @@ def prepare(sw: Sweep, out: Path, retry_failed: bool = False) -> list[Path]:
     atomic_write_bytes(out / S.SWEEP_FILE, sw.text.encode())
     write_results(out)
     return todo
+
+
+def check_out(out: str | Path, sw: Sweep) -> Path:
+    """Refuse an ``out`` that is a file, a disvae training run, a non-empty directory of other
+    files or another sweep's directory: only a new or empty directory, or this sweep's own (to
+    resume it), is written into. Reads only."""
+    out = Path(out).expanduser()
+    where = f"--out {str(out)!r}"
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"{where} is a file; choose a directory (a new or empty one, or the sweep's own "
+            "directory to resume it)"
+        )
+    if not out.is_dir():
+        return out
+    if S.is_sweep_dir(out) or (out / S.META).is_file():
+        other = _sweep_name(out)
+        if other is not None and other != sw.name:
+            raise UserError(
+                f"{where} is the directory of sweep {other!r}, not {sw.name!r}; choose another "
+                "--out (a sweep resumes only into its own directory)"
+            )
+        return out
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return out
+    if (out / runs.CONFIG).is_file() or (out / runs.MODEL).is_file():
+        raise UserError(
+            f"{where} is a disvae training run, not a sweep directory; choose a new or empty "
+            "--out for the sweep (the run is left as it is)"
+        )
+    raise UserError(
+        f"{where} is not empty ({entries[0]!r}, ...) and is not a sweep directory (no "
+        f"{S.SWEEP_FILE}); choose a new or empty --out, or the sweep's own directory to resume it"
+    )
+
+
+def _sweep_name(out: Path) -> str | None:
+    """The name of the sweep in directory ``out``, when it is known."""
+    name = S.read_json(out / S.META).get("name")
+    if isinstance(name, str):
+        return name
+    try:  # a sweep directory made before sweep.json: the name its sweep file declares, if any
+        from disvae.sweep.spec import tomllib
+
+        name = tomllib.loads((out / S.SWEEP_FILE).read_text()).get("name")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_resources(cpus_per_run: float, gpus_per_run: float) -> None:
+    """Refuse what a run cannot reserve: CPUs must be > 0, GPUs >= 0 (fractions allowed)."""
+    for flag, value, low, ok in (
+        ("--cpus-per-run", cpus_per_run, "> 0 (e.g. 1 or 0.5)", lambda v: v > 0),
+        ("--gpus-per-run", gpus_per_run, ">= 0 (e.g. 0, 1 or 0.5)", lambda v: v >= 0),
+    ):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and ok(value)):
+            raise UserError(f"{flag} must be a number {low}, got {value}")
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
@@ -232,10 +302,13 @@ def _run_ray(
     ray = import_ray()
     from disvae.sweep.worker import execute_run, one_line
 
+    try:
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_run)
+    except (TypeError, ValueError) as e:  # what Ray refuses beyond `check_resources`
+        raise UserError(f"--cpus-per-run {cpus} / --gpus-per-run {gpus}: Ray: {e}") from None
     own = not ray.is_initialized()
     if own:
         ray.init(address=address, log_to_driver=False)
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_run)
     refs = {task.remote(str(slot.resolve())): slot for slot in slots}
     pending = list(refs)
     try:
@@ -323,6 +396,12 @@ def sweep_status(out: str | Path) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
-def expand_only(sweep: str | Path, overrides: list[str] | None = None) -> list[RunSpec]:
-    """The runs a sweep file expands into (checked), without running anything."""
-    return load_sweep(sweep, overrides).runs
+def expand_only(
+    sweep: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
+) -> list[RunSpec]:
+    """The runs a sweep file expands into (checked), without running anything; with ``out``,
+    also checks that the sweep could be written there (`check_out`), which a run would do."""
+    sw = load_sweep(sweep, overrides)
+    if out is not None:
+        check_out(out, sw)
+    return sw.runs

@@ -122,9 +122,27 @@ def load_sweep(name_or_path: str | Path, overrides: list[str] | None = None) -> 
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{source} is not valid TOML: {e}") from None
-    default = Path(str(name_or_path)).stem if Path(str(name_or_path)).suffix else name_or_path
-    name = str(doc.get("name", default))
+    given = Path(str(name_or_path))
+    name = _check_name(doc["name"] if "name" in doc else given.stem, source, "name" in doc)
     return Sweep(name, source, text, expand(doc, source, overrides or []))
+
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _check_name(name: Any, source: str, explicit: bool) -> str:
+    """The sweep's name, which names its directory (``sweeps/out/<name>``): a plain name."""
+    text = str(name)
+    if explicit and isinstance(name, str) and _NAME.fullmatch(name) and name not in (".", ".."):
+        return text
+    if not explicit and text not in ("", ".", "..") and not re.search(r"[/\\]", text):
+        return text
+    what = f"name {name!r}" if explicit else f"the file name {text!r} (the default name)"
+    raise UserError(
+        f"{source}: {what} is not a plain sweep name; use letters, digits, '-', '_' and '.' "
+        "(no path separators, not '.' or '..'), e.g. name = \"beta_study\"; choose where the "
+        "sweep goes with --out"
+    )
 
 
 # --------------------------------------------------------------------------- expansion
@@ -136,6 +154,7 @@ def expand(doc: dict[str, Any], source: str, overrides: list[str] | None = None)
     seeds = doc.get("seeds", [None])
     if "seeds" in doc and not (isinstance(seeds, list) and seeds and all(map(_is_int, seeds))):
         raise UserError(f"{source}: seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
+    _check_unique(seeds, source, "seeds")
     seed = doc.get("seed", 0)
     evaluate = _eval_spec(doc.get("evaluate", {}), source)
     imports = tuple(doc.get("imports", ()))
@@ -186,6 +205,7 @@ def _points(grid: dict, shared: list[dict], own: list[dict], source: str, where:
     for key in keys:
         if not isinstance(grid[key], list) or not grid[key]:
             raise UserError(f"{source}: {where} grid: {key} must be a non-empty list of values")
+        _check_unique(grid[key], source, f"{where} grid: {key}")
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
     for combo in combos:
         for a in shared or [{}]:
@@ -333,6 +353,16 @@ def _check_keys(d: dict, allowed: set[str], source: str, where: str) -> None:
             f"{source}: unknown key {unknown[0]!r} in {where}; valid keys: "
             f"{', '.join(sorted(allowed))}"
         )
+
+
+def _check_unique(values: list, source: str, what: str) -> None:
+    """Refuse a list with a value twice (it would make the same run twice)."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise UserError(
+                f"{source}: {what} has {value!r} twice; list each value once (a repeated "
+                "value would train the same run twice)"
+            )
 
 
 def _is_int(x: Any) -> bool:

@@ -1,6 +1,7 @@
 """The sweep directory on disk: one slot per run with its spec, state and run directory.
 
 OUT/sweep.toml               the sweep file as it was run (read back by --status and report)
+OUT/sweep.json               the sweep's name and source (a resume must be of the same sweep)
 OUT/sweep_results.csv        one row per run (see `disvae.sweep.results`)
 OUT/report.html              the sweep's page (``disvae report OUT``)
 OUT/runs/NAME/spec.json      the run's name, method, swept values, seed, config, evaluation
@@ -26,6 +27,7 @@ from disvae.errors import UserError
 from disvae.utils import atomic_write_json
 
 SWEEP_FILE = "sweep.toml"
+META = "sweep.json"
 RESULTS = "sweep_results.csv"
 RUNS = "runs"
 SPEC = "spec.json"
