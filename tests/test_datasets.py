@@ -24,6 +24,7 @@ from disvae.data import (
     load_dataset,
     shapes3d,
 )
+from disvae.data.base import DatasetInfo
 from disvae.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -95,6 +96,16 @@ def test_idx_errors_name_the_problem_and_the_source(tmp_path: Path) -> None:
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="cannot be read"):
         load_dataset("mnist", str(tmp_path))
+
+
+def test_idx_files_with_no_images_are_a_one_line_error(tmp_path: Path, capsys) -> None:
+    from disvae import cli
+
+    write_idx(tmp_path / "train-images-idx3-ubyte", 2051, np.zeros((0, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", 2049, np.zeros(0))
+    assert cli.main(["data", "info", "mnist", "--data-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte: holds no images" in err
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -330,6 +341,38 @@ def test_stacked_index_errors(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(DataError, match="not readable JSON"):
         load_dataset("stacked", str(tmp_path / "index.json"))
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_stacked_index_without_factors_is_a_dataset_without_factors(tmp_path, fmt, capsys):
+    from disvae import cli
+    from disvae.evaluation import factor_kind
+
+    make_stacked(tmp_path, n=3)
+    index = json.loads((tmp_path / "index.json").read_text())
+    if fmt == "json":
+        index["factors"] = []
+        for sample in index["samples"]:
+            sample["factors"] = {}
+        (tmp_path / "index.json").write_text(json.dumps(index))
+    else:
+        (tmp_path / "index.json").unlink()
+        rows = ["image,patch:face"] + [f"{s['image']}," for s in index["samples"]]
+        (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    data = load_dataset("stacked", str(tmp_path), img_size=32, workers=1)
+    assert len(data) == 3 and factor_kind(data) == "none"
+    assert describe("stacked", str(tmp_path), img_size=32)["factors"] == {}
+    assert cli.main(["data", "info", "stacked", "--data-path", str(tmp_path)]) == 0
+    assert "factors:    none" in capsys.readouterr().out
+
+
+def test_labeled_dataset_with_no_images_or_no_factors() -> None:
+    info = DatasetInfo("x", (1, 4, 4), "bernoulli")
+    empty = LabeledDataset(np.zeros((0, 1, 4, 4), np.uint8), info, False, ("a",), np.zeros((0, 1)),
+                           [True])  # fmt: skip
+    assert empty.factors.shape == (0, 1)
+    none = LabeledDataset(np.zeros((2, 1, 4, 4), np.uint8), info, False, (), np.zeros((2, 0)), [])
+    assert none.factors.shape == (2, 0) and none.n_classes == ()
 
 
 # ----------------------------------------------------------------------------- plumbing

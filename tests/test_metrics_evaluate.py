@@ -159,3 +159,44 @@ def test_bf16_encoding_is_close_to_fp32_and_recorded(run):
     mu16, _, _ = _encode_points(model, small_grid(), index, None, 64, lambda n: None, "bf16")
     err = np.abs(mu16 - mu32).max() / np.abs(mu32).max()
     assert 1e-5 < err < 3e-2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--metrics", "mig", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+        (["--metrics", "mig_chen", "--n-samples", "1", "--n-test", "1"],
+         "metric 'mig_chen' needs at least 100 training points, got --n-samples 1; "
+         "pass --n-samples 100 or more"),
+        (["--metrics", "aam", "--n-samples", "1", "--n-test", "1"], "metric 'aam' needs at least"),
+        (["--metrics", "beta_vae", "--n-samples", "100", "--n-test", "1"],
+         "metric 'beta_vae' needs at least 50 test points, got --n-test 1; pass --n-test 50"),
+        (["--metrics", "dci", "--n-samples", "2", "--n-test", "100"],
+         "metric 'dci' needs at least 100 training points"),
+        (["--metrics", "all", "--n-samples", "99"], "needs at least 100 training points"),
+    ],
+)  # fmt: skip
+def test_bad_seed_or_too_few_points_is_one_line_and_leaves_metrics_json(
+    run, capsys, monkeypatch, flags, message
+):
+    from disvae import cli
+
+    monkeypatch.setattr("disvae.data.load_data", lambda data_cfg: small_grid())
+    (run / "metrics.json").write_text("{}")
+    assert cli.main(["evaluate", str(run), *flags, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert (run / "metrics.json").read_text() == "{}"
+
+
+def test_minimum_points_cover_every_metric_and_training_names_eval_samples(run):
+    from disvae import runs
+    from disvae.evaluation import MIN_POINTS
+    from disvae.metrics import METRICS
+
+    assert set(MIN_POINTS) == set(METRICS.names())
+    model, _ = runs.load_run(run)
+    with pytest.raises(UserError, match="got eval_samples 20; pass eval_samples 100"):
+        metrics_during_training(model, small_grid(), ["mig"], 1, 20)
+    with pytest.raises(UserError, match="seed must be a non-negative integer"):
+        metrics_during_training(model, small_grid(), ["mig"], -1, 200)

@@ -103,6 +103,51 @@ def test_comparison_page_puts_runs_side_by_side(run_dir, tmp_path):
         build_report([tmp_path / "not-a-run"])
 
 
+def test_report_of_a_train_log_with_bytes_that_are_not_utf8(tmp_path):
+    run = make_run(tmp_path / "r")
+    with open(run / "train_log.jsonl", "ab") as f:
+        f.write(b'\xff\xfe{"step": 25}\n')
+    html = build_report([run], options=SMALL).read_text()
+    assert "No logged training steps" not in html  # the four good lines are plotted
+
+
+def _report_err(argv: list[str], capsys) -> str:
+    from disvae import cli
+
+    try:
+        code = cli.main(["report", *argv])
+    except SystemExit as e:  # argparse rejected a value
+        code = e.code
+    assert code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["-s", "-1"], "argument -s/--seed: must be at least 0, got -1"),
+        (["-c", "100000"], "argument -c/--cols: must be at most 64, got 100000"),
+        (["--slider-steps", "5000"], "argument --slider-steps: must be at most 101, got 5000"),
+        (["-t", "inf"], "argument -t/--max-traversal: must be a number in (0, 1000]"),
+        (["-o", "{run}/config.json"], "exists and is not an HTML file; refusing to overwrite it"),
+        (["-o", "{run}"], "is a directory; pass a file name"),
+    ],
+)
+def test_report_bad_counts_seeds_and_outputs_are_one_line_errors(tmp_path, capsys, flags, message):
+    run = make_run(tmp_path / "r")
+    before = (run / "config.json").read_bytes()
+    err = _report_err([str(run), *[f.format(run=run) for f in flags]], capsys)
+    assert message in err and "Traceback" not in err
+    assert (run / "config.json").read_bytes() == before and not (run / "report.html").exists()
+
+
+def test_report_options_refuse_what_the_cli_refuses():
+    for bad in ({"seed": -1}, {"n_cols": 100_000}, {"max_traversal": float("nan")},
+                {"explorer_steps": 1}):  # fmt: skip
+        with pytest.raises(UserError):
+            ReportOptions(**bad)
+
+
 # ---------------------------------------------------------------------- in a real browser
 
 _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

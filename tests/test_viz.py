@@ -233,11 +233,79 @@ def test_plot_bad_input_is_a_user_error(tmp_path, argv):
         viz.PlotOptions(upsample=0)
 
 
+def test_a_train_log_with_bytes_that_are_not_utf8_loses_only_those_lines(tmp_path, capsys):
+    from disvae import cli
+
+    run = make_run(tmp_path / "r")
+    with open(run / runs.TRAIN_LOG, "ab") as f:
+        f.write(b'\xff\xfe{"step": 25}\n')
+    assert [r["step"] for r in viz.read_train_log(run / runs.TRAIN_LOG)] == [5, 10, 15, 20]
+    assert cli.main(["plot", str(run), "losses", "-q"]) == 0
+    assert (run / "plots" / "losses.png").is_file()
+
+
+def _main_err(argv: list[str], capsys) -> str:
+    """The stderr of ``disvae ARGV``, which must fail with exit code 2."""
+    from disvae import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse rejected a value
+        code = e.code
+    assert code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["samples", "-s", "-1"], "argument -s/--seed: must be at least 0, got -1"),
+        (["traversals", "-t", "inf"], "argument -t/--max-traversal: must be a number in (0, 1000]"),
+        (["traversals", "-t", "1e9"], "argument -t/--max-traversal: must be a number in (0, 1000]"),
+        (["gif-traversals", "--n-steps", "100000"], "--n-steps: must be at most 1000"),
+        (["samples", "-u", "1000"], "disvae: error: plot 'samples' would be 464000 x 398000 "
+         "pixels, over the limit of 8192 a side; lower --upsample, --cols or --rows"),
+        (["samples", "-c", "200"], "over the limit of 8192 a side"),
+        (["reconstruct", "-r", "100"], "over the limit of 8192 a side"),
+        (["gif-traversals", "-u", "4", "--n-steps", "1000"], "lower --n-steps"),
+    ],
+)  # fmt: skip
+def test_plot_sizes_seeds_and_ranges_out_of_bounds_are_one_line_errors(
+    tmp_path, capsys, argv, message
+):
+    run = make_run(tmp_path / "r")
+    err = _main_err(["plot", str(run), *argv], capsys)
+    assert message in err and "Traceback" not in err
+    assert not (run / "plots").exists()
+
+
+def test_plot_options_refuse_what_the_cli_refuses():
+    for bad in ({"seed": -1}, {"max_traversal": float("inf")}, {"n_steps": 10_000}):
+        with pytest.raises(UserError):
+            viz.PlotOptions(**bad)
+
+
+def test_plot_out_dir_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys):
+    run = make_run(tmp_path / "r")
+    file = run / runs.CONFIG
+    before = file.read_bytes()
+    err = _main_err(["plot", str(run), "kl", "-o", str(file)], capsys)
+    assert f"disvae: error: --out-dir {str(file)!r} is a file; pass a directory" in err
+    assert err.count("\n") == 1 and file.read_bytes() == before
+
+
 def test_the_light_cli_module_names_every_plot():
     from disvae import cli_viz
+    from disvae.report import content
+    from disvae.viz import plots
     from disvae.viz.plots import PLOTS
 
     assert cli_viz.PLOTS == PLOTS
+    assert (cli_viz.MAX_FRAMES, cli_viz.MAX_TRAVERSAL) == (plots.MAX_FRAMES, plots.MAX_TRAVERSAL)
+    assert (cli_viz.MAX_REPORT_COLS, cli_viz.MAX_SLIDER_STEPS) == (
+        content.MAX_COLS,
+        content.MAX_EXPLORER_STEPS,
+    )
 
 
 def test_posterize_keeps_16_levels_within_half_a_step():

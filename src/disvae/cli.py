@@ -445,7 +445,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         cfg = runs.read_config(args.run)
         data = load_data(dataclasses.replace(cfg.data, path=args.data_path))
-    if args.metrics:
+    if args.metrics is not None:
         bar = None
         if not args.no_progress and sys.stderr.isatty():
             from tqdm import tqdm

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 from disvae.errors import UserError
 
@@ -20,6 +21,13 @@ PLOTS = (
     "samples", "data-samples", "reconstruct", "traversals", "reconstruct-traverse",
     "gif-traversals", "kl", "losses",
 )  # fmt: skip
+
+# Limits of `disvae.viz.plots` (MAX_FRAMES, MAX_TRAVERSAL) and of the report's counts, checked
+# by argparse; a test checks that they agree with the library's.
+MAX_FRAMES = 1000
+MAX_TRAVERSAL = 1000.0
+MAX_REPORT_COLS = 64
+MAX_SLIDER_STEPS = 101
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +41,7 @@ _PLOT_HELP = (
 )
 
 
-def _int_at_least(lo: int):
+def _int_at_least(lo: int, hi: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -41,18 +49,22 @@ def _int_at_least(lo: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, got {value}")
         return value
 
     return parse
 
 
-def _positive_float(text: str) -> float:
+def _traversal(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (math.isfinite(value) and 0 < value <= MAX_TRAVERSAL):
+        raise argparse.ArgumentTypeError(
+            f"must be a number in (0, {MAX_TRAVERSAL:g}] (below 0.5: a prior quantile), got {text}"
+        )
     return value
 
 
@@ -103,12 +115,20 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         default=1,
         help="enlarge images by this integer factor",
     )
-    p.add_argument("-s", "--seed", type=int, default=0, help="seed of samples and image choice")
-    p.add_argument("--n-steps", type=_int_at_least(2), default=40, help="frames per GIF loop")
+    p.add_argument(
+        "-s",
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        help="seed of samples and image choice (a non-negative integer)",
+    )
+    p.add_argument(
+        "--n-steps", type=_int_at_least(2, MAX_FRAMES), default=40, help="frames per GIF loop"
+    )
     p.add_argument(
         "-t",
         "--max-traversal",
-        type=_positive_float,
+        type=_traversal,
         default=2.0,
         help="traversal half-range; below 0.5 a quantile of the prior (0.05 -> ±1.645)",
     )
@@ -137,21 +157,29 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument(
         "-o", "--out", help="output file (default RUN/report.html; compare.html for several runs)"
     )
-    p.add_argument("-c", "--cols", type=_int_at_least(1), default=7, help="images per row")
+    p.add_argument(
+        "-c", "--cols", type=_int_at_least(1, MAX_REPORT_COLS), default=7, help="images per row"
+    )
     p.add_argument(
         "-t",
         "--max-traversal",
-        type=_positive_float,
+        type=_traversal,
         default=2.0,
         help="traversal and slider half-range; below 0.5 a prior quantile",
     )
     p.add_argument(
         "--slider-steps",
-        type=_int_at_least(2),
+        type=_int_at_least(2, MAX_SLIDER_STEPS),
         default=21,
         help="precomputed positions per explorer slider",
     )
-    p.add_argument("-s", "--seed", type=int, default=0, help="seed of samples and image choice")
+    p.add_argument(
+        "-s",
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        help="seed of samples and image choice (a non-negative integer)",
+    )
     _common(p)
     p.set_defaults(func=cmd_report)
     return p

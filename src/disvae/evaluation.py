@@ -251,6 +251,44 @@ def _encode_points(
 # Images a batch score draws per evaluation point and per image of its batch (beta_vae: pairs).
 _BATCH_DRAWS = {"beta_vae": 2, "factor_vae": 1}
 
+# The fewest (training, test) points of each metric (`--n-samples`, `--n-test`) for which its
+# protocol means something (docs/metrics.md, "Minimum sample sizes"): 100 training points put 5
+# on average in each of the 20 bins of the binned MIs and give the classifiers, mixtures and
+# variances at least a few points per factor class; 50 test points or votes give an accuracy
+# that moves in 2% steps and about 10 votes per factor for the batch scores. 0: not used.
+MIN_POINTS: dict[str, tuple[int, int]] = {
+    "mig": (100, 0), "mig_chen": (100, 0), "aam": (100, 0), "unsupervised": (100, 0),
+    "sap": (100, 50), "dci": (100, 50), "modularity": (100, 50),
+    "beta_vae": (100, 50), "factor_vae": (100, 50),
+}  # fmt: skip
+
+
+def check_seed(seed: Any, flag: str = "--seed") -> None:
+    """`UserError` unless ``seed`` is a non-negative integer (numpy's generators need one)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"{flag} must be a non-negative integer, got {seed}")
+
+
+def check_sample_sizes(
+    names: Sequence[str],
+    n_samples: int,
+    n_test: int,
+    flags: tuple[str, str] = ("--n-samples", "--n-test"),
+) -> None:
+    """`UserError` naming the first metric of ``names`` (resolved, no ``all``) whose protocol
+    needs more training or test points than ``n_samples`` / ``n_test`` (`MIN_POINTS`)."""
+    for name in names:
+        need_train, need_test = MIN_POINTS.get(name, (1, 0))
+        for have, need, flag, what in (
+            (n_samples, need_train, flags[0], "training"),
+            (n_test, need_test, flags[1], "test"),
+        ):
+            if have < need:
+                raise UserError(
+                    f"metric {name!r} needs at least {need} {what} points, got {flag} {have}; "
+                    f"pass {flag} {need} or more"
+                )
+
 
 def compute_metrics(
     model: torch.nn.Module,
@@ -286,9 +324,11 @@ def compute_metrics(
     amp = encode_amp(amp, device)
     if batch_size is None:  # CPU: activations under glibc's 32 MB mmap threshold even untuned
         batch_size = 1000 if device.type == "cuda" else 200
+    check_seed(seed)
     kind = factor_kind(data)
     grid = kind == "grid"
     names = resolve_metric_names(names, kind)
+    check_sample_sizes(names, n_samples, n_test)
     tick = (lambda n: progress("encode", n)) if progress else (lambda n: None)
     rng = np.random.default_rng(seed)
     n_points = n_samples + n_test
@@ -335,9 +375,14 @@ def metrics_during_training(
     """Flat ``{name or name/key: float}`` metrics for the training log (e.g. every N steps).
 
     A cheap protocol by default (2,000 + 1,000 points); the model's train/eval mode is restored.
+    Too few points for a metric (`MIN_POINTS`) is a `UserError` naming ``eval_samples``.
     """
+    n_test = max(1, n_samples // 2)
+    check_seed(rng_seed, "seed")
+    resolved = resolve_metric_names(names, factor_kind(dataset))
+    check_sample_sizes(resolved, n_samples, n_test, ("eval_samples", "eval_samples"))
     values, _ = compute_metrics(
-        model, dataset, names, n_samples=n_samples, n_test=max(1, n_samples // 2), seed=rng_seed
+        model, dataset, resolved, n_samples=n_samples, n_test=n_test, seed=rng_seed
     )
     return flatten_metrics(values)
 
@@ -376,6 +421,7 @@ def evaluate_metrics(
     from disvae.utils import atomic_write_json, versions
 
     run_dir = Path(run_dir)
+    check_seed(seed)  # before the run and its dataset are loaded
     model, cfg, _, meta, data, dev = _open_run(run_dir, data, device)
     rec = (cfg.loss.rec_dist or data.info.default_rec_dist, cfg.loss.rec_scale)
     t0 = time.perf_counter()

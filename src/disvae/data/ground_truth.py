@@ -119,7 +119,9 @@ class LabeledDataset(ArrayDataset):
             np.unique(col, return_inverse=True)[1] if cat else discretize(col)
             for col, cat in zip(values.T, categorical, strict=True)
         ]
-        self.factors = np.stack(columns, axis=1).astype(np.int64).reshape(len(self), -1)
+        self.factors = np.zeros((len(self), len(factor_names)), dtype=np.int64)
+        for k, col in enumerate(columns):
+            self.factors[:, k] = col
         self.n_classes = tuple(int(c.max(initial=-1)) + 1 for c in self.factors.T)
 
     @property

@@ -130,6 +130,9 @@ def load_idx(name: str, path: str | None, img_size: int | None = None) -> Labele
     counts = [_count(name, img_file) for img_file, _ in pairs]
     if sum(counts) != len(labels):
         raise _fail(name, pairs[0][0], f"{sum(counts)} images for {len(labels)} labels")
+    if sum(counts) == 0:
+        files = " and ".join(str(img) for img, _ in pairs)
+        raise _fail(name, files, "holds no images (its header declares 0)")
     files = [f for pair in pairs for f in pair]
     shape = (len(labels), 1, size, size)
     images = cached_source(name, files, shape, lambda: _images(name, pairs, size), v=_VERSION)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from disvae.data.base import DatasetInfo
+from disvae.data.base import ArrayDataset, DatasetInfo
 from disvae.data.cache import cached_source, with_source
 from disvae.data.ground_truth import LabeledDataset
 from disvae.data.images import decode_many
@@ -148,8 +148,9 @@ def read_index(path: str | None) -> Index:
 @DATASETS.register("stacked")
 def load_stacked(
     path: str | None, img_size: int | None = None, workers: int | None = None
-) -> LabeledDataset:
-    """Multi-patch samples from an index: uint8 ``(N, P*3, S, S)``, continuous factors."""
+) -> ArrayDataset:
+    """Multi-patch samples from an index: uint8 ``(N, P*3, S, S)``, continuous factors (a
+    `LabeledDataset`; a plain `ArrayDataset` when the index names no factors)."""
     size = img_size or DEFAULT_SIZE
     index = read_index(path)
     shape = (len(index.images), len(index.patches) * CHANNELS, size, size)
@@ -161,6 +162,8 @@ def load_stacked(
     files = [index.file, *index.images]
     images = cached_source("stacked", files, shape, produce, v=_VERSION)
     info = DatasetInfo("stacked", shape[1:], "bernoulli", patches=tuple(index.patches))
+    if not index.factors:  # no ground truth: a dataset without factors (as celeba, folder)
+        return with_source(ArrayDataset(images, info, False), files, images)
     values = np.array(index.values, dtype=np.float64).reshape(len(index.images), -1)
     categorical = [False] * len(index.factors)
     ds = LabeledDataset(images, info, False, index.factors, values, categorical)

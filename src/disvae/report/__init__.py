@@ -60,10 +60,17 @@ def build_report(
 ) -> Path:
     """Write the report to ``out`` (default ``RUN/report.html`` for one run,
     ``compare.html`` in the working directory for several) and return its path."""
-    html = render_report(run_dirs, options, data=data)
     if out is None:
         out = Path(run_dirs[0]) / REPORT if len(run_dirs) == 1 else Path("compare.html")
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"-o {str(out)!r} is a directory; pass a file name such as report.html")
+    if out.exists() and out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(
+            f"-o {str(out)!r} exists and is not an HTML file; refusing to overwrite it, "
+            "pass a new file name or an .html file"
+        )
+    html = render_report(run_dirs, options, data=data)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")

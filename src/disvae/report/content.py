@@ -23,6 +23,8 @@ from disvae.viz.plots import RunView
 METRICS = "metrics.json"
 EXPLORER_STEPS = 21  # slider positions per latent
 EXPLORER_IMAGES = 5  # posterior starting images (plus the prior mean)
+MAX_COLS = 64  # --cols: images per row of every figure
+MAX_EXPLORER_STEPS = 101  # --slider-steps
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,22 @@ class ReportOptions:
     explorer_steps: int = EXPLORER_STEPS
     explorer_images: int = EXPLORER_IMAGES
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from disvae.viz.plots import MAX_FRAMES, check_max_traversal
+
+        for name, flag, lo, hi in (
+            ("n_cols", "--cols", 1, MAX_COLS),
+            ("explorer_steps", "--slider-steps", 2, MAX_EXPLORER_STEPS),
+            ("n_frames", "n_frames", 2, MAX_FRAMES),
+            ("explorer_images", "explorer_images", 0, MAX_COLS),
+        ):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise UserError(f"{flag} must be between {lo} and {hi}, got {value}")
+        check_max_traversal(self.max_traversal)
+        if self.seed < 0:
+            raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
 
 
 @dataclass
@@ -106,6 +124,7 @@ def _facts(view: RunView) -> list[tuple[str, str]]:
 
 def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> RunContent:
     """Every figure and table of one run's report."""
+    check_sizes(view, opts)
     c = RunContent(view.name, _facts(view), view.record, read_metrics(view.run_dir))
     m, cols = view.model, opts.n_cols
     records = view.train_log()
@@ -154,6 +173,17 @@ def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> Ru
     if explorer:
         c.explorer = explorer_data(view, opts)
     return c
+
+
+def check_sizes(view: RunView, opts: ReportOptions) -> None:
+    """`UserError` when a row of ``--cols`` images or an explorer sprite sheet would be over
+    `disvae.viz.plots.MAX_SIDE` pixels wide for this run's images."""
+    from disvae.viz.plots import check_side
+
+    h, w = view.cell
+    check_side(f"a row of --cols {opts.n_cols} images", h + 4, opts.n_cols * (w + 2) + 2, "--cols")
+    steps = opts.explorer_steps
+    check_side(f"the explorer's sprite sheet ({steps} steps)", h, (steps + 1) * w, "--slider-steps")
 
 
 def explorer_data(view: RunView, opts: ReportOptions) -> dict[str, Any]:

@@ -18,15 +18,19 @@ _NOT_TERMS = {"step", "epoch"}
 
 
 def read_train_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``train_log.jsonl`` (a torn last line, mid-write, is skipped)."""
+    """The records of a ``train_log.jsonl``.
+
+    A line that is not a JSON record (a torn last line, mid-write, or bytes that are not
+    UTF-8) is skipped.
+    """
     records = []
     path = Path(path)
     if not path.is_file():
         return records
-    for line in path.read_text().splitlines():
+    for raw in path.read_bytes().splitlines():
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(rec, dict) and "step" in rec:
             records.append(rec)

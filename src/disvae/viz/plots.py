@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ PLOTS = (
 )
 GIF_FPS = 10.0
 KL_IMAGES = 512  # validation images the per-dimension KL is estimated on
+MAX_SIDE = 8192  # pixels a side of one figure (rows, cols and upsample multiply up to it)
+MAX_GIF_PIXELS = 2**28  # pixels of all the frames of one GIF together (about 270 million)
+MAX_FRAMES = 1000  # --n-steps: frames of one GIF loop
+MAX_TRAVERSAL = 1000.0  # --max-traversal: a prior N(0, 1) has no mass that far out
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,32 @@ class PlotOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.rows is not None and self.rows < 1:
             raise UserError("--rows must be at least 1")
-        if not self.max_traversal > 0:
-            raise UserError("--max-traversal must be positive (< 0.5: a quantile of the prior)")
+        check_max_traversal(self.max_traversal)
+        if self.n_steps > MAX_FRAMES:
+            raise UserError(f"--n-steps must be at most {MAX_FRAMES}, got {self.n_steps}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
         if any(i < 0 for i in self.idcs):
             raise UserError("--idcs must be non-negative dataset indices")
+
+
+def check_max_traversal(value: float) -> None:
+    """`UserError` unless the traversal half-range is finite, positive and at most
+    `MAX_TRAVERSAL` (below 0.5 it is a quantile of the prior)."""
+    if not (math.isfinite(value) and 0 < value <= MAX_TRAVERSAL):
+        raise UserError(
+            f"--max-traversal must be a number in (0, {MAX_TRAVERSAL:g}] (below 0.5: a quantile "
+            f"of the prior), got {value}"
+        )
+
+
+def check_side(name: str, height: int, width: int, flags: str) -> None:
+    """`UserError` when a figure would be over `MAX_SIDE` pixels a side."""
+    if max(height, width) > MAX_SIDE:
+        raise UserError(
+            f"{name} would be {width} x {height} pixels, over the limit of {MAX_SIDE} a side; "
+            f"lower {flags}"
+        )
 
 
 @dataclass
@@ -82,10 +109,19 @@ class RunView:
     val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kl: np.ndarray | None = None
     kl_source: str = ""
+    _cell: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
         return self.run_dir.resolve().name
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        """(H, W) of one image as the figures draw it (a multi-patch model's side by side)."""
+        if self._cell is None:
+            shown = T.decode(self.model, np.zeros((1, self.model.latent_dim), np.float32))
+            self._cell = (int(shown.shape[-2]), int(shown.shape[-1]))
+        return self._cell
 
     def images(self, idcs: Sequence[int] = (), n: int = 0, seed: int = 0) -> np.ndarray:
         """Float images (N, C, H, W): the dataset images at ``idcs``, then random validation
@@ -162,8 +198,42 @@ def _bases(view: RunView, opts: PlotOptions, n: int) -> np.ndarray:
     return T.encode(view.model, view.images(opts.idcs, n, opts.seed)[:n])[0]
 
 
+def _grid_rows(view: RunView, name: str, opts: PlotOptions) -> int | None:
+    """Image rows of a plot's grid (None: a figure of fixed size)."""
+    d = view.model.latent_dim
+    shown = min(opts.rows or d, d)
+    per_row = -(-len(opts.idcs) // opts.cols)  # rows that --idcs alone fill
+    return {
+        "samples": opts.rows or 6,
+        "data-samples": max(opts.rows or 6, per_row),
+        "reconstruct": 2 * max(opts.rows or 3, per_row),
+        "traversals": shown,
+        "reconstruct-traverse": shown + 2,
+        "gif-traversals": shown,
+    }.get(name)
+
+
+def check_size(view: RunView, name: str, opts: PlotOptions) -> None:
+    """`UserError` when a plot would be over `MAX_SIDE` pixels a side (or, a GIF, over
+    `MAX_GIF_PIXELS` in all its frames), before any of it is computed."""
+    rows = _grid_rows(view, name, opts)
+    if rows is None:
+        return
+    h, w = view.cell
+    height = (rows * (h + 2) + 2) * opts.upsample
+    width = (opts.cols * (w + 2) + 2) * opts.upsample
+    check_side(f"plot {name!r}", height, width, "--upsample, --cols or --rows")
+    if name == "gif-traversals" and height * width * opts.n_steps > MAX_GIF_PIXELS:
+        raise UserError(
+            f"plot {name!r} would hold {height * width * opts.n_steps:,} pixels in its "
+            f"{opts.n_steps} frames, over the limit of {MAX_GIF_PIXELS:,}; lower --n-steps, "
+            "--upsample, --cols or --rows"
+        )
+
+
 def make_figure(view: RunView, name: str, opts: PlotOptions) -> dict[str, Any]:
     """The figure(s) of one plot: ``{relative file name: picture (H, W, C) or GIF frames}``."""
+    check_size(view, name, opts)
     m, up, cols = view.model, opts.upsample, opts.cols
     if name == "samples":
         pic = reconstructions.samples(
@@ -245,8 +315,10 @@ def plot_run(
     if unknown:
         raise UserError(f"unknown plot {unknown[0]!r}; choose from: {', '.join(PLOTS)}, all")
     wanted = list(PLOTS) if "all" in names else list(dict.fromkeys(names))
-    view = open_run(run_dir, data=data)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out-dir {str(out)!r} is a file; pass a directory (new or existing)")
+    view = open_run(run_dir, data=data)
     written = []
     for name in wanted:
         try:
@@ -258,8 +330,13 @@ def plot_run(
             continue
         for rel, pic in figures.items():
             path = out / rel
-            if rel.endswith(".gif"):
-                written.append(I.save_gif(pic, path, fps=GIF_FPS))
-            else:
-                written.append(I.save_png(pic, path))
+            try:
+                if rel.endswith(".gif"):
+                    written.append(I.save_gif(pic, path, fps=GIF_FPS))
+                else:
+                    written.append(I.save_png(pic, path))
+            except OSError as e:
+                raise UserError(
+                    f"cannot write {str(path)!r}: {e.strerror or e}; pass a writable --out-dir"
+                ) from None
     return written
