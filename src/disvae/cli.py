@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 import warnings
@@ -351,8 +350,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         cfg = C.apply_overrides(cfg, overrides)
         out = Path(getattr(args, "out", None) or _default_out(cfg))
-    from disvae.training import train
+    from disvae import runs
+    from disvae.training import runtime, train
 
+    runtime.last_stop_signal = None
     t0 = time.perf_counter()
     run = train(
         cfg,
@@ -361,16 +362,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=getattr(args, "overwrite", False),
         progress=False if getattr(args, "no_progress", False) else None,
     )
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    if main_rank:
         _print_summary(run, time.perf_counter() - t0)
-    from disvae import runs
-    from disvae.training import runtime
-
-    if (run / runs.MODEL).is_file():
+    stopped_by = runtime.last_stop_signal
+    if stopped_by is None or (main_rank and (run / runs.MODEL).is_file()):
         return 0
     # Stopped by Ctrl-C or SIGTERM after its checkpoint: not a success, so that
     # `disvae train ... && disvae evaluate ...` does not go on with an unfinished run.
-    return 128 + (runtime.last_stop_signal or signal.SIGINT)
+    return 128 + stopped_by
 
 
 def _resume_config(args, flags, overrides):

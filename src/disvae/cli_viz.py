@@ -68,6 +68,16 @@ def _traversal(text: str) -> float:
     return value
 
 
+def _add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-s",
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        help="seed of samples and image choice (a non-negative integer)",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
@@ -115,13 +125,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         default=1,
         help="enlarge images by this integer factor",
     )
-    p.add_argument(
-        "-s",
-        "--seed",
-        type=_int_at_least(0),
-        default=0,
-        help="seed of samples and image choice (a non-negative integer)",
-    )
+    _add_seed(p)
     p.add_argument(
         "--n-steps", type=_int_at_least(2, MAX_FRAMES), default=40, help="frames per GIF loop"
     )
@@ -173,13 +177,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         default=21,
         help="precomputed positions per explorer slider",
     )
-    p.add_argument(
-        "-s",
-        "--seed",
-        type=_int_at_least(0),
-        default=0,
-        help="seed of samples and image choice (a non-negative integer)",
-    )
+    _add_seed(p)
     _common(p)
     p.set_defaults(func=cmd_report)
     return p
