@@ -15,6 +15,7 @@ from disvae import config as C
 from disvae import runs
 from disvae.data import ArrayDataset
 from disvae.errors import UserError
+from disvae.utils import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +264,6 @@ MIN_POINTS: dict[str, tuple[int, int]] = {
 }  # fmt: skip
 
 
-def check_seed(seed: Any, flag: str = "--seed") -> None:
-    """`UserError` unless ``seed`` is a non-negative integer (numpy's generators need one)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"{flag} must be a non-negative integer, got {seed}")
-
-
 def check_sample_sizes(
     names: Sequence[str],
     n_samples: int,
@@ -377,14 +372,29 @@ def metrics_during_training(
     A cheap protocol by default (2,000 + 1,000 points); the model's train/eval mode is restored.
     Too few points for a metric (`MIN_POINTS`) is a `UserError` naming ``eval_samples``.
     """
-    n_test = max(1, n_samples // 2)
     check_seed(rng_seed, "seed")
-    resolved = resolve_metric_names(names, factor_kind(dataset))
-    check_sample_sizes(resolved, n_samples, n_test, ("eval_samples", "eval_samples"))
+    resolved = check_metrics_during_training(names, dataset, n_samples)
     values, _ = compute_metrics(
-        model, dataset, resolved, n_samples=n_samples, n_test=n_test, seed=rng_seed
-    )
+        model, dataset, resolved, n_samples=n_samples, n_test=_test_points(n_samples),
+        seed=rng_seed,
+    )  # fmt: skip
     return flatten_metrics(values)
+
+
+def _test_points(n_samples: int) -> int:
+    """Test points of the protocol during training: half the training points."""
+    return max(1, n_samples // 2)
+
+
+def check_metrics_during_training(
+    names: Sequence[str] | str, dataset: ArrayDataset, n_samples: int
+) -> list[str]:
+    """The resolved metric ``names`` for `metrics_during_training` on ``dataset``; `UserError`
+    for unknown names, missing factors or too few points (naming ``eval_samples``). The trainer
+    calls it before training starts."""
+    resolved = resolve_metric_names(names, factor_kind(dataset))
+    check_sample_sizes(resolved, n_samples, _test_points(n_samples), ("eval_samples",) * 2)
+    return resolved
 
 
 def flatten_metrics(values: dict[str, Any]) -> dict[str, float]:

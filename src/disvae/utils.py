@@ -142,3 +142,13 @@ def process_age() -> float | None:
         return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def check_seed(seed: Any, flag: str = "--seed") -> None:
+    """`UserError` unless ``seed`` is a non-negative integer (numpy's generators need one)."""
+    import numpy as np
+
+    from disvae.errors import UserError
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"{flag} must be a non-negative integer, got {seed}")

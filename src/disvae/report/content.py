@@ -39,6 +39,7 @@ class ReportOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from disvae.utils import check_seed
         from disvae.viz.plots import MAX_FRAMES, check_max_traversal
 
         for name, flag, lo, hi in (
@@ -51,8 +52,7 @@ class ReportOptions:
             if not lo <= value <= hi:
                 raise UserError(f"{flag} must be between {lo} and {hi}, got {value}")
         check_max_traversal(self.max_traversal)
-        if self.seed < 0:
-            raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
+        check_seed(self.seed)
 
 
 @dataclass

@@ -168,7 +168,7 @@ class ModelForward:
             try:
                 self._compiled = torch.compile(model, mode=mode)
             except Exception as e:  # noqa: BLE001 - any failure: eager
-                self._fall_back(e)
+                self.fall_back(e)
 
     # The first calls compile (and, with CUDA graphs, record) the forward; AOTAutograd compiles
     # the backward lazily at the first backward pass. Failures there may still fall back.
@@ -181,10 +181,7 @@ class ModelForward:
         return self._compiled is not None and self._calls <= self.UNPROVEN_CALLS
 
     def fall_back(self, e: Exception) -> None:
-        """Train eagerly from now on, after ``e`` came out of the compiled model's backward."""
-        self._fall_back(e)
-
-    def _fall_back(self, e: Exception) -> None:
+        """Warn once and run eagerly from now on (the compiled model failed with ``e``)."""
         warnings.warn(
             f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly",
             RuntimeWarning,
@@ -206,7 +203,7 @@ class ModelForward:
                     self._calls += 1
                     out = self._compiled(x, eps)
                 except Exception as e:  # noqa: BLE001 - backend errors surface at first call
-                    self._fall_back(e)
+                    self.fall_back(e)
             if out is None:
                 out = self.model(x, eps)
         return VAEOutput(out.logits.float(), out.mu.float(), out.logvar.float(), out.z.float())

@@ -61,11 +61,10 @@ class Trainer(TrainerState, NonFiniteHandling):
             )
         self.total_steps = C.total_steps(cfg.train, len(self.train_idx) // self.batches_per_step)
         if cfg.train.eval_every:
-            from disvae.evaluation import check_sample_sizes, factor_kind, resolve_metric_names
+            from disvae.evaluation import check_metrics_during_training
 
-            names = resolve_metric_names(cfg.train.eval_metrics, factor_kind(data))
-            n = cfg.train.eval_samples  # before training, not at the first --eval-every step
-            check_sample_sizes(names, n, max(1, n // 2), ("eval_samples", "eval_samples"))
+            # before training, not at the first --eval-every step
+            check_metrics_during_training(cfg.train.eval_metrics, data, cfg.train.eval_samples)
         snap = cfg.train.snapshot_every
         self.snapshot_every = max(1, self.total_steps // 50) if snap is None else snap
         if cfg.train.val_every and not len(self.val_idx):

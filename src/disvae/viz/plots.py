@@ -19,6 +19,7 @@ import torch
 
 from disvae import runs
 from disvae.errors import UserError
+from disvae.utils import check_seed
 from disvae.viz import curves, gifs, reconstructions
 from disvae.viz import images as I
 from disvae.viz import traversal as T
@@ -72,8 +73,7 @@ class PlotOptions:
         check_max_traversal(self.max_traversal)
         if self.n_steps > MAX_FRAMES:
             raise UserError(f"--n-steps must be at most {MAX_FRAMES}, got {self.n_steps}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
+        check_seed(self.seed)
         if any(i < 0 for i in self.idcs):
             raise UserError("--idcs must be non-negative dataset indices")
 
