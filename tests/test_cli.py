@@ -150,6 +150,22 @@ def test_overwrite_refuses_a_directory_of_another_tool(tmp_path, capsys):
     assert sorted(p.name for p in other.iterdir()) == ["config.json", "pytorch_model.bin"]
 
 
+def test_a_damaged_value_in_a_runs_config_stops_every_command(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "2", "--loss", "vae"]) == 0
+    record = json.loads((run / "config.json").read_text())
+    record["loss"]["name"] = "betaX"
+    (run / "config.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    for command in (["evaluate", str(run)], ["plot", str(run), "all"], ["report", str(run)],
+                    ["train", "--resume", str(run)]):  # fmt: skip
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "unknown loss 'betaX'" in err and "config is damaged" in err, command
+        assert err.count("\n") == 1
+    assert not (run / "plots").exists() and not (run / "report.html").exists()
+
+
 def test_resume_refuses_to_change_the_run(tmp_path, capsys):
     run = tmp_path / "r"
     assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 0

@@ -276,6 +276,21 @@ def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
         outs = [fwd(x) for _ in range(3)]
     assert len(caught) == 1
     assert all(torch.equal(o.logits, model(x).logits) for o in outs)
+    assert fwd.speed()["compile"] is False and "no C++" in fwd.speed()["compile_error"]
+
+
+def test_compile_failing_at_once_is_recorded_in_the_run(tiny_data, tmp_path, monkeypatch):
+    def refused(module, **kwargs):
+        raise RuntimeError("backend not available")
+
+    monkeypatch.setattr(torch, "compile", refused)
+    with pytest.warns(RuntimeWarning, match="backend not available"):
+        run = train(_cfg("betaH", "steps=2", "compile=true"), tmp_path / "a", data=tiny_data,
+                    progress=False)  # fmt: skip
+    record = json.loads((run / runs.CONFIG).read_text())
+    assert record["train"]["compile"] is True  # asked for, and resumed as asked
+    speed = record["speed"]
+    assert speed["compile"] is False and "not available" in speed["compile_error"]
 
 
 class _FailingBackward(torch.autograd.Function):
@@ -304,6 +319,8 @@ def test_a_compiled_backward_that_fails_falls_back_to_eager(tiny_data, tmp_path,
         run = train(_cfg("betaH", "steps=6", "compile=true"), tmp_path / "a", data=tiny_data,
                     progress=False)  # fmt: skip
     assert len(caught) == 1
+    speed = json.loads((run / runs.CONFIG).read_text())["speed"]  # says how it really trained
+    assert speed["compile"] is False and "backward kernel failed" in speed["compile_error"]
     log = _log(run)
     assert log[-1]["step"] == 6 and log[-1]["skipped"] == 0
     assert all(math.isfinite(r["loss"]) for r in log)

@@ -405,3 +405,26 @@ def test_out_that_is_a_file_is_refused_even_on_dry_run(tmp_path, capsys, dry_run
     path.write_text("mine\n")
     code, err = _cli(capsys, "tiny", "--out", str(path), *["--dry-run"] * dry_run)
     assert code == 2 and "is a file" in err and path.read_text() == "mine\n"
+
+
+def test_two_methods_with_one_name_are_refused(tmp_path, capsys):
+    """The results and the page group runs by method name, so two methods named alike (here by
+    their loss, neither has a name) would be merged; a distinct name makes the sweep valid."""
+    two = '[[methods]]\nloss = "betaH"\n\n[[methods]]\nloss = "betaH"\nset = {{ lr = 1e-3 }}{}\n'
+    code, err = _cli(capsys, str(_write(tmp_path, two.format(""))), "--dry-run")
+    assert code == 2 and "#1 and [[methods]] #2 are both named 'betaH'" in err
+    named = _write(tmp_path, two.format('\nname = "betaH_fast"'), "named.toml")
+    assert _cli(capsys, str(named), "--dry-run")[0] == 0
+    assert {r.method for r in load_sweep(str(named)).runs} == {"betaH", "betaH_fast"}
+
+
+def test_dry_run_checks_the_default_out(tmp_path, capsys, monkeypatch):
+    """Without --out a dry run checks sweeps/out/<name>, as the real run would."""
+    monkeypatch.chdir(tmp_path)
+    taken = tmp_path / "sweeps" / "out" / "tiny"
+    taken.mkdir(parents=True)
+    (taken / "notes.txt").write_text("mine")
+    code, err = _cli(capsys, "tiny", "--dry-run")
+    assert code == 2 and "not empty" in err
+    (taken / "notes.txt").unlink()
+    assert _cli(capsys, "tiny", "--dry-run")[0] == 0

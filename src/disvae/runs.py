@@ -50,7 +50,11 @@ def read_config(run_dir: str | Path) -> C.RunConfig:
             f"{str(path)!r} is not a disvae run's config (a run's has the sections "
             f"{', '.join(C.SECTIONS)}); pass a directory written by `disvae train`"
         )
-    return C.from_dict({k: v for k, v in d.items() if k in C.SECTIONS}, source=str(path))
+    cfg = C.from_dict({k: v for k, v in d.items() if k in C.SECTIONS}, source=str(path))
+    try:  # a saved config is resolved already: every value is checked again, as train did
+        return C.resolve(cfg, cfg.loss.rec_dist or "bernoulli")
+    except UserError as e:
+        raise UserError(f"{str(path)!r}: {e}; the run's config is damaged") from None
 
 
 def config_record(cfg: C.RunConfig) -> dict[str, Any]:

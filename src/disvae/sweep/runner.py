@@ -400,8 +400,8 @@ def expand_only(
     sweep: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
 ) -> list[RunSpec]:
     """The runs a sweep file expands into (checked), without running anything; with ``out``,
-    also checks that the sweep could be written there (`check_out`), which a run would do."""
+    also checks that the sweep could be written there (`check_out`, the default
+    ``sweeps/out/<name>`` when ``out`` is None), which a run would do."""
     sw = load_sweep(sweep, overrides)
-    if out is not None:
-        check_out(out, sw)
+    check_out(out if out is not None else DEFAULT_ROOT / sw.name, sw)
     return sw.runs

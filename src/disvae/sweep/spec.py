@@ -166,11 +166,18 @@ def expand(doc: dict[str, Any], source: str, overrides: list[str] | None = None)
     if not isinstance(methods, list) or not all(isinstance(m, dict) for m in methods):
         raise UserError(f"{source}: methods must be an array of tables ([[methods]])")
     runs: list[RunSpec] = []
+    labels: dict[str, str] = {}
     for i, method in enumerate(methods):
         where = f"[[methods]] #{i + 1}"
         _check_keys(method, _METHOD_KEYS, source, where)
         cfg = _method_base(base, method, overrides or [], source, where)
         label = str(method.get("name", cfg.loss.name))
+        if label in labels:  # the results and the page group runs by this label
+            raise UserError(
+                f"{source}: {labels[label]} and {where} are both named {label!r} (a method "
+                f'without a name takes its loss\'s); give each a distinct name = "..."'
+            )
+        labels[label] = where
         grid = dict(shared_grid, **_table(method, "grid", source, where))
         own = _samples(_table(method, "random", source, where), [seed, i], source, where)
         for point in _points(grid, shared_random, own, source, where):

@@ -163,6 +163,8 @@ class ModelForward:
             "max-autotune",
         )
         self._calls = 0  # calls of the compiled model so far
+        self.fallback_reason: str | None = None  # why a requested compilation was given up
+        self.on_fall_back: Callable[[str], None] | None = None  # told the reason, once
         if accel.compile:
             mode = None if accel.compile_mode == "default" else accel.compile_mode
             try:
@@ -182,12 +184,20 @@ class ModelForward:
 
     def fall_back(self, e: Exception) -> None:
         """Warn once and run eagerly from now on (the compiled model failed with ``e``)."""
-        warnings.warn(
-            f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        self._compiled = None
+        reason = f"{type(e).__name__}: {str(e)[:200]}"
+        warnings.warn(f"torch.compile failed ({reason}); training eagerly", RuntimeWarning,
+                      stacklevel=3)  # fmt: skip
+        self._compiled, self.fallback_reason = None, reason
+        if self.on_fall_back is not None:
+            self.on_fall_back(reason)
+
+    def speed(self) -> dict[str, object]:
+        """`Accel.describe` as it stands: ``compile`` false (and ``compile_error``) after a
+        fall-back to eager."""
+        described = self.accel.describe()
+        if self.fallback_reason is not None:
+            described.update(compile=False, compile_error=self.fallback_reason)
+        return described
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.accel.channels_last else x

@@ -433,10 +433,15 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record["patches"] = list(getattr(data.info, "patches", ()))
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
-        record["speed"] = trainer.accel.describe()  # what "auto" became on this device
+        record["speed"] = trainer.forward.speed()  # what "auto" became on this device
         record["processes"] = dist.world
         if dist.main:
             atomic_write_json(out / runs.CONFIG, record)
+
+            def fell_back(reason: str) -> None:  # config.json says how the run really trains
+                atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.forward.speed()})
+
+            trainer.forward.on_fall_back = fell_back
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
         trainer.run(progress)
     return out
