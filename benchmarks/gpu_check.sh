@@ -4,16 +4,18 @@
 #     bash benchmarks/gpu_check.sh            # writes its logs under $OUT (or ./gpu_check_out)
 # It uses the machine's own python3 and PyTorch (the package from src/, no install) and renders
 # dSprites once (~5 s). Then, most wanted first, each step under its own time limit (a step
-# that overruns or fails is reported and the next one runs; the limits add up to 550 s, so
+# that overruns or fails is reported and the next one runs; the limits add up to 560 s, so
 # whatever finished comes back even from a slow machine):
 #   1. training throughput at batch 64, eager (limit / disvae / plain / plain*)
-#   2. the same, betaB, with CUDA graphs (--compile-mode reduce-overhead)
-#   3. the metrics' encoding at batch 1000 and 4096
-#   4. training throughput at batch 1024
-#   5. the CUDA-relevant tests (Adam, fast path, objectives)
-#   6. a 3,000-step run (no snapshots, as in a 300,000-step run: 1 in 6,000 steps) whose
-#      logged images/s give the 300,000-step protocol's time
-# Six result files under $OUT (a device command brings back at most eight).
+#   2. the same with the whole step recorded as one CUDA graph (--cuda-graph; limit and
+#      trainer only: the plain loops are step 1's)
+#   3. betaB with torch.compile's CUDA graphs of the model (--compile-mode reduce-overhead)
+#   4. the metrics' encoding at batch 1000 and 4096
+#   5. training throughput at batch 1024
+#   6. the CUDA-relevant tests (Adam, fast path, objectives, the recorded step)
+#   7. a 3,000-step run with --cuda-graph (no snapshots, as in a 300,000-step run: 1 in 6,000
+#      steps) whose logged images/s give the 300,000-step protocol's time (RUN_ARGS= for eager)
+# Seven result files under $OUT (a device command brings back at most eight).
 # Not yet run on a GPU; its duration there is an estimate (7-9 minutes).
 # DEVICE=cpu STEPS64=3 STEPS1024=2 ENC=2000 RUNSTEPS=20 bash benchmarks/gpu_check.sh
 # is a dry run of the same commands on the CPU (step 4 outlasts its limit there; LIMIT_SCALE=4
@@ -47,26 +49,29 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 $PY -c "from disvae.data import load_dataset; print(len(load_dataset('dsprites')), 'dSprites images')" || exit 1
 
 TT=(benchmarks/train_throughput.py --device "$DEVICE")
-step 140 train64.txt "training throughput, batch 64" -- \
+step 130 train64.txt "training throughput, batch 64" -- \
     $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPS64:-200}" --reps 3
+step 60 train64_step_graph.txt "the whole step as one CUDA graph (--cuda-graph), batch 64" -- \
+    $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPS64:-200}" --reps 3 --cuda-graph --no-plain
 # perf_hints: cudagraph trees say why they skip a graph (a silent eager fallback otherwise)
-step 120 train64_graphs.txt "CUDA graphs (reduce-overhead), betaB, batch 64" -- \
+step 90 train64_graphs.txt "CUDA graphs (reduce-overhead), betaB, batch 64" -- \
     env TORCH_LOGS=perf_hints $PY "${TT[@]}" --objectives betaB --batch-sizes 64 \
-    --steps "${STEPS64:-200}" --reps 2 --compile-mode reduce-overhead
+    --steps "${STEPS64:-200}" --reps 2 --compile-mode reduce-overhead --no-plain
 step 50 encode.txt "encoding for the metrics" -- \
     $PY benchmarks/encode_throughput.py --device "$DEVICE" --batch-sizes 1000,4096 \
     --images "${ENC:-100000}" --reps 3
-step 80 train1024.txt "training throughput, batch 1024" -- \
+step 70 train1024.txt "training throughput, batch 1024" -- \
     $PY "${TT[@]}" --batch-sizes 1024 --steps "${STEPS1024:-20}" --reps 3
 # No -x: one failure must not hide the rest; Adam first (its CUDA kernel is the least proven).
 step 100 tests.txt "tests of the fast path (CUDA paths run where a GPU is present)" -- \
-    $PY -m pytest -v --tb=short -p no:cacheprovider tests/test_adam.py tests/test_fastpath.py \
-    tests/test_objectives.py
+    $PY -m pytest -v --tb=short -p no:cacheprovider tests/test_adam.py tests/test_graph.py \
+    tests/test_fastpath.py tests/test_objectives.py
 # The run directory stays out of $OUT, whose files all come back (only a few may).
 RUN_DIR=${RUN_DIR:-/tmp/gpu_check_run}
 step 60 run.txt "a real run: images/s from its log" -- \
     $PY -m disvae train --dataset dsprites --loss betaB --device "$DEVICE" --no-progress \
-    --steps "${RUNSTEPS:-3000}" --log-every 500 --snapshot-every 0 --overwrite --out "$RUN_DIR"
+    --steps "${RUNSTEPS:-3000}" --log-every 500 --snapshot-every 0 --overwrite --out "$RUN_DIR" \
+    ${RUN_ARGS---cuda-graph}
 if [ -f "$RUN_DIR/train_log.jsonl" ]; then
     $PY - "$RUN_DIR/train_log.jsonl" <<'PY' | tee -a "$OUT/run.txt"
 import json, sys

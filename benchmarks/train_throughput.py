@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py [--objectives vae,betaH,betaB,factor,btcvae]
         [--batch-sizes 64,256] [--steps 30] [--reps 3] [--device cpu|cuda]
         [--amp auto|none|bf16] [--compile] [--compile-mode MODE] [--channels-last auto|on|off]
+        [--cuda-graph]
 
 For each objective and batch size, four ways of training the Burgess model on the built-in
 dSprites are timed in interleaved repetitions (median and spread of images/s; FactorVAE counts
@@ -53,6 +54,8 @@ def _trainer(name: str, batch: int, steps: int, data, args, out: Path) -> Traine
              f"compile_mode={args.compile_mode!r}"]  # fmt: skip
     if args.channels_last != "auto":
         speed.append(f"channels_last={str(args.channels_last == 'on').lower()}")
+    if args.cuda_graph:
+        speed.append("cuda_graph=true")
     cfg = C.apply_overrides(
         C.RunConfig(),
         [f"loss={name}", f"batch_size={batch}", f"steps={steps}", "log_every=100",
@@ -63,10 +66,19 @@ def _trainer(name: str, batch: int, steps: int, data, args, out: Path) -> Traine
 
 
 def _warm_up(t: Trainer) -> None:
-    """Three untimed steps: with ``--compile-mode reduce-overhead`` the first call of the
-    compiled model only warms up and the CUDA graphs are recorded on the next ones."""
-    for _ in range(3):
+    """Untimed steps: with ``--compile-mode reduce-overhead`` the first call of the compiled
+    model only warms up and the CUDA graphs are recorded on the next ones; with
+    ``--cuda-graph`` the step is recorded after its warm-up steps (and again whenever the
+    timing switches between the fixed batch and the real ones: `_rerecord`)."""
+    graph = t.graph is not None and t.graph.enabled
+    for _ in range(t.graph.WARMUP + 2 if graph else 3):
         t.train_step()
+
+
+def _rerecord(t: Trainer) -> None:
+    """Drop a recorded step: the limit's reads the fixed batch, the trainer's the gathers."""
+    if t.graph is not None:
+        t.graph.reset()
 
 
 def time_limit(t: Trainer, steps: int) -> float:
@@ -74,6 +86,7 @@ def time_limit(t: Trainer, steps: int) -> float:
     x = t.data.batch(t.stream.next(t.cfg.train.batch_size))
     real = t.data.batch
     t.data.batch = lambda index: x  # type: ignore[method-assign]
+    _rerecord(t)
     try:
         _warm_up(t)
         _sync(t.device)
@@ -84,6 +97,7 @@ def time_limit(t: Trainer, steps: int) -> float:
         dt = time.perf_counter() - t0
     finally:
         t.data.batch = real  # type: ignore[method-assign]
+        _rerecord(t)
     return steps * t.cfg.train.batch_size * t.batches_per_step / dt
 
 
@@ -225,6 +239,15 @@ def main() -> None:
         help="torch.compile mode (implies --compile); reduce-overhead: CUDA graphs",
     )  # fmt: skip
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument(
+        "--cuda-graph", action="store_true",
+        help="the trainer's whole step recorded as one CUDA graph (train.cuda_graph)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-plain", action="store_true",
+        help="time only the limit and the trainer (the plain loops do not depend on the "
+        "trainer's settings: a second run with other settings can skip them)",
+    )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = load_dataset("dsprites")
@@ -250,18 +273,21 @@ def main() -> None:
                 if not shown:
                     print("trainer settings:", t.accel.describe())
                     shown = True
-                plain_child = PlainChild(name, batch, args)
+                plain_child = None if args.no_plain else PlainChild(name, batch, args)
                 runs: dict[str, list[float]] = {c: [] for c in cols}
                 try:
                     for _ in range(args.reps):
                         runs["limit"].append(time_limit(t, args.steps))
                         runs["disvae"].append(time_trainer(t, args.steps))
-                        runs["plain"].append(time_plain(t, args.steps, packed))
-                        runs["plain*"].append(plain_child.rep())
+                        if plain_child is not None:
+                            runs["plain"].append(time_plain(t, args.steps, packed))
+                            runs["plain*"].append(plain_child.rep())
                 finally:
-                    plain_child.close()
-                med = {k: statistics.median(v) for k, v in runs.items()}
-                spread = {k: (max(v) - min(v)) / 2 for k, v in runs.items()}
+                    if plain_child is not None:
+                        plain_child.close()
+                nan = float("nan")
+                med = {k: statistics.median(v) if v else nan for k, v in runs.items()}
+                spread = {k: (max(v) - min(v)) / 2 if v else nan for k, v in runs.items()}
                 row = "".join(f"{med[k]:>6.0f}±{spread[k]:<3.0f}" for k in cols)
                 print(f"{name:<9}{batch:>6}{row}{med['disvae'] / med['limit']:>14.3f}"
                       f"{med['disvae'] / med['plain']:>14.3f}"

@@ -38,14 +38,15 @@ FLAG_KEYS = {
     "grad_clip": "train.grad_clip", "val_every": "train.val_every",
     "val_images": "train.val_images", "amp": "train.amp", "compile": "train.compile",
     "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
-    "deterministic": "train.deterministic",
+    "deterministic": "train.deterministic", "cuda_graph": "train.cuda_graph",
 }  # fmt: skip
 # What may change when a run is resumed (everything else would make it a different run).
 RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
                   "train.eval_every", "train.eval_metrics", "train.val_every",
                   "train.val_images", "train.amp", "train.compile", "train.compile_mode",
-                  "train.channels_last", "train.nan_check", "train.deterministic"}  # fmt: skip
+                  "train.channels_last", "train.nan_check", "train.deterministic",
+                  "train.cuda_graph"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -220,6 +221,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--compile-mode", choices=COMPILE_MODES, metavar="MODE",
         help="torch.compile mode, implies --compile: default | reduce-overhead (CUDA graphs, "
         "for small models on a GPU) | max-autotune | max-autotune-no-cudagraphs (default: default)",
+    )  # fmt: skip
+    g.add_argument(
+        "--cuda-graph", action=argparse.BooleanOptionalAction,
+        help="capture the whole training step in one CUDA graph and replay it (CUDA, one "
+        "process; not with CUDA-graph compile modes) (off)",
     )  # fmt: skip
     g.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,

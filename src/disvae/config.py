@@ -122,6 +122,11 @@ class TrainConfig:
     # backward without launching each kernel from Python, for small models on a GPU) |
     # max-autotune | max-autotune-no-cudagraphs.
     compile_mode: str = "default"
+    # The whole training step (batch gather, forward, objective, backward, clipping, Adam; the
+    # discriminator's step too) captured once in a CUDA graph and replayed: one launch a step
+    # instead of hundreds (training/graph.py). CUDA, one process; on other devices the same
+    # step runs uncaptured.
+    cuda_graph: bool = False
     # Deterministic kernels (cuDNN's deterministic algorithms, torch.use_deterministic_algorithms
     # with warnings): a GPU run then resumes bit for bit, at some cost in speed.
     deterministic: bool = False
@@ -426,6 +431,17 @@ def _check_values(cfg: RunConfig) -> None:
         raise UserError(f"data.val_fraction must be in [0, 1), got {D.val_fraction}")
     if T.steps is not None and T.epochs is not None:
         raise UserError("give train.steps or train.epochs, not both")
+    if T.cuda_graph and T.nan_check == "step":
+        raise UserError(
+            "train.cuda_graph needs the sync-free non-finite check (a recorded step cannot read "
+            "the device); drop nan_check=step or --cuda-graph"
+        )
+    if T.cuda_graph and T.compile and T.compile_mode in ("reduce-overhead", "max-autotune"):
+        raise UserError(
+            f"train.cuda_graph records the whole step itself; compile_mode {T.compile_mode!r} "
+            "records CUDA graphs of its own inside it: use compile_mode default or "
+            "max-autotune-no-cudagraphs with --cuda-graph"
+        )
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:

@@ -61,12 +61,15 @@ class LossContext:
     discriminator: nn.Module | None = None
 
 
-Objective = Callable[[VAEOutput, Tensor, int, LossConfig, LossContext], LossOutput]
+# ``step`` is the 0-based optimisation step: an int, or a 0-d float tensor on the batch's device
+# when the step is captured in a CUDA graph (the schedules then stay on the device).
+Step = int | Tensor
+Objective = Callable[[VAEOutput, Tensor, Step, LossConfig, LossContext], LossOutput]
 OBJECTIVES: Registry[Objective] = Registry("loss")
 
 
 def compute_loss(
-    out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossContext
+    out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossContext
 ) -> LossOutput:
     """The objective named ``cfg.name`` on a batch x (B, C, H, W) and its forward pass ``out``.
 
@@ -84,7 +87,7 @@ def _shared(out: VAEOutput, x: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor,
 
 
 def _output(
-    recon: Tensor, reg: Tensor, weight: float, kl_dim: Tensor, **extra: Tensor | float
+    recon: Tensor, reg: Tensor, weight: float | Tensor, kl_dim: Tensor, **extra: Tensor | float
 ) -> LossOutput:
     """``total = recon + weight * reg`` and the logged terms, detached."""
     total = recon + weight * reg
@@ -105,21 +108,21 @@ def _output(
 
 
 @OBJECTIVES.register("vae")
-def vae(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossContext) -> LossOutput:
+def vae(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossContext) -> LossOutput:
     """Negative ELBO: recon + KL(q(z|x) || p(z)) (Kingma & Welling 2014, Eq. 10)."""
     recon, kl, kl_dim = _shared(out, x, cfg)
     return _output(recon, kl, warmup(step, cfg.reg_anneal), kl_dim)
 
 
 @OBJECTIVES.register("betaH")
-def beta_h(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossContext) -> LossOutput:
+def beta_h(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossContext) -> LossOutput:
     """β-VAE: recon + β KL (Higgins et al. 2017, Eq. 4)."""
     recon, kl, kl_dim = _shared(out, x, cfg)
     return _output(recon, _req(cfg.beta, "beta") * kl, warmup(step, cfg.reg_anneal), kl_dim)
 
 
 @OBJECTIVES.register("betaB")
-def beta_b(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossContext) -> LossOutput:
+def beta_b(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossContext) -> LossOutput:
     """β-VAE with a controlled capacity: recon + γ |KL - C| (Burgess et al. 2018, Eq. 8).
 
     C rises linearly from ``c_init`` to ``c_fin`` over ``c_steps`` steps (Burgess et al. §4).
@@ -132,7 +135,7 @@ def beta_b(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossConte
 
 
 @OBJECTIVES.register("factor")
-def factor(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossContext) -> LossOutput:
+def factor(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossContext) -> LossOutput:
     """FactorVAE: recon + KL + γ TC (Kim & Mnih 2018, Eq. 2).
 
     TC(z) = KL(q(z) || prod_d q(z_d)) is estimated with the density-ratio trick (§3) as
@@ -150,7 +153,7 @@ def factor(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossConte
 
 
 @OBJECTIVES.register("btcvae")
-def btcvae(out: VAEOutput, x: Tensor, step: int, cfg: LossConfig, ctx: LossContext) -> LossOutput:
+def btcvae(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossContext) -> LossOutput:
     """β-TCVAE: recon + α MI + β TC + γ dimension-wise KL (Chen et al. 2018, Eq. 4).
 
     The three terms are estimated on the batch with `tc_decomposition` (``cfg.sampling``: mws or

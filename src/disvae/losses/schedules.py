@@ -5,19 +5,25 @@ Being functions of the step rather than stateful objects, they resume exactly fr
 
 from __future__ import annotations
 
+from torch import Tensor
 
-def linear(start: float, end: float, step: int, n_steps: int) -> float:
+
+def linear(start: float, end: float, step: int | Tensor, n_steps: int) -> float | Tensor:
     """``start`` at step 0, moving linearly to ``end`` at ``n_steps``, then held at ``end``.
 
-    Steps before 0 give ``start``; ``n_steps <= 0`` gives ``end`` at every step.
+    Steps before 0 give ``start``; ``n_steps <= 0`` gives ``end`` at every step. ``step`` may be
+    a 0-d float tensor (a step captured in a CUDA graph reads it from the device): the value is
+    then a 0-d tensor on its device, computed without reading it on the host.
     """
     if n_steps <= 0:
         return float(end)
+    if isinstance(step, Tensor):
+        return start + (end - start) * (step / n_steps).clamp(0.0, 1.0)
     fraction = min(max(step / n_steps, 0.0), 1.0)
     return float(start + (end - start) * fraction)
 
 
-def capacity(step: int, c_init: float, c_fin: float, c_steps: int) -> float:
+def capacity(step: int | Tensor, c_init: float, c_fin: float, c_steps: int) -> float | Tensor:
     """The target KL capacity C (nats) of β-VAE_B at ``step``.
 
     Burgess et al. (2018), §4: C is increased linearly from C_init to C_fin over ``c_steps``
@@ -26,6 +32,6 @@ def capacity(step: int, c_init: float, c_fin: float, c_steps: int) -> float:
     return linear(c_init, c_fin, step, c_steps)
 
 
-def warmup(step: int, reg_anneal: int) -> float:
+def warmup(step: int | Tensor, reg_anneal: int) -> float | Tensor:
     """Factor on the regulariser: 0 at step 0 rising linearly to 1 at ``reg_anneal`` (1 if 0)."""
     return linear(0.0, 1.0, step, reg_anneal)

@@ -21,6 +21,8 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
   autotuner is off with ``deterministic = true``, which a GPU run needs to be reproducible bit
   for bit.
 - **sync-free non-finite check** (``nan_check = "auto"``: on CUDA): see `DeferredGuard`.
+- **the whole step in one CUDA graph** (``cuda_graph = true``, off by default): see
+  `disvae.training.graph`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Accel:
     fused_adam: bool = False
     deferred_nan_check: bool = False
     deterministic: bool = False
+    cuda_graph: bool = False  # the whole step in one CUDA graph (`disvae.training.graph`)
 
     def describe(self) -> dict[str, object]:
         """JSON-able summary for config.json / logs."""
@@ -62,6 +65,7 @@ class Accel:
             "fused_adam": self.fused_adam,
             "nan_check": "deferred" if self.deferred_nan_check else "step",
             "deterministic": self.deterministic,
+            "cuda_graph": self.cuda_graph,
         }
 
 
@@ -78,7 +82,8 @@ def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
     """The speed settings of ``cfg`` on ``device`` ("auto" values decided here)."""
     cuda = device.type == "cuda"
     amp = auto_amp(cfg.amp, device)
-    deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and cuda)
+    # A step recorded in a CUDA graph cannot read the device: the check must be the deferred one.
+    deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and (cuda or cfg.cuda_graph))
     cl = cfg.channels_last
     return Accel(
         device=device,
@@ -90,6 +95,7 @@ def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
         fused_adam=device.type in ("cuda", "cpu") or deferred,
         deferred_nan_check=deferred,
         deterministic=cfg.deterministic,
+        cuda_graph=cfg.cuda_graph,
     )
 
 
@@ -119,7 +125,12 @@ def configure_backends(accel: Accel) -> None:
 
 def autocast(accel: Accel) -> AbstractContextManager:
     dtype = accel.amp_dtype
-    return torch.autocast(accel.device.type, dtype=dtype or torch.float32, enabled=bool(dtype))
+    # Autocast's cache of cast weights must be off in a recorded CUDA graph (PyTorch's CUDA
+    # graph notes): cast copies made during the capture would be freed at the context's exit.
+    return torch.autocast(
+        accel.device.type, dtype=dtype or torch.float32, enabled=bool(dtype),
+        cache_enabled=not accel.cuda_graph,
+    )  # fmt: skip
 
 
 def prepare_model(model: torch.nn.Module, accel: Accel) -> torch.nn.Module:
@@ -280,14 +291,19 @@ class DeferredGuard:
         bad = ~torch.isfinite(torch.cat(values))
         layout = (tuple(terms), tuple(v.numel() for v in values))
         seen = self._bad.get(layout)
-        self._bad[layout] = bad.long() if seen is None else seen + bad
+        if seen is None:
+            self._bad[layout] = bad.long()
+        else:
+            seen.add_(bad)
         return ~bad.any()
 
+    # The counters are updated in place: a step recorded in a CUDA graph (`training.graph`)
+    # keeps writing to the tensors it was recorded with.
     def end_step(self, ok: torch.Tensor) -> None:
         bad = (~ok).long()
-        self.n_bad += bad
-        self.streak = (self.streak + 1) * bad
-        self.worst = torch.maximum(self.worst, self.streak)
+        self.n_bad.add_(bad)
+        self.streak.add_(1).mul_(bad)
+        torch.maximum(self.worst, self.streak, out=self.worst)
 
     def flush(self) -> tuple[int, int, int, str]:
         """``(skipped steps, longest run, current run, first bad name)`` since the last flush
@@ -295,8 +311,9 @@ class DeferredGuard:
         n_bad, worst, streak = torch.stack([self.n_bad, self.worst, self.streak]).tolist()
         name = self._first_bad_name() if n_bad else ""
         self.n_bad.zero_()
-        self.worst = self.streak.clone()
-        self._bad.clear()
+        self.worst.copy_(self.streak)
+        for counts in self._bad.values():
+            counts.zero_()
         return n_bad, worst, streak, name
 
     def _first_bad_name(self) -> str:

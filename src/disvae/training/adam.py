@@ -43,6 +43,24 @@ _FIXED = {
 }
 
 
+# A group may hold, beside its float "lr", a 0-d tensor on the parameters' device under this key,
+# which the caller fills with the same value: the kernel then reads the learning rate from the
+# device, so a step recorded in a CUDA graph (`disvae.training.graph`) follows a schedule. The
+# float stays the group's lr for `state_dict`; the tensor is never saved.
+LR_TENSOR = "lr_tensor"
+
+
+def _lr_of(group: dict[str, Any], device: torch.device) -> float | torch.Tensor:
+    lr = group.get(LR_TENSOR)
+    if lr is None:
+        return float(group["lr"])
+    if lr.device != device or lr.dim() != 0:
+        raise ValueError(
+            f"{LR_TENSOR} must be a 0-d tensor on {device}, got {lr.device} {lr.shape}"
+        )
+    return lr
+
+
 class FusedAdam:
     """Adam (Kingma & Ba 2015, Alg. 1) with the state and state_dict of ``torch.optim.Adam``."""
 
@@ -138,7 +156,7 @@ class FusedAdam:
                 torch._foreach_add_(steps, 1)
                 torch._fused_adam_(
                     ps, grads, m, v, [], steps,
-                    lr=float(group["lr"]), beta1=beta1, beta2=beta2,
+                    lr=_lr_of(group, device), beta1=beta1, beta2=beta2,
                     weight_decay=group["weight_decay"], eps=group["eps"],
                     amsgrad=False, maximize=False, grad_scale=None, found_inf=found,
                 )  # fmt: skip
@@ -151,7 +169,7 @@ class FusedAdam:
         index: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
-            packed = {k: v for k, v in group.items() if k != "params"}
+            packed = {k: v for k, v in group.items() if k not in ("params", LR_TENSOR)}
             packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
             groups.append(packed)
         state = {index[id(p)]: dict(st) for p, st in self.state.items() if st}

@@ -15,6 +15,8 @@ import logging
 import math
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from disvae.models import build_model
 from disvae.models.discriminator import Discriminator
 from disvae.training import accel, distributed, logs, runtime, schedules, validation
 from disvae.training import checkpoint as ckpt
-from disvae.training.adam import Optimizer
+from disvae.training.adam import LR_TENSOR, Optimizer
+from disvae.training.graph import StepGraph
 from disvae.training.nonfinite import NonFiniteHandling
 from disvae.training.runtime import NonFiniteError
 from disvae.training.state import TrainerState
@@ -91,6 +94,7 @@ class Trainer(TrainerState, NonFiniteHandling):
         self.guard = accel.DeferredGuard(self.device) if self.accel.deferred_nan_check else None
         self.ctx = LossContext(dataset_size=len(self.train_idx), discriminator=self.disc)
         self.data.to(self.device)
+        self.graph = self._step_graph() if self.accel.cuda_graph else None
         self.step = 0
         self.sums: dict[str, torch.Tensor] = {}
         self.n_summed = 0
@@ -108,18 +112,29 @@ class Trainer(TrainerState, NonFiniteHandling):
         """One optimisation step; returns the detached loss terms, or None when a loss term or
         gradient was not finite and the update was skipped (the name is in `self.bad_term`).
         With the deferred check the skip happens on the device: the terms come back zeroed and
-        `self.guard` counts the step until the next `flush_deferred`."""
+        `self.guard` counts the step until the next `flush_deferred`. With ``cuda_graph`` the
+        terms are the graph's outputs, overwritten by the next step."""
         self.set_lr()
-        x, noise = self.next_batch(), self.noise()
+        if self.graph is not None:
+            self._load_graph_inputs()
+            return self.graph()
+        return self._step(lambda: self.next_batch(), self.step)
+
+    def _step(
+        self, batch: Callable[[], torch.Tensor], step: int | torch.Tensor
+    ) -> dict[str, torch.Tensor] | None:
+        """The step's work: ``batch()`` gives the VAE's batch, then (FactorVAE) the
+        discriminator's; ``step`` feeds the objective's schedules."""
+        x, noise = batch(), self.noise()
         try:
-            out, result, ok = self._vae_update(x, noise)
+            out, result, ok = self._vae_update(x, noise, step)
         except Exception as e:
             if not self.forward.unproven:
                 raise
             # The compiled backward failed (it is compiled at its first use): eager from here,
             # this step again on the same batch.
             self.forward.fall_back(e)
-            out, result, ok = self._vae_update(x, noise)
+            out, result, ok = self._vae_update(x, noise, step)
         if ok is False:
             return None
         terms = dict(result.terms)
@@ -128,7 +143,7 @@ class Trainer(TrainerState, NonFiniteHandling):
             # permuted codes of a second batch (product of marginals). Its grads from the VAE
             # loss above are discarded first.
             with torch.no_grad():
-                z_other = self.model.sample(*self.forward.encode(self.next_batch()))
+                z_other = self.model.sample(*self.forward.encode(batch()))
             d = discriminator_loss(self.disc, out.z, z_other)
             ok = self._update(self.disc_opt, self.disc, d, "disc_grad_norm", ok)
             if ok is False:
@@ -139,11 +154,53 @@ class Trainer(TrainerState, NonFiniteHandling):
             terms = {k: torch.where(ok, v, 0.0) for k, v in terms.items()}
         return terms
 
-    def _vae_update(self, x: torch.Tensor, noise: torch.Tensor | None):
+    def _vae_update(self, x: torch.Tensor, noise: torch.Tensor | None, step: int | torch.Tensor):
         """Forward, objective and update of the VAE on batch ``x``: (output, loss, ok)."""
         out = self.forward(x, noise)
-        result = compute_loss(out, x, self.step, self.cfg.loss, self.ctx)
+        result = compute_loss(out, x, step, self.cfg.loss, self.ctx)
         return out, result, self._update(self.opt, self.model, result, "grad_norm")
+
+    # ------------------------------------------------------------------ the step as a CUDA graph
+
+    def _step_graph(self) -> StepGraph:
+        """The step over fixed device buffers (indices, step, learning rates), for `StepGraph`."""
+        if self.dist.active:
+            raise UserError(
+                "train.cuda_graph records one process's step; drop --cuda-graph under torchrun"
+            )
+        if self.device.type != "cuda":
+            warnings.warn(
+                f"train.cuda_graph: no CUDA graphs on {self.device.type}; the step runs "
+                "uncaptured (the same computation)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        dev, batch = self.device, self.cfg.train.batch_size
+        self._graph_index = [
+            torch.zeros(batch, dtype=torch.int64, device=dev) for _ in range(self.batches_per_step)
+        ]
+        self._graph_step = torch.zeros((), dtype=torch.float32, device=dev)
+        # The learning rate as the kernels take it: float32 on CUDA; float64 on the CPU, whose
+        # kernel then computes exactly as with a float lr.
+        lr_dtype = torch.float64 if dev.type == "cpu" else torch.float32
+        for opt in (self.opt, self.disc_opt):
+            for group in opt.param_groups if opt is not None else ():
+                group[LR_TENSOR] = torch.full((), float(group["lr"]), dtype=lr_dtype, device=dev)
+
+        def body() -> dict[str, torch.Tensor]:
+            index = iter(self._graph_index)
+            terms = self._step(lambda: self.data.batch(next(index)), self._graph_step)
+            assert terms is not None  # the deferred check never returns None
+            return terms
+
+        return StepGraph(body, dev)
+
+    def _load_graph_inputs(self) -> None:
+        """This step's indices and number into the recorded step's buffers (copies queued
+        behind the previous step, which reads them: no host wait)."""
+        for buffer in self._graph_index:
+            buffer.copy_(self.stream.next(self.cfg.train.batch_size), non_blocking=True)
+        self._graph_step.fill_(self.step)
 
     def _update(
         self,
@@ -293,11 +350,11 @@ class Trainer(TrainerState, NonFiniteHandling):
     def set_lr(self) -> None:
         """Learning rates of this step: base x rollback scale x schedule (of the step)."""
         factor = self.lr_scale * self.lr_factor(self.step)
-        for group in self.opt.param_groups:
-            group["lr"] = self.cfg.train.lr * factor
-        if self.disc_opt is not None:
-            for group in self.disc_opt.param_groups:
-                group["lr"] = self.cfg.loss.lr_disc * factor
+        for opt, lr in ((self.opt, self.cfg.train.lr), (self.disc_opt, self.cfg.loss.lr_disc)):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr * factor
+                if LR_TENSOR in group:  # read by a step recorded in a CUDA graph
+                    group[LR_TENSOR].fill_(group["lr"])
 
     def metrics(self) -> dict[str, float]:
         """Disentanglement metrics of the current model (``eval_every``), as ``metrics/NAME``,

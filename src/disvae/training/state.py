@@ -93,6 +93,8 @@ class TrainerState:
         self.best_val = meta.get("best_val")
         if self.guard is not None:
             self.guard.reset()
+        if self.graph is not None:  # the optimizers' state tensors were replaced
+            self.graph.reset()
         self.step = meta["step"]
         if not self.dist.main:  # rank 0 alone touches the run's files
             return

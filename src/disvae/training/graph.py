@@ -1,0 +1,112 @@
+"""The whole training step in one CUDA graph (``train.cuda_graph``, ``--cuda-graph``).
+
+A step of the Burgess model at batch 64 is a few hundred small kernels and little arithmetic,
+so on a GPU the host launching them one by one from Python sets its pace. A CUDA graph records
+the kernels of one step once and replays them with a single launch (NVIDIA, CUDA C++
+Programming Guide, "CUDA Graphs"; PyTorch's `torch.cuda.graph`, "whole-network capture").
+``compile_mode = "reduce-overhead"`` graphs the model's forward and backward only; this graphs
+everything from the batch gather to the Adam update, the discriminator's step included.
+
+What a replay needs to be the same step as an eager one:
+
+- inputs in fixed buffers, refilled before each replay (`Trainer._load_graph_inputs`): the
+  batch indices, the step number (the objectives' schedules: β-VAE_B's capacity, the
+  regulariser's warm-up) and the learning rates (a float lr would be recorded into the Adam
+  kernel as a constant; `FusedAdam` reads ``lr_tensor`` from the device instead);
+- no host synchronisation inside: the deferred non-finite check (`accel.DeferredGuard`),
+  whose counters are updated in place;
+- state updated in place: parameters, Adam's moments and step counts, the guard's counters.
+  A restore (resume, rollback) replaces the optimizer's state tensors, so the graph is recorded
+  again afterwards (`StepGraph.reset`).
+
+The random draws inside (reparameterisation noise, FactorVAE's permutations) come from the
+CUDA generator, which PyTorch advances at each replay, so every replay draws fresh numbers.
+
+Order of events: `WARMUP` eager steps on a side stream (cuDNN's autotuning, Adam's lazily made
+state, cuBLAS handles, a compiled model's compilation), then the capture of the next step,
+which records without running: its replay performs it. A capture that fails warns once and the
+run continues eagerly, that step included. Off CUDA the step runs uncaptured every time, with
+the same buffers (what the CPU tests exercise).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+Terms = dict[str, torch.Tensor]
+
+
+class StepGraph:
+    """Runs ``body`` (one training step over fixed input buffers, returning its terms), recorded
+    as a CUDA graph after `WARMUP` eager calls and replayed from then on.
+
+    The terms a replay returns are the graph's own output tensors, overwritten by the next
+    replay: read them (the trainer sums them) before the next call.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, body: Callable[[], Terms], device: torch.device) -> None:
+        self.body, self.device = body, device
+        self.enabled = device.type == "cuda"
+        self.failure: str | None = None  # why the capture failed (then eager for good)
+        self.captures = 0  # graphs recorded so far (more than one after restores)
+        self._side: torch.cuda.Stream | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop the recorded graph: the next calls warm up and record again (after a restore
+        replaced tensors the graph reads or writes)."""
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._out: Terms | None = None
+        self._warm = 0
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
+
+    def __call__(self) -> Terms:
+        if not self.enabled or self.failure is not None:
+            return self.body()
+        if self._graph is not None:
+            self._graph.replay()
+            return self._out  # type: ignore[return-value]
+        if self._warm < self.WARMUP:
+            self._warm += 1
+            return self._on_side_stream()
+        return self._record()
+
+    def _on_side_stream(self) -> Terms:
+        # PyTorch's recipe: warm up on a side stream, so that what the first calls set up
+        # lazily is not made on (or tied to) the stream the capture will use.
+        main = torch.cuda.current_stream(self.device)
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            out = self.body()
+        main.wait_stream(self._side)
+        return out
+
+    def _record(self) -> Terms:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: another thread's CUDA call (none is expected) does not break it
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self.body()
+        except Exception as e:  # noqa: BLE001 - an op that cannot be recorded: eager from here
+            self.failure = f"{type(e).__name__}: {str(e)[:200]}"
+            warnings.warn(
+                f"recording the training step as a CUDA graph failed ({self.failure}); "
+                "training without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self.body()  # nothing of the recorded step ran: run it now
+        self._graph, self._out = graph, out
+        self.captures += 1
+        graph.replay()
+        return out

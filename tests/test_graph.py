@@ -1,0 +1,314 @@
+"""The whole training step as one CUDA graph (``train.cuda_graph``): the step over fixed device
+buffers must be the eager step exactly (checked on the CPU, where it runs uncaptured), and the
+recording's bookkeeping (warm-up, capture, replay, re-recording after a restore, the fall-back
+when a capture fails) is checked with a stand-in for the CUDA graph API. On a GPU the last
+tests record real graphs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from disvae import config as C
+from disvae import runs
+from disvae.cli import main
+from disvae.losses.schedules import capacity, linear, warmup
+from disvae.training import accel, distributed, graph, train
+from disvae.training.adam import LR_TENSOR, FusedAdam
+from disvae.training.loop import Trainer
+
+FAST = ["dataset=dsprites_tiny", "batch_size=16", "log_every=5", "lr=1e-3", "snapshot_every=0"]
+CUDA = torch.cuda.is_available()
+
+
+def _cfg(loss: str, *extra: str) -> C.RunConfig:
+    return C.resolve(C.apply_overrides(C.RunConfig(), [f"loss={loss}", *FAST, *extra]))
+
+
+def _trainer(cfg, data, tmp_path) -> Trainer:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "train.cuda_graph: no CUDA graphs", RuntimeWarning)
+        return Trainer(cfg, tmp_path, data)
+
+
+def _steps(t: Trainer, n: int) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for _ in range(n):
+        terms = t.train_step()
+        t.step += 1
+        out.append({k: v.clone() for k, v in terms.items()})  # a replay overwrites them
+    return out
+
+
+def _log(run) -> list[dict]:
+    return [json.loads(x) for x in (run / runs.TRAIN_LOG).read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------- the pieces
+
+
+def test_schedules_of_a_device_step_equal_those_of_an_int_step():
+    for step in (0, 1, 3, 7, 10, 25):
+        t = torch.tensor(float(step))
+        # capacity: 0.5 + (25 - 0.5) * min(step / 7, 1); warm-up: min(step / 4, 1)
+        assert float(capacity(t, 0.5, 25.0, 7)) == pytest.approx(capacity(step, 0.5, 25.0, 7))
+        assert float(capacity(t, 0.5, 25.0, 7)) == pytest.approx(0.5 + 24.5 * min(step / 7, 1))
+        assert float(warmup(t, 4)) == pytest.approx(min(step / 4, 1.0))
+        assert isinstance(warmup(t, 4), torch.Tensor)
+    assert warmup(torch.tensor(3.0), 0) == 1.0  # no warm-up: the constant, as for an int
+    assert float(linear(2.0, 4.0, torch.tensor(-3.0), 5)) == 2.0  # held before step 0
+
+
+def test_fused_adam_reads_a_device_learning_rate_exactly():
+    torch.manual_seed(0)
+    params = [torch.randn(50, requires_grad=True) for _ in range(2)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    a, b = FusedAdam(params, lr=3e-3), FusedAdam(twins, lr=3e-3)
+    b.param_groups[0][LR_TENSOR] = torch.tensor(0.0, dtype=torch.float64)
+    for i in range(4):
+        grads = [torch.randn(50) for _ in params]
+        for p, q, g in zip(params, twins, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        lr = 3e-3 * 0.5**i  # a schedule: the tensor must follow it, the float lr is ignored
+        a.param_groups[0]["lr"] = lr
+        b.param_groups[0][LR_TENSOR].fill_(lr)
+        a.step()
+        b.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, twins, strict=True))
+    assert LR_TENSOR not in b.state_dict()["param_groups"][0]  # never saved
+    b.param_groups[0][LR_TENSOR] = torch.tensor([1e-3], dtype=torch.float64)
+    with pytest.raises(ValueError, match="must be a 0-d tensor"):
+        b.step()
+
+
+def test_deferred_guard_counts_in_place():
+    guard = accel.DeferredGuard(torch.device("cpu"))
+    tensors = [guard.n_bad, guard.streak, guard.worst]
+    ptrs = [t.data_ptr() for t in tensors]
+    terms = {"loss": torch.tensor(1.0), "kl": torch.tensor(2.0)}
+    pattern = [True, False, False, True, False, False, False, True]  # ok flags of 8 steps
+    for ok in pattern:
+        value = 1.0 if ok else float("nan")
+        flag = guard.finite({**terms, "kl": torch.tensor(value)}, torch.tensor(1.0))
+        guard.end_step(flag)
+    # 5 bad steps, the longest run 3, none running at the end
+    assert guard.flush() == (5, 3, 0, "kl")
+    guard.end_step(torch.tensor(False))
+    guard.end_step(torch.tensor(False))
+    assert guard.flush() == (2, 2, 2, "gradient")  # bad steps whose terms were not checked
+    # A recorded step keeps writing to the tensors it was recorded with.
+    assert [t.data_ptr() for t in (guard.n_bad, guard.streak, guard.worst)] == ptrs
+
+
+def test_bad_combinations_are_refused(tiny_data, tmp_path):
+    with pytest.raises(C.UserError, match="needs the sync-free non-finite check"):
+        _cfg("betaH", "cuda_graph=true", "nan_check=step")
+    with pytest.raises(C.UserError, match="compile_mode 'reduce-overhead'"):
+        _cfg("betaH", "cuda_graph=true", "compile=true", 'compile_mode="reduce-overhead"')
+    _cfg("betaH", "cuda_graph=true", "compile=true", 'compile_mode="max-autotune-no-cudagraphs"')
+    with pytest.raises(C.UserError, match="drop --cuda-graph under torchrun"):
+        Trainer(_cfg("betaH", "cuda_graph=true"), tmp_path, tiny_data, distributed.Dist(0, 2))
+    # On the CPU it says it records nothing, and turns the sync-free check on.
+    with pytest.warns(RuntimeWarning, match="no CUDA graphs on cpu"):
+        t = Trainer(_cfg("betaH", "cuda_graph=true"), tmp_path, tiny_data)
+    assert t.accel.deferred_nan_check and t.graph is not None and not t.graph.enabled
+
+
+# ---------------------------------------------------------------------- the step itself
+
+
+@pytest.mark.parametrize(
+    "loss, extra",
+    [("vae", ["reg_anneal=5"]), ("betaH", []), ("betaB", ["c_steps=7", "c_fin=3.3"]),
+     ("factor", []), ("btcvae", ["sampling=mss"])],
+)  # fmt: skip
+def test_the_step_over_fixed_buffers_is_the_eager_step(tiny_data, tmp_path, loss, extra):
+    # A learning-rate schedule, clipping, annealed loss weights: what the buffers must carry.
+    common = ["lr_warmup=3", "lr_schedule=cosine", "grad_clip=50", "steps=100", *extra]
+    # (each trainer seeds the global generator when made: made and run one after the other)
+    eager = _trainer(_cfg(loss, "nan_check=deferred", *common), tiny_data, tmp_path / "a")
+    a = _steps(eager, 8)
+    fixed = _trainer(_cfg(loss, "cuda_graph=true", *common), tiny_data, tmp_path / "b")
+    b = _steps(fixed, 8)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            torch.testing.assert_close(y[k], x[k], rtol=2e-6, atol=1e-7, msg=k)
+    for p, q in zip(eager.model.parameters(), fixed.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+    if loss == "betaB":  # the capacity followed the step: 3.3 * min(s / 7, 1)
+        assert [float(t["capacity"]) for t in b] == pytest.approx(
+            [3.3 * min(s / 7, 1) for s in range(8)], rel=1e-6
+        )
+
+
+def test_a_run_with_a_recorded_step_equals_the_eager_run_and_resumes(tiny_data, tmp_path):
+    common = ["steps=24", "checkpoint_every=8", "lr_schedule=step", "lr_decay_every=0.05"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "train.cuda_graph: no CUDA graphs", RuntimeWarning)
+        eager = train(_cfg("betaB", "nan_check=deferred", *common), tmp_path / "e",
+                      data=tiny_data, progress=False)  # fmt: skip
+        part = train(_cfg("betaB", "cuda_graph=true", *common[1:], "steps=20"), tmp_path / "g",
+                     data=tiny_data, progress=False)  # fmt: skip
+        cfg = C.apply_overrides(runs.read_config(part), ["steps=24"])
+        train(cfg, part, data=tiny_data, resume=True, progress=False)
+    strip = lambda log: [{k: v for k, v in r.items() if k != "img_per_s"} for r in log]  # noqa: E731
+    assert strip(_log(part)) == strip(_log(eager))
+    assert (part / runs.MODEL).read_bytes() == (eager / runs.MODEL).read_bytes()
+    assert json.loads((part / runs.CONFIG).read_text())["speed"]["cuda_graph"] is True
+
+
+def _poison_weights_at(monkeypatch, step: int):
+    """From ``step`` on a weight is NaN, in place (a recorded step reads the same memory): every
+    step is skipped until the rollback restores the checkpoint's weights."""
+    real = Trainer.train_step
+    seen = {"done": False}
+
+    def train_step(self):
+        if self.step == step and not seen["done"]:
+            seen["done"] = True
+            with torch.no_grad():
+                self.model.decoder[0].weight[0, 0] = float("nan")
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_a_rollback_records_the_step_again(tiny_data, tmp_path, monkeypatch, caplog):
+    resets = []
+    real_reset = graph.StepGraph.reset
+    monkeypatch.setattr(graph.StepGraph, "reset", lambda g: resets.append(1) or real_reset(g))
+    _poison_weights_at(monkeypatch, 6)
+    cfg = _cfg("betaH", "cuda_graph=true", "steps=20", "checkpoint_every=5", "nan_patience=3")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "train.cuda_graph: no CUDA graphs", RuntimeWarning)
+        run = train(cfg, tmp_path / "r", data=tiny_data, progress=False)
+    log = _log(run)
+    assert log[-1]["step"] == 20 and all(math.isfinite(r["loss"]) for r in log)
+    assert "rolled back to step 5" in caplog.text
+    assert len(resets) == 2  # made, then dropped by the rollback's restore
+    model, _ = runs.load_run(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_flag_reaches_the_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    common = ["train", "--dataset", "dsprites_tiny", "--steps", "3", "--no-progress", "-q"]
+    assert main([*common, "--cuda-graph", "--out", str(out)]) == 0
+    record = json.loads((out / runs.CONFIG).read_text())
+    assert record["train"]["cuda_graph"] is True and record["speed"]["cuda_graph"] is True
+    assert "no CUDA graphs on cpu" in capsys.readouterr().err
+    bad = main([*common, "--cuda-graph", "--set", 'nan_check="step"', "--out", str(tmp_path / "b")])
+    assert bad == 2 and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------- recording, with a stand-in
+
+
+class _FakeCuda:
+    """Just enough of torch.cuda's graph API to follow `StepGraph`: a capture runs the body's
+    Python (as a real one does, recording its kernels), a replay counts."""
+
+    def __init__(self, fail_capture: bool = False):
+        self.fail_capture, self.replays, self.captures, self.side = fail_capture, 0, 0, 0
+        fake = self
+
+        class Graph:
+            def replay(self):
+                fake.replays += 1
+
+        class Stream:
+            def __init__(self, device=None):
+                fake.side += 1
+
+            def wait_stream(self, other):
+                pass
+
+        @contextlib.contextmanager
+        def capture(g, capture_error_mode="global"):
+            fake.captures += 1
+            yield
+            if fake.fail_capture:
+                raise RuntimeError("operation not permitted when stream is capturing")
+
+        self.api = {
+            "CUDAGraph": Graph, "Stream": Stream, "graph": capture,
+            "stream": lambda s: contextlib.nullcontext(), "current_stream": lambda d=None: Stream(),
+        }  # fmt: skip
+
+
+def _fake_graph(monkeypatch, fail: bool = False):
+    fake = _FakeCuda(fail)
+    for name, value in fake.api.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    calls = []
+
+    def body():
+        calls.append(1)
+        return {"loss": torch.tensor(float(len(calls)))}
+
+    return fake, graph.StepGraph(body, torch.device("cuda")), calls
+
+
+def test_warm_up_then_one_recording_then_replays(monkeypatch):
+    fake, g, calls = _fake_graph(monkeypatch)
+    outs = [g() for _ in range(7)]
+    # 3 eager warm-up steps, the recording (its Python runs once), then replays only
+    assert len(calls) == 4 and fake.captures == 1 and fake.replays == 4 and g.captured
+    assert all(o is outs[3] for o in outs[3:])  # the graph's own output tensors
+    g.reset()  # a restore
+    [g() for _ in range(5)]
+    assert len(calls) == 8 and fake.captures == 2 and fake.replays == 6 and g.captures == 2
+
+
+def test_a_failed_recording_warns_once_and_steps_eagerly(monkeypatch):
+    fake, g, calls = _fake_graph(monkeypatch, fail=True)
+    with pytest.warns(RuntimeWarning, match="recording the training step as a CUDA graph failed"):
+        outs = [g() for _ in range(6)]
+    # the failed step ran eagerly at once (nothing of a recording runs), and so did the rest
+    assert fake.captures == 1 and fake.replays == 0 and not g.captured
+    assert [float(o["loss"]) for o in outs] == [1, 2, 3, 5, 6, 7] and len(calls) == 7
+    assert "not permitted" in g.failure
+
+
+# ---------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("loss", ["betaB", "factor", "btcvae"])
+def test_cuda_the_recorded_step_trains_as_the_eager_one(tiny_data, tmp_path, loss):
+    common = ["amp=none", "lr_warmup=3", "steps=100", "c_steps=7"] if loss == "betaB" else [
+        "amp=none", "lr_warmup=3", "steps=100"]  # fmt: skip
+    a = _steps(Trainer(_cfg(loss, *common), tmp_path / "a", tiny_data), 12)
+    fixed = Trainer(_cfg(loss, "cuda_graph=true", *common), tmp_path / "b", tiny_data)
+    b = _steps(fixed, 12)
+    assert fixed.graph.captured and fixed.graph.failure is None and fixed.graph.captures == 1
+    # Same batches and schedules; the noise comes from the same generator, but a replay may
+    # draw other numbers than eager calls, and the kernels may differ: equal up to that, which
+    # a stale learning rate or step (β-VAE_B's capacity, γ = 1000) would far exceed.
+    for x, y in zip(a, b, strict=True):
+        for k in ("loss", "recon"):
+            assert math.isclose(float(y[k]), float(x[k]), rel_tol=5e-2), (k, x[k], y[k])
+    assert float(b[-1]["recon"]) < float(b[0]["recon"])  # it trains
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_a_rollback_of_a_recorded_run_records_it_again(
+    tiny_data, tmp_path, monkeypatch, caplog
+):
+    _poison_weights_at(monkeypatch, 6)  # replayed steps, not warm-up ones, meet the NaN
+    made = []
+    real_record = graph.StepGraph._record
+    monkeypatch.setattr(graph.StepGraph, "_record", lambda g: made.append(1) or real_record(g))
+    cfg = _cfg("betaH", "cuda_graph=true", "amp=none", "steps=20", "checkpoint_every=5",
+               "nan_patience=3")  # fmt: skip
+    run = train(cfg, tmp_path / "r", data=tiny_data, progress=False)
+    log = _log(run)
+    assert log[-1]["step"] == 20 and all(math.isfinite(r["loss"]) for r in log)
+    assert "rolled back to step 5" in caplog.text
+    assert len(made) == 2  # recorded, rolled back, recorded again
