@@ -34,6 +34,25 @@ def test_stream_covers_each_epoch_once_and_restores_exactly():
     assert all((a == b).all() for a, b in zip(expected, got, strict=True))
 
 
+def test_device_resident_order_gives_the_host_batches():
+    """``next(n, device)`` reads a per-epoch copy of the order on the device: the same batches
+    as the host path across epochs and a restore, one copy an epoch."""
+    idx = np.arange(100, 137)  # 37 images, batches of 8: the tail of each epoch is dropped
+    host, dev = BatchStream(idx, seed=5), BatchStream(idx, seed=5)
+    cpu = torch.device("cpu")  # stands in for an accelerator: the same code path
+    copies: list[torch.Tensor] = []
+    for _ in range(13):  # 4 batches an epoch: a little over 3 epochs
+        assert torch.equal(host.next(8), dev.next(8, device=cpu))
+        if not any(c is dev._resident for c in copies):
+            copies.append(dev._resident)
+    assert dev.epoch == 3 and len(copies) == 4  # one copy per epoch begun
+    tensors, scalars = dev.state()
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    [dev.next(8, device=cpu) for _ in range(5)]  # on into the next epoch, then back
+    dev.load_state(tensors, dict(scalars))  # the device copy of the later epoch is dropped
+    assert all(torch.equal(host.next(8), dev.next(8, device=cpu)) for _ in range(6))
+
+
 def test_packed_and_plain_batches_agree():
     rng = np.random.default_rng(0)
     binary = rng.integers(0, 2, size=(5, 1, 8, 16), dtype=np.uint8)

@@ -40,21 +40,33 @@ class BatchStream:
         self.epoch = 0
         self.pos = 0
         self.perm = self._new_perm()
+        self._resident: torch.Tensor | None = None  # this epoch's order on a device (`next`)
+        self._resident_on: torch.device | None = None
 
     def _new_perm(self) -> torch.Tensor:
+        self._resident = None
         return torch.randperm(len(self.indices), generator=self.generator).to(torch.int32)
 
-    def next(self, n: int) -> torch.Tensor:
-        """The next ``n`` dataset indices, shape (n,), int64."""
+    def next(self, n: int, device: torch.device | None = None) -> torch.Tensor:
+        """The next ``n`` dataset indices, shape (n,), int64.
+
+        With ``device``, a view of this epoch's order kept on that device (copied there once
+        an epoch): a GPU step then reads its indices without a copy from host memory each step.
+        The order is drawn on the host either way, so batches do not depend on the device.
+        """
         if n > len(self.indices):
             raise ValueError(f"batch of {n} is larger than the {len(self.indices)} training images")
         if self.pos + n > len(self.perm):
             self.epoch += 1
             self.pos = 0
             self.perm = self._new_perm()
-        out = self.indices[self.perm[self.pos : self.pos + n].long()]
-        self.pos += n
-        return out
+        start, self.pos = self.pos, self.pos + n
+        if device is None:
+            return self.indices[self.perm[start : self.pos].long()]
+        if self._resident is None or self._resident_on != device:
+            self._resident = self.indices[self.perm.long()].to(device)
+            self._resident_on = device
+        return self._resident[start : self.pos]
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON-able scalars) that `load_state` restores exactly."""
@@ -65,6 +77,7 @@ class BatchStream:
         if len(tensors["perm"]) != len(self.indices):
             raise ValueError("the saved data order is for a different training split")
         self.perm = tensors["perm"].to(torch.int32)
+        self._resident = None
         self.generator.set_state(tensors["generator"])
         self.epoch = int(scalars["epoch"])
         self.pos = int(scalars["pos"])

@@ -199,7 +199,7 @@ class Trainer(TrainerState, NonFiniteHandling):
         """This step's indices and number into the recorded step's buffers (copies queued
         behind the previous step, which reads them: no host wait)."""
         for buffer in self._graph_index:
-            buffer.copy_(self.stream.next(self.cfg.train.batch_size), non_blocking=True)
+            buffer.copy_(self._next_index(), non_blocking=True)
         self._graph_step.fill_(self.step)
 
     def _update(
@@ -237,10 +237,15 @@ class Trainer(TrainerState, NonFiniteHandling):
         return ok
 
     def next_batch(self) -> torch.Tensor:
-        """The next training batch on the device (the index copy does not wait for the GPU);
-        with several processes, this rank's share of the global batch."""
-        index = self.dist.share(self.stream.next(self.cfg.train.batch_size))
-        return self.data.batch(index.to(self.device, non_blocking=True))
+        """The next training batch on the device; with several processes, this rank's share
+        of the global batch."""
+        return self.data.batch(self.dist.share(self._next_index()))
+
+    def _next_index(self) -> torch.Tensor:
+        """The next global batch's dataset indices; on an accelerator already there (a view of
+        the epoch's order, copied once an epoch: no copy from host memory each step)."""
+        on = None if self.device.type == "cpu" else self.device
+        return self.stream.next(self.cfg.train.batch_size, device=on)
 
     def noise(self) -> torch.Tensor | None:
         """Data-parallel ranks: this rank's rows of the global batch's reparameterisation noise
@@ -251,8 +256,13 @@ class Trainer(TrainerState, NonFiniteHandling):
         return self.dist.share(torch.randn(shape, device=self.device))
 
     def accumulate(self, terms: dict[str, torch.Tensor]) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        """Add a step's terms to the sums of this log line (one multi-tensor launch on a GPU,
+        where a launch per term would cost as much as a replayed step's arithmetic)."""
+        if self.sums and self.sums.keys() == terms.keys():
+            torch._foreach_add_(list(self.sums.values()), [terms[k] for k in self.sums])
+        else:
+            for k, v in terms.items():
+                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.n_summed += 1
 
     # ------------------------------------------------------------------ the loop
