@@ -276,6 +276,32 @@ def test_a_failed_recording_warns_once_and_steps_eagerly(monkeypatch):
     assert "not permitted" in g.failure
 
 
+def test_a_run_whose_recording_fails_says_so_in_its_config(tiny_data, tmp_path, monkeypatch):
+    """The real step, on the CPU, through the stand-in API with a failing capture: the run goes
+    on eagerly to its end, and config.json's speed records the fall-back. (The stand-in's
+    capture runs the step's arithmetic, which a real one only records: the weights are not
+    compared.)"""
+    for name, value in _FakeCuda(fail_capture=True).api.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    made = graph.StepGraph.__init__
+
+    def as_if_on_cuda(self, body, device):
+        made(self, body, device)
+        self.enabled = True
+
+    monkeypatch.setattr(graph.StepGraph, "__init__", as_if_on_cuda)
+    common = ["steps=8", "checkpoint_every=4"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "train.cuda_graph: no CUDA graphs", RuntimeWarning)
+        with pytest.warns(RuntimeWarning, match="as a CUDA graph failed"):
+            run = train(_cfg("betaH", "cuda_graph=true", *common), tmp_path / "g", data=tiny_data,
+                        progress=False)  # fmt: skip
+    speed = json.loads((run / runs.CONFIG).read_text())["speed"]
+    assert speed["cuda_graph"] is False and "not permitted" in speed["cuda_graph_error"]
+    log = _log(run)
+    assert log[-1]["step"] == 8 and all(math.isfinite(r["loss"]) for r in log)
+
+
 # ---------------------------------------------------------------------- on a GPU
 
 

@@ -53,6 +53,7 @@ class StepGraph:
         self.body, self.device = body, device
         self.enabled = device.type == "cuda"
         self.failure: str | None = None  # why the capture failed (then eager for good)
+        self.on_failure: Callable[[str], None] | None = None  # told the reason, once
         self.captures = 0  # graphs recorded so far (more than one after restores)
         self._side: torch.cuda.Stream | None = None
         self.reset()
@@ -105,6 +106,8 @@ class StepGraph:
                 RuntimeWarning,
                 stacklevel=3,
             )
+            if self.on_failure is not None:
+                self.on_failure(self.failure)
             return self.body()  # nothing of the recorded step ran: run it now
         self._graph, self._out = graph, out
         self.captures += 1

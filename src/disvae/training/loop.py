@@ -195,6 +195,14 @@ class Trainer(TrainerState, NonFiniteHandling):
 
         return StepGraph(body, dev)
 
+    def speed(self) -> dict[str, object]:
+        """The speed settings as they stand (`accel.Accel.describe`), with ``compile`` or
+        ``cuda_graph`` false, and the error, after a fall-back to eager."""
+        described = self.forward.speed()
+        if self.graph is not None and self.graph.failure is not None:
+            described.update(cuda_graph=False, cuda_graph_error=self.graph.failure)
+        return described
+
     def _load_graph_inputs(self) -> None:
         """This step's indices and number into the recorded step's buffers (copies queued
         behind the previous step, which reads them: no host wait)."""
@@ -500,15 +508,17 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record["patches"] = list(getattr(data.info, "patches", ()))
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
-        record["speed"] = trainer.forward.speed()  # what "auto" became on this device
+        record["speed"] = trainer.speed()  # what "auto" became on this device
         record["processes"] = dist.world
         if dist.main:
             atomic_write_json(out / runs.CONFIG, record)
 
             def fell_back(reason: str) -> None:  # config.json says how the run really trains
-                atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.forward.speed()})
+                atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.speed()})
 
             trainer.forward.on_fall_back = fell_back
+            if trainer.graph is not None:
+                trainer.graph.on_failure = fell_back
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
         trainer.run(progress)
     return out
