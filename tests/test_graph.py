@@ -27,7 +27,10 @@ CUDA = torch.cuda.is_available()
 
 
 def _cfg(loss: str, *extra: str) -> C.RunConfig:
-    return C.resolve(C.apply_overrides(C.RunConfig(), [f"loss={loss}", *FAST, *extra]))
+    """A tiny run on the CPU (also on a GPU machine: these tests compare bit for bit), unless
+    ``extra`` names the device."""
+    device = [] if any(e.startswith("device=") for e in extra) else ['device="cpu"']
+    return C.resolve(C.apply_overrides(C.RunConfig(), [f"loss={loss}", *FAST, *device, *extra]))
 
 
 def _trainer(cfg, data, tmp_path) -> Trainer:
@@ -198,7 +201,8 @@ def test_a_rollback_records_the_step_again(tiny_data, tmp_path, monkeypatch, cap
 
 def test_the_flag_reaches_the_run(tmp_path, capsys):
     out = tmp_path / "r"
-    common = ["train", "--dataset", "dsprites_tiny", "--steps", "3", "--no-progress", "-q"]
+    common = ["train", "--dataset", "dsprites_tiny", "--steps", "3", "--device", "cpu",
+              "--no-progress", "-q"]  # fmt: skip
     assert main([*common, "--cuda-graph", "--out", str(out)]) == 0
     record = json.loads((out / runs.CONFIG).read_text())
     assert record["train"]["cuda_graph"] is True and record["speed"]["cuda_graph"] is True
@@ -230,7 +234,7 @@ class _FakeCuda:
                 pass
 
         @contextlib.contextmanager
-        def capture(g, capture_error_mode="global"):
+        def capture(g, pool=None, stream=None, capture_error_mode="global"):
             fake.captures += 1
             yield
             if fake.fail_capture:
@@ -239,6 +243,7 @@ class _FakeCuda:
         self.api = {
             "CUDAGraph": Graph, "Stream": Stream, "graph": capture,
             "stream": lambda s: contextlib.nullcontext(), "current_stream": lambda d=None: Stream(),
+            "device": lambda d: contextlib.nullcontext(), "set_stream": lambda s: None,
         }  # fmt: skip
 
 
@@ -266,22 +271,19 @@ def test_warm_up_then_one_recording_then_replays(monkeypatch):
     assert len(calls) == 8 and fake.captures == 2 and fake.replays == 6 and g.captures == 2
 
 
-def test_a_failed_recording_warns_once_and_steps_eagerly(monkeypatch):
+def test_a_failed_recording_stops_with_a_clear_error(monkeypatch):
     fake, g, calls = _fake_graph(monkeypatch, fail=True)
-    with pytest.warns(RuntimeWarning, match="recording the training step as a CUDA graph failed"):
-        outs = [g() for _ in range(6)]
-    # the failed step ran eagerly at once (nothing of a recording runs), and so did the rest
-    assert fake.captures == 1 and fake.replays == 0 and not g.captured
-    assert [float(o["loss"]) for o in outs] == [1, 2, 3, 5, 6, 7] and len(calls) == 7
-    assert "not permitted" in g.failure
+    outs = [g() for _ in range(3)]
+    with pytest.raises(graph.GraphRecordingError, match="not permitted when stream is capturing"):
+        g()
+    assert fake.captures == 1 and fake.replays == 0 and not g.captured and len(outs) == 3
 
 
-def test_a_run_whose_recording_fails_says_so_in_its_config(tiny_data, tmp_path, monkeypatch):
-    """The real step, on the CPU, through the stand-in API with a failing capture: the run goes
-    on eagerly to its end, and config.json's speed records the fall-back. (The stand-in's
-    capture runs the step's arithmetic, which a real one only records: the weights are not
-    compared.)"""
-    for name, value in _FakeCuda(fail_capture=True).api.items():
+def test_a_run_whose_recording_fails_stops_and_resumes_without_it(tmp_path, capsys, monkeypatch):
+    """The real step, on the CPU, through the stand-in API with a failing capture: one line,
+    exit 2, the checkpoint kept; the run then resumes without the graph to its end."""
+    fake = _FakeCuda(fail_capture=True)
+    for name, value in fake.api.items():
         monkeypatch.setattr(torch.cuda, name, value)
     made = graph.StepGraph.__init__
 
@@ -290,16 +292,16 @@ def test_a_run_whose_recording_fails_says_so_in_its_config(tiny_data, tmp_path, 
         self.enabled = True
 
     monkeypatch.setattr(graph.StepGraph, "__init__", as_if_on_cuda)
-    common = ["steps=8", "checkpoint_every=4"]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "train.cuda_graph: no CUDA graphs", RuntimeWarning)
-        with pytest.warns(RuntimeWarning, match="as a CUDA graph failed"):
-            run = train(_cfg("betaH", "cuda_graph=true", *common), tmp_path / "g", data=tiny_data,
-                        progress=False)  # fmt: skip
-    speed = json.loads((run / runs.CONFIG).read_text())["speed"]
-    assert speed["cuda_graph"] is False and "not permitted" in speed["cuda_graph_error"]
+    run = tmp_path / "r"
+    common = ["--dataset", "dsprites_tiny", "--device", "cpu", "--no-progress", "-q"]
+    assert main(["train", *common, "--steps", "8", "--cuda-graph", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("disvae: error: recording the training step as a CUDA graph")
+    assert "--resume RUN --no-cuda-graph" in err[-1] and fake.captures == 1
+    assert main(["train", "--resume", str(run), "--no-cuda-graph", "-q"]) == 0
     log = _log(run)
     assert log[-1]["step"] == 8 and all(math.isfinite(r["loss"]) for r in log)
+    assert json.loads((run / runs.CONFIG).read_text())["train"]["cuda_graph"] is False
 
 
 # ---------------------------------------------------------------------- on a GPU
@@ -308,8 +310,8 @@ def test_a_run_whose_recording_fails_says_so_in_its_config(tiny_data, tmp_path, 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("loss", ["betaB", "factor", "btcvae"])
 def test_cuda_the_recorded_step_trains_as_the_eager_one(tiny_data, tmp_path, loss):
-    common = ["amp=none", "lr_warmup=3", "steps=100", "c_steps=7"] if loss == "betaB" else [
-        "amp=none", "lr_warmup=3", "steps=100"]  # fmt: skip
+    common = ['device="cuda"', "amp=none", "lr_warmup=3", "steps=100"]
+    common += ["c_steps=7"] if loss == "betaB" else []
     a = _steps(Trainer(_cfg(loss, *common), tmp_path / "a", tiny_data), 12)
     fixed = Trainer(_cfg(loss, "cuda_graph=true", *common), tmp_path / "b", tiny_data)
     b = _steps(fixed, 12)
@@ -331,8 +333,8 @@ def test_cuda_a_rollback_of_a_recorded_run_records_it_again(
     made = []
     real_record = graph.StepGraph._record
     monkeypatch.setattr(graph.StepGraph, "_record", lambda g: made.append(1) or real_record(g))
-    cfg = _cfg("betaH", "cuda_graph=true", "amp=none", "steps=20", "checkpoint_every=5",
-               "nan_patience=3")  # fmt: skip
+    cfg = _cfg("betaH", "cuda_graph=true", 'device="cuda"', "amp=none", "steps=20",
+               "checkpoint_every=5", "nan_patience=3")  # fmt: skip
     run = train(cfg, tmp_path / "r", data=tiny_data, progress=False)
     log = _log(run)
     assert log[-1]["step"] == 20 and all(math.isfinite(r["loss"]) for r in log)

@@ -140,8 +140,9 @@ def factor(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossCont
 
     TC(z) = KL(q(z) || prod_d q(z_d)) is estimated with the density-ratio trick (§3) as
     mean(D(z)[:, 0] - D(z)[:, 1]) over the batch's sampled codes, class 0 being "joint". The
-    gradient reaches the encoder through D's input; it also lands on D's parameters, which the
-    training loop zeroes before D's own update (see `discriminator_loss`).
+    gradient reaches the encoder through D's input; the training loop differentiates this loss
+    with respect to the VAE's parameters only, D being trained on its own loss
+    (`discriminator_loss`).
     """
     if ctx.discriminator is None:
         raise ValueError("the factor objective needs LossContext.discriminator")
@@ -176,8 +177,8 @@ def discriminator_loss(
     Cross-entropy, averaged over both halves, of classifying ``z`` (B, D), codes of the VAE's
     batch, as class 0 "joint" and ``permute_dims(z_other)`` (B', D), codes of a second batch with
     each dimension shuffled, as class 1 "product of marginals". Both are detached, so no gradient
-    reaches the VAE. The loop zeroes D's gradients (the VAE loss puts some there) before
-    backpropagating this, and steps D's own Adam (lr ``cfg.lr_disc``, betas `DISC_BETAS`).
+    reaches the VAE. The loop backpropagates this into D alone (the VAE loss gave D no
+    gradients) and steps D's own Adam (lr ``cfg.lr_disc``, betas `DISC_BETAS`).
 
     Terms: ``disc_loss`` and ``disc_acc`` (share of both halves classified correctly).
     """

@@ -24,19 +24,27 @@ CUDA generator, which PyTorch advances at each replay, so every replay draws fre
 
 Order of events: `WARMUP` eager steps on a side stream (cuDNN's autotuning, Adam's lazily made
 state, cuBLAS handles, a compiled model's compilation), then the capture of the next step,
-which records without running: its replay performs it. A capture that fails warns once and the
-run continues eagerly, that step included. Off CUDA the step runs uncaptured every time, with
-the same buffers (what the CPU tests exercise).
+which records without running: its replay performs it. Recording and replays run with the
+run's GPU as the current device (``--device cuda:1`` too). A capture that fails stops the run
+with a `GraphRecordingError` naming the operation's error: a failed capture leaves CUDA's
+random generator and the caching allocator in capture mode, so the process cannot safely go on
+eagerly; the run resumes from its last checkpoint without ``--cuda-graph``. Off CUDA the step
+runs uncaptured every time, with the same buffers (what the CPU tests exercise).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 
+from disvae.errors import UserError
+
 Terms = dict[str, torch.Tensor]
+
+
+class GraphRecordingError(UserError):
+    """The training step could not be recorded as a CUDA graph."""
 
 
 class StepGraph:
@@ -52,8 +60,6 @@ class StepGraph:
     def __init__(self, body: Callable[[], Terms], device: torch.device) -> None:
         self.body, self.device = body, device
         self.enabled = device.type == "cuda"
-        self.failure: str | None = None  # why the capture failed (then eager for good)
-        self.on_failure: Callable[[str], None] | None = None  # told the reason, once
         self.captures = 0  # graphs recorded so far (more than one after restores)
         self._side: torch.cuda.Stream | None = None
         self.reset()
@@ -70,15 +76,16 @@ class StepGraph:
         return self._graph is not None
 
     def __call__(self) -> Terms:
-        if not self.enabled or self.failure is not None:
+        if not self.enabled:
             return self.body()
-        if self._graph is not None:
-            self._graph.replay()
-            return self._out  # type: ignore[return-value]
-        if self._warm < self.WARMUP:
-            self._warm += 1
-            return self._on_side_stream()
-        return self._record()
+        with torch.cuda.device(self.device):  # the graph's device, not device 0's
+            if self._graph is not None:
+                self._graph.replay()
+                return self._out  # type: ignore[return-value]
+            if self._warm < self.WARMUP:
+                self._warm += 1
+                return self._on_side_stream()
+            return self._record()
 
     def _on_side_stream(self) -> Terms:
         # PyTorch's recipe: warm up on a side stream, so that what the first calls set up
@@ -94,21 +101,21 @@ class StepGraph:
 
     def _record(self) -> Terms:
         graph = torch.cuda.CUDAGraph()
+        main = torch.cuda.current_stream(self.device)
         try:
             # thread_local: another thread's CUDA call (none is expected) does not break it
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device),
+                                  capture_error_mode="thread_local"):  # fmt: skip
                 out = self.body()
-        except Exception as e:  # noqa: BLE001 - an op that cannot be recorded: eager from here
-            self.failure = f"{type(e).__name__}: {str(e)[:200]}"
-            warnings.warn(
-                f"recording the training step as a CUDA graph failed ({self.failure}); "
-                "training without it",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            if self.on_failure is not None:
-                self.on_failure(self.failure)
-            return self.body()  # nothing of the recorded step ran: run it now
+        except Exception as e:  # noqa: BLE001 - any failure: a clear stop
+            torch.cuda.set_stream(main)  # the capture's context may not have restored it
+            cause = e.__context__ or e  # the op's own error, not "failed during capture"
+            what = (str(cause).strip().splitlines() or [""])[0][:200]
+            raise GraphRecordingError(
+                f"recording the training step as a CUDA graph failed ({type(cause).__name__}: "
+                f"{what}); the last checkpoint is kept: resume it without the graph, "
+                "`disvae train --resume RUN --no-cuda-graph`"
+            ) from e
         self._graph, self._out = graph, out
         self.captures += 1
         graph.replay()

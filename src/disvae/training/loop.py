@@ -140,8 +140,8 @@ class Trainer(TrainerState, NonFiniteHandling):
         terms = dict(result.terms)
         if self.disc is not None:
             # Kim & Mnih (2018), Alg. 2: the discriminator sees codes of this batch (joint) and
-            # permuted codes of a second batch (product of marginals). Its grads from the VAE
-            # loss above are discarded first.
+            # permuted codes of a second batch (product of marginals). The VAE loss above gave
+            # it no gradients (`_update` differentiates the updated module's parameters only).
             with torch.no_grad():
                 z_other = self.model.sample(*self.forward.encode(batch()))
             d = discriminator_loss(self.disc, out.z, z_other)
@@ -196,12 +196,9 @@ class Trainer(TrainerState, NonFiniteHandling):
         return StepGraph(body, dev)
 
     def speed(self) -> dict[str, object]:
-        """The speed settings as they stand (`accel.Accel.describe`), with ``compile`` or
-        ``cuda_graph`` false, and the error, after a fall-back to eager."""
-        described = self.forward.speed()
-        if self.graph is not None and self.graph.failure is not None:
-            described.update(cuda_graph=False, cuda_graph_error=self.graph.failure)
-        return described
+        """The speed settings as they stand (`accel.Accel.describe`; ``compile`` false, with
+        the error, after a fall-back to eager)."""
+        return self.forward.speed()
 
     def _load_graph_inputs(self) -> None:
         """This step's indices and number into the recorded step's buffers (copies queued
@@ -222,7 +219,10 @@ class Trainer(TrainerState, NonFiniteHandling):
         added to ``result.terms`` as ``norm_name``) and step ``opt``. Returns False for a skipped
         step, else True, or (deferred check) the device flag that gated the update."""
         opt.zero_grad(set_to_none=True)
-        result.total.backward()
+        # Only this module's gradients: FactorVAE's VAE loss runs through the discriminator,
+        # whose own update starts from fresh gradients (and a recorded step must not add to
+        # gradients left from before its recording).
+        result.total.backward(inputs=[p for p in module.parameters() if p.requires_grad])
         self.dist.average_gradients(module, result.terms)  # data-parallel: the mean gradient
         clip = self.cfg.train.grad_clip
         params = [p for p in module.parameters() if p.grad is not None]
@@ -517,8 +517,6 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
                 atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.speed()})
 
             trainer.forward.on_fall_back = fell_back
-            if trainer.graph is not None:
-                trainer.graph.on_failure = fell_back
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
         trainer.run(progress)
     return out
