@@ -9,7 +9,9 @@
 #   1. training throughput at batch 64, eager (limit / disvae / plain / plain*)
 #   2. the same with the whole step recorded as one CUDA graph (--cuda-graph; limit and
 #      trainer only: the plain loops are step 1's)
-#   3. betaB with torch.compile's CUDA graphs of the model (--compile-mode reduce-overhead)
+#   3. betaB with the model compiled (fused kernels) inside the recorded step (--compile
+#      --cuda-graph); --compile-mode reduce-overhead, which graphs only the model's forward and
+#      backward and leaves ~100 launches a step outside, is left for a later lease
 #   4. the metrics' encoding at batch 1000 and 4096
 #   5. training throughput at batch 1024
 #   6. the CUDA-relevant tests (Adam, fast path, objectives, the recorded step)
@@ -53,10 +55,9 @@ step 130 train64.txt "training throughput, batch 64" -- \
     $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPS64:-200}" --reps 3
 step 60 train64_step_graph.txt "the whole step as one CUDA graph (--cuda-graph), batch 64" -- \
     $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPS64:-200}" --reps 3 --cuda-graph --no-plain
-# perf_hints: cudagraph trees say why they skip a graph (a silent eager fallback otherwise)
-step 90 train64_graphs.txt "CUDA graphs (reduce-overhead), betaB, batch 64" -- \
-    env TORCH_LOGS=perf_hints $PY "${TT[@]}" --objectives betaB --batch-sizes 64 \
-    --steps "${STEPS64:-200}" --reps 2 --compile-mode reduce-overhead --no-plain
+step 90 train64_compiled_graph.txt "compiled model in the recorded step, betaB, batch 64" -- \
+    $PY "${TT[@]}" --objectives betaB --batch-sizes 64 --steps "${STEPS64:-200}" --reps 2 \
+    --compile --cuda-graph --no-plain
 step 50 encode.txt "encoding for the metrics" -- \
     $PY benchmarks/encode_throughput.py --device "$DEVICE" --batch-sizes 1000,4096 \
     --images "${ENC:-100000}" --reps 3
