@@ -17,7 +17,8 @@
 #   6. the CUDA-relevant tests (Adam, fast path, objectives, the recorded step)
 #   7. a 3,000-step run with --cuda-graph (no snapshots, as in a 300,000-step run: 1 in 6,000
 #      steps) whose logged images/s give the 300,000-step protocol's time (RUN_ARGS= for eager)
-# Seven result files under $OUT (a device command brings back at most eight).
+# Seven result files under $OUT (a device command brings back at most eight), and a summary of
+# their figures at the end of the output (SUMMARY_ONLY=1 prints it again from the files).
 # Not yet run on a GPU; its duration there is an estimate (7-9 minutes).
 # DEVICE=cpu STEPS64=3 STEPS1024=2 ENC=2000 RUNSTEPS=20 bash benchmarks/gpu_check.sh
 # is a dry run of the same commands on the CPU (step 4 outlasts its limit there; LIMIT_SCALE=4
@@ -44,6 +45,27 @@ step() {
         failed+=("$title")
     fi
 }
+
+# The figures of every step in a few lines, at the end of the output (a device command returns
+# only its output's last 12,000 characters; the full tables are the files under $OUT).
+summary() {
+    echo
+    echo "== summary (images/s: limit, disvae, plain, plain*, then the ratios)"
+    local f
+    for f in train64 train64_step_graph train64_compiled_graph train1024; do
+        [ -f "$OUT/$f.txt" ] || continue
+        echo "-- $f ($(grep -m1 -o "'cuda_graph': [A-Za-z]*" "$OUT/$f.txt"))"
+        grep -E '^(vae|betaH|betaB|factor|btcvae) ' "$OUT/$f.txt"
+    done
+    [ -f "$OUT/encode.txt" ] && { echo "-- encode"; grep -E '^ +[0-9]+ ' "$OUT/encode.txt"; }
+    [ -f "$OUT/tests.txt" ] && { echo "-- tests"; grep -E '(passed|failed|error)' "$OUT/tests.txt" | tail -1; }
+    [ -f "$OUT/run.txt" ] && { echo "-- real run"; grep -E 'protocol|error' "$OUT/run.txt"; }
+    return 0
+}
+if [ "${SUMMARY_ONLY:-0}" = 1 ]; then  # re-read the files of an earlier run
+    summary
+    exit 0
+fi
 
 echo "== environment ($(date +%T))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
@@ -83,6 +105,7 @@ print(f"last logged rate {rate:.0f} images/s: the 300,000-step x 64 protocol wou
 PY
 fi
 
+summary
 echo
 if [ ${#failed[@]} -eq 0 ]; then
     echo "== all steps finished ($(date +%T))"
