@@ -21,7 +21,7 @@
 # their figures at the end of the output (SUMMARY_ONLY=1 prints it again from the files).
 # Not yet run on a GPU; its duration there is an estimate (7-9 minutes).
 # DEVICE=cpu STEPS64=3 STEPS1024=2 ENC=2000 RUNSTEPS=20 bash benchmarks/gpu_check.sh
-# is a dry run of the same commands on the CPU (step 4 outlasts its limit there; LIMIT_SCALE=4
+# is a dry run of the same commands on the CPU (step 5, batch 1024, outlasts its limit there; LIMIT_SCALE=4
 # lifts every limit).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1

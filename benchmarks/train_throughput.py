@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--objectives vae,betaH,betaB,factor,btcvae]
         [--batch-sizes 64,256] [--steps 30] [--reps 3] [--device cpu|cuda]
         [--amp auto|none|bf16] [--compile] [--compile-mode MODE] [--channels-last auto|on|off]
-        [--cuda-graph]
+        [--cuda-graph] [--no-plain]
 
 For each objective and batch size, four ways of training the Burgess model on the built-in
 dSprites are timed in interleaved repetitions (median and spread of images/s; FactorVAE counts

@@ -103,7 +103,8 @@ class TrainConfig:
     nan_patience: int = 10
     nan_rollbacks: int = 3
     nan_lr_factor: float = 0.5
-    nan_check: str = "auto"  # step (one host sync a step) | deferred (sync-free) | auto: CUDA
+    # step (one host sync a step) | deferred (sync-free) | auto: deferred on CUDA or with cuda_graph
+    nan_check: str = "auto"
     # Learning-rate schedule, a pure function of the step (training/schedules.py), times the
     # rollback factor: none | step (x lr_decay every lr_decay_every epochs) | cosine (to lr_floor).
     lr_schedule: str = "none"

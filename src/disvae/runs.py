@@ -36,8 +36,9 @@ class LoadedRun(NamedTuple):
     config: C.RunConfig
 
 
-def read_config(run_dir: str | Path) -> C.RunConfig:
-    """The resolved `RunConfig` saved in ``run_dir/config.json``."""
+def _run_record(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(path, record)`` of ``run_dir/config.json`` when it has a run's structure (a JSON
+    object with the config's sections); `UserError` otherwise."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise UserError(f"{str(run_dir)!r} is not a disvae run (no {CONFIG}); pass a run directory")
@@ -50,9 +51,17 @@ def read_config(run_dir: str | Path) -> C.RunConfig:
             f"{str(path)!r} is not a disvae run's config (a run's has the sections "
             f"{', '.join(C.SECTIONS)}); pass a directory written by `disvae train`"
         )
+    return path, d
+
+
+def read_config(run_dir: str | Path) -> C.RunConfig:
+    """The resolved `RunConfig` saved in ``run_dir/config.json``, every value checked."""
+    path, d = _run_record(run_dir)
     cfg = C.from_dict({k: v for k, v in d.items() if k in C.SECTIONS}, source=str(path))
     try:  # a saved config is resolved already: every value is checked again, as train did
-        return C.resolve(cfg, cfg.loss.rec_dist or "bernoulli")
+        if cfg.loss.rec_dist is None:
+            raise UserError("loss.rec_dist is missing (a run's config has it resolved)")
+        return C.resolve(cfg, cfg.loss.rec_dist)
     except UserError as e:
         raise UserError(f"{str(path)!r}: {e}; the run's config is damaged") from None
 
@@ -80,8 +89,8 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
                 f"--out {str(out)!r} is not empty; pass --resume {out} to continue it, "
                 "--overwrite to replace it, or choose another --out"
             )
-        try:
-            read_config(out)
+        try:  # a run's structure is enough: a run with a damaged value may be replaced
+            _run_record(out)
         except UserError:
             raise UserError(
                 f"--out {str(out)!r} is not empty and is not a disvae run; --overwrite only "

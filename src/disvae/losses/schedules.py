@@ -5,6 +5,7 @@ Being functions of the step rather than stateful objects, they resume exactly fr
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -13,12 +14,14 @@ def linear(start: float, end: float, step: int | Tensor, n_steps: int) -> float 
 
     Steps before 0 give ``start``; ``n_steps <= 0`` gives ``end`` at every step. ``step`` may be
     a 0-d float tensor (a step captured in a CUDA graph reads it from the device): the value is
-    then a 0-d tensor on its device, computed without reading it on the host.
+    then a float32 0-d tensor on its device, computed without reading it on the host; from a
+    float64 step it is the float value rounded once to float32, as the losses use a float.
     """
     if n_steps <= 0:
         return float(end)
     if isinstance(step, Tensor):
-        return start + (end - start) * (step / n_steps).clamp(0.0, 1.0)
+        fraction = (step / n_steps).clamp(0.0, 1.0)
+        return (start + (end - start) * fraction).to(torch.float32)
     fraction = min(max(step / n_steps, 0.0), 1.0)
     return float(start + (end - start) * fraction)
 

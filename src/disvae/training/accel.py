@@ -20,7 +20,8 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
 - **TF32** matmuls and convolutions and the cuDNN autotuner (CUDA; shapes are fixed). The
   autotuner is off with ``deterministic = true``, which a GPU run needs to be reproducible bit
   for bit.
-- **sync-free non-finite check** (``nan_check = "auto"``: on CUDA): see `DeferredGuard`.
+- **sync-free non-finite check** (``nan_check = "auto"``: on CUDA, and with ``cuda_graph``):
+  see `DeferredGuard`.
 - **the whole step in one CUDA graph** (``cuda_graph = true``, off by default): see
   `disvae.training.graph`.
 """
@@ -65,7 +66,7 @@ class Accel:
             "fused_adam": self.fused_adam,
             "nan_check": "deferred" if self.deferred_nan_check else "step",
             "deterministic": self.deterministic,
-            "cuda_graph": self.cuda_graph,
+            "cuda_graph": self.cuda_graph and self.device.type == "cuda",  # recorded for real
         }
 
 

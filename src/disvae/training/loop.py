@@ -179,7 +179,8 @@ class Trainer(TrainerState, NonFiniteHandling):
         self._graph_index = [
             torch.zeros(batch, dtype=torch.int64, device=dev) for _ in range(self.batches_per_step)
         ]
-        self._graph_step = torch.zeros((), dtype=torch.float32, device=dev)
+        # float64: the schedules of a device step then equal those of the int step exactly
+        self._graph_step = torch.zeros((), dtype=torch.float64, device=dev)
         # The learning rate as the kernels take it: float32 on CUDA; float64 on the CPU, whose
         # kernel then computes exactly as with a float lr.
         lr_dtype = torch.float64 if dev.type == "cpu" else torch.float32
