@@ -164,10 +164,6 @@ def test_a_damaged_value_in_a_runs_config_stops_every_command(tmp_path, capsys):
         assert "unknown loss 'betaX'" in err and "config is damaged" in err, command
         assert err.count("\n") == 1
     assert not (run / "plots").exists() and not (run / "report.html").exists()
-    record["loss"]["name"], record["loss"]["rec_dist"] = "vae", None  # not resolved: damaged too
-    (run / "config.json").write_text(json.dumps(record))
-    assert main(["evaluate", str(run)]) == 2
-    assert "loss.rec_dist is missing" in capsys.readouterr().err
     # A damaged run is still a run: --overwrite may replace it.
     assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "2"]) == 0
     assert json.loads((run / "config.json").read_text())["loss"]["rec_dist"] == "bernoulli"

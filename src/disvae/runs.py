@@ -59,9 +59,8 @@ def read_config(run_dir: str | Path) -> C.RunConfig:
     path, d = _run_record(run_dir)
     cfg = C.from_dict({k: v for k, v in d.items() if k in C.SECTIONS}, source=str(path))
     try:  # a saved config is resolved already: every value is checked again, as train did
-        if cfg.loss.rec_dist is None:
-            raise UserError("loss.rec_dist is missing (a run's config has it resolved)")
-        return C.resolve(cfg, cfg.loss.rec_dist)
+        # (one written by other code may leave rec_dist out: the library's default then)
+        return C.resolve(cfg, cfg.loss.rec_dist or "bernoulli")
     except UserError as e:
         raise UserError(f"{str(path)!r}: {e}; the run's config is damaged") from None
 
