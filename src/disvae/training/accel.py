@@ -176,7 +176,7 @@ class ModelForward:
         )
         self._calls = 0  # calls of the compiled model so far
         self.fallback_reason: str | None = None  # why a requested compilation was given up
-        self.on_fall_back: Callable[[str], None] | None = None  # told the reason, once
+        self.on_fall_back: Callable[[], None] | None = None  # called once, after it
         if accel.compile:
             mode = None if accel.compile_mode == "default" else accel.compile_mode
             try:
@@ -201,7 +201,7 @@ class ModelForward:
                       stacklevel=3)  # fmt: skip
         self._compiled, self.fallback_reason = None, reason
         if self.on_fall_back is not None:
-            self.on_fall_back(reason)
+            self.on_fall_back()
 
     def speed(self) -> dict[str, object]:
         """`Accel.describe` as it stands: ``compile`` false (and ``compile_error``) after a

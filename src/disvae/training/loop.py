@@ -196,11 +196,6 @@ class Trainer(TrainerState, NonFiniteHandling):
 
         return StepGraph(body, dev)
 
-    def speed(self) -> dict[str, object]:
-        """The speed settings as they stand (`accel.Accel.describe`; ``compile`` false, with
-        the error, after a fall-back to eager)."""
-        return self.forward.speed()
-
     def _load_graph_inputs(self) -> None:
         """This step's indices and number into the recorded step's buffers (copies queued
         behind the previous step, which reads them: no host wait)."""
@@ -509,13 +504,13 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record["patches"] = list(getattr(data.info, "patches", ()))
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
-        record["speed"] = trainer.speed()  # what "auto" became on this device
+        record["speed"] = trainer.forward.speed()  # what "auto" became on this device
         record["processes"] = dist.world
         if dist.main:
             atomic_write_json(out / runs.CONFIG, record)
 
-            def fell_back(reason: str) -> None:  # config.json says how the run really trains
-                atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.speed()})
+            def fell_back() -> None:  # config.json says how the run really trains
+                atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.forward.speed()})
 
             trainer.forward.on_fall_back = fell_back
         log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
