@@ -231,6 +231,7 @@ class _FakeCuda:
 
     def __init__(self, fail_capture: bool = False):
         self.fail_capture, self.replays, self.captures, self.side = fail_capture, 0, 0, 0
+        self.capturing = False
         fake = self
 
         class Graph:
@@ -248,10 +249,13 @@ class _FakeCuda:
         def capture(g, pool=None, stream=None, capture_error_mode="global"):
             # As CUDA does: ending a capture that an op broke fails too, with a vaguer error.
             fake.captures += 1
+            fake.capturing = True
             try:
                 yield
             except Exception as e:  # (``from`` keeps ``__context__``, which PyTorch's chain sets)
                 raise RuntimeError("operation failed due to a previous error during capture") from e
+            finally:
+                fake.capturing = False
             if fake.fail_capture:
                 raise RuntimeError("operation not permitted when stream is capturing")
 
@@ -259,6 +263,7 @@ class _FakeCuda:
             "CUDAGraph": Graph, "Stream": Stream, "graph": capture,
             "stream": lambda s: contextlib.nullcontext(), "current_stream": lambda d=None: Stream(),
             "device": lambda d: contextlib.nullcontext(), "set_stream": lambda s: None,
+            "is_current_stream_capturing": lambda: fake.capturing,
         }  # fmt: skip
 
 
@@ -314,10 +319,9 @@ def test_a_recording_error_names_the_operation_not_the_capture(monkeypatch):
     assert "more lines" not in message and "--no-cuda-graph" in message
 
 
-def test_a_run_whose_recording_fails_stops_and_resumes_without_it(tmp_path, capsys, monkeypatch):
-    """The real step, on the CPU, through the stand-in API with a failing capture: one line,
-    exit 2, the checkpoint kept; the run then resumes without the graph to its end."""
-    fake = _FakeCuda(fail_capture=True)
+def _record_on_the_cpu(monkeypatch, fail_capture: bool) -> _FakeCuda:
+    """The real step, on the CPU, recorded through the stand-in API."""
+    fake = _FakeCuda(fail_capture)
     for name, value in fake.api.items():
         monkeypatch.setattr(torch.cuda, name, value)
     made = graph.StepGraph.__init__
@@ -327,6 +331,13 @@ def test_a_run_whose_recording_fails_stops_and_resumes_without_it(tmp_path, caps
         self.enabled = True
 
     monkeypatch.setattr(graph.StepGraph, "__init__", as_if_on_cuda)
+    return fake
+
+
+def test_a_run_whose_recording_fails_stops_and_resumes_without_it(tmp_path, capsys, monkeypatch):
+    """A failing capture: one line, exit 2, the checkpoint kept; the run then resumes without
+    the graph to its end."""
+    fake = _record_on_the_cpu(monkeypatch, fail_capture=True)
     run = tmp_path / "r"
     common = ["--dataset", "dsprites_tiny", "--device", "cpu", "--no-progress", "-q"]
     assert main(["train", *common, "--steps", "8", "--cuda-graph", "--out", str(run)]) == 2
@@ -337,6 +348,35 @@ def test_a_run_whose_recording_fails_stops_and_resumes_without_it(tmp_path, caps
     log = _log(run)
     assert log[-1]["step"] == 8 and all(math.isfinite(r["loss"]) for r in log)
     assert json.loads((run / runs.CONFIG).read_text())["train"]["cuda_graph"] is False
+
+
+def test_a_compiled_forward_failing_in_the_recording_is_not_retried_eagerly(
+    tmp_path, capsys, monkeypatch
+):
+    """Out of a recording, a compiled forward's error falls back to eager; inside one, the
+    capture is broken, so the run stops with the recording's error and config.json still says
+    how it trained (compiled)."""
+    fake = _record_on_the_cpu(monkeypatch, fail_capture=False)
+    calls = []
+
+    def compiled(module, **kwargs):
+        def call(x, eps=None):
+            calls.append(fake.capturing)
+            if fake.capturing:
+                raise RuntimeError("an op that cannot be captured")
+            return module(x, eps)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compiled)
+    run = tmp_path / "r"
+    args = ["--dataset", "dsprites_tiny", "--device", "cpu", "--no-progress", "-q", "--steps", "8"]
+    assert main(["train", *args, "--compile", "--cuda-graph", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "an op that cannot be captured" in err[-1] and "--no-cuda-graph" in err[-1]
+    assert calls == [False, False, False, True]  # 3 warm-up steps, then the recording only
+    speed = json.loads((run / runs.CONFIG).read_text())["speed"]
+    assert speed["compile"] is True and "compile_error" not in speed
 
 
 # ---------------------------------------------------------------------- on a GPU

@@ -31,13 +31,15 @@ def _log(run) -> list[dict]:
 
 @pytest.mark.parametrize("loss", OBJECTIVES)
 def test_each_objective_lowers_its_loss(loss, tiny_data, tmp_path):
-    extra = ["c_steps=200"] if loss == "betaB" else []
-    run = train(_cfg(loss, "steps=250", *extra), tmp_path / loss, data=tiny_data, progress=False)
+    extra = ["c_steps=120"] if loss == "betaB" else []
+    run = train(_cfg(loss, "steps=150", *extra), tmp_path / loss, data=tiny_data, progress=False)
     log = _log(run)
-    assert [r["step"] for r in log] == list(range(25, 251, 25))
+    assert [r["step"] for r in log] == list(range(25, 151, 25))
     first, last = log[0], log[-1]
-    # Reconstruction of untrained Bernoulli logits is ~4096*log 2 = 2839 nats per image.
-    assert last["recon"] < 0.5 * first["recon"], (first, last)
+    # The first line averages steps 1-25, from untrained Bernoulli logits (~4096*log 2 = 2839
+    # nats per image). Drawing the mean image alone gets to ~0.42 of that by step 50 (a plateau
+    # every objective sits on until ~step 100); below 0.4 the model draws the shapes themselves.
+    assert last["recon"] < 0.4 * first["recon"], (first, last)
     if loss != "betaB":  # betaB's total grows as its capacity target C rises
         assert last["loss"] < 0.6 * first["loss"], (first, last)
     assert len(last["kl_per_dim"]) == 10 and abs(sum(last["kl_per_dim"]) - last["kl"]) < 1e-3

@@ -157,6 +157,14 @@ def keep_optimizer_flags(saved_groups: list[dict], opt: Optimizer) -> None:
         saved["fused"], saved["foreach"] = own.get("fused"), own.get("foreach")
 
 
+def capturing() -> bool:
+    """Whether this thread's current CUDA stream is recording a graph (false without CUDA)."""
+    try:
+        return torch.cuda.is_current_stream_capturing()
+    except RuntimeError:  # a build without CUDA
+        return False
+
+
 class ModelForward:
     """``model(x)`` under the run's autocast and memory format, compiled when asked.
 
@@ -195,7 +203,14 @@ class ModelForward:
         return self._compiled is not None and self._calls <= self.UNPROVEN_CALLS
 
     def fall_back(self, e: Exception) -> None:
-        """Warn once and run eagerly from now on (the compiled model failed with ``e``)."""
+        """Warn once and run eagerly from now on (the compiled model failed with ``e``).
+
+        Not while a CUDA graph is being recorded (`--cuda-graph`): a failed capture leaves
+        CUDA in capture mode, so an eager retry cannot work, and the recording's own error
+        (`GraphRecordingError`) must stop the run with ``compile`` still as it was; ``e`` is
+        raised again."""
+        if capturing():
+            raise e
         reason = f"{type(e).__name__}: {str(e)[:200]}"
         warnings.warn(f"torch.compile failed ({reason}); training eagerly", RuntimeWarning,
                       stacklevel=3)  # fmt: skip
