@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,18 @@ def test_help_lists_every_flag_the_issue_names():
     top = subprocess.run([sys.executable, "-m", "disvae", "--help"], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     assert "train" in top and "evaluate" in top
+
+
+@pytest.mark.parametrize("cmd", [["train"], ["evaluate"], ["plot"], ["report"], ["sweep"],
+                                 ["data", "info"]])  # fmt: skip
+def test_help_shows_each_default_once_and_only_real_ones(cmd, capsys):
+    assert main([*cmd, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in out and "(default: False)" not in out
+    # a help that names its default gets no second one: not "(default X) (default: Y)"
+    assert not re.search(r"default[^()]*\)\s*\(default:", out, re.IGNORECASE), out
+    if cmd == ["evaluate"]:
+        assert "(default: 10000)" in out  # real defaults are still shown
 
 
 def test_train_evaluate_resume_round(tmp_path, capsys):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from disvae import __version__
+from disvae.cli_format import HelpFormatter
 from disvae.config import AMP_MODES, COMPILE_MODES  # no torch behind it: --help stays fast
 from disvae.errors import UserError
 
@@ -107,7 +108,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model into a run directory",
         description="Train a model. Settings come from (later wins): defaults, --preset, "
         "--config, the flags below, --set key=value.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=S,
+        formatter_class=HelpFormatter, argument_default=S,
     )  # fmt: skip
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory to create (default: runs/LOSS_DATASET_TIME)")
@@ -245,7 +246,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description="Without --metrics: the objective's terms over the whole held-out split of "
         "RUN, written to RUN/eval_losses.json. With --metrics: disentanglement metrics (see "
         "docs/metrics.md), written to RUN/metrics.json and printed as a table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )  # fmt: skip
     p.add_argument("run", help="a run directory written by `disvae train`")
     p.add_argument(

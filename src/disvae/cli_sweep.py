@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from disvae.cli_format import HelpFormatter
+
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``disvae sweep FILE [--workers N] [--backend local|ray] [--status] ...``."""
@@ -15,7 +17,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "runs, train and evaluate each in its own process, and write sweep_results.csv. Run it "
         "again to resume: finished runs are kept, half-trained ones continue from their "
         "checkpoint. See docs/sweep.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("sweep", metavar="FILE", help="sweep file, shipped sweep name or sweep dir")
     p.add_argument(

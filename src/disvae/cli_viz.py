@@ -13,6 +13,7 @@ import argparse
 import logging
 import math
 
+from disvae.cli_format import HelpFormatter
 from disvae.errors import UserError
 
 # The names of `disvae.viz.plots.PLOTS` (kept here so that building the parser stays light;
@@ -91,7 +92,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         help="figures of a run (PNG, GIF) into RUN/plots/",
         description="Write figures of RUN (finished, or still training: its newest checkpoint) "
         "into RUN/plots/. " + _PLOT_HELP,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", help="a run directory written by `disvae train`")
     p.add_argument("plots", nargs="+", metavar="PLOT", help=f"{' | '.join(PLOTS)} | all")
@@ -155,7 +156,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Write one HTML file (images inlined; opens offline in any browser): for "
         "one RUN, RUN/report.html with config, losses, KL, metrics, reconstructions, samples, "
         "traversals, GIFs and a latent explorer; for several, a comparison page.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one sweep directory")
     p.add_argument(
