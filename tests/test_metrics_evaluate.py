@@ -200,3 +200,83 @@ def test_minimum_points_cover_every_metric_and_training_names_eval_samples(run):
         metrics_during_training(model, small_grid(), ["mig"], 1, 20)
     with pytest.raises(UserError, match="seed must be a non-negative integer"):
         metrics_during_training(model, small_grid(), ["mig"], -1, 200)
+
+
+# ---------------------------------------------------------------------- disvae encode
+
+
+def test_encode_run_gives_each_images_posterior_and_factors(run, tmp_path):
+    import torch
+
+    from disvae import runs
+    from disvae.data.batching import split_indices
+    from disvae.evaluation import encode_run, write_codes
+
+    grid = small_grid()
+    codes = encode_run(run, data=grid, device="cpu", batch_size=100)  # 5 batches, one short
+    assert codes["mu"].shape == codes["logvar"].shape == (432, 10)
+    assert codes["mu"].dtype == np.float32 and int(codes["step"]) == 30
+    assert (codes["index"] == np.arange(432)).all()
+    # The grid's last factor varies fastest: image 0 is every factor's first class, image 431
+    # every last one, image 1 the second y position (PICK[4][1] = 6).
+    assert codes["factor_classes"][[0, 1, 431]].tolist() == [[0] * 5, [0, 0, 0, 0, 1],
+                                                             [2, 1, 1, 5, 5]]  # fmt: skip
+    assert codes["factor_values"][[1, 431]].tolist() == [[0, 0, 0, 0, 6], [2, 5, 10, 31, 31]]
+    assert codes["factor_names"].tolist() == ["shape", "scale", "orientation", "x", "y"]
+    # The same numbers as the model's own encoder on those images (NCHW, one batch).
+    model, _ = runs.load_run(run)
+    with torch.no_grad():
+        mu, logvar = model.encode(grid.batch(torch.arange(432)))
+    np.testing.assert_allclose(codes["mu"], mu.numpy(), atol=1e-4)
+    np.testing.assert_allclose(codes["logvar"], logvar.numpy(), atol=1e-4)
+    # The run's own splits, and a file numpy reads back without pickle.
+    cfg = runs.read_config(run)
+    train_idx, val_idx = split_indices(432, cfg.data.val_fraction, cfg.data.split_seed)
+    val = encode_run(run, split="val", data=grid, device="cpu")
+    assert (val["index"] == val_idx).all() and len(val_idx) > 0
+    np.testing.assert_array_equal(val["mu"], codes["mu"][val_idx])
+    assert (encode_run(run, split="train", data=grid, device="cpu")["index"] == train_idx).all()
+    path = write_codes(val, tmp_path / "val.npz")
+    with np.load(path, allow_pickle=False) as back:
+        assert set(back.files) == set(val) and (back["factor_names"] == val["factor_names"]).all()
+        np.testing.assert_array_equal(back["mu"], val["mu"])
+
+
+def test_encode_of_labels_and_of_factorless_data(run, tiny_data):
+    from disvae.data.ground_truth import LabeledDataset
+    from disvae.evaluation import encode_run
+
+    grid = small_grid()
+    index = np.arange(len(grid))
+    raw = grid.values_of(grid.classes_of(index)) + 0.25  # raw label values, not classes
+    labelled = LabeledDataset((grid.numpy_images(index) * 255).astype(np.uint8), grid.info,
+                              False, grid.factor_names, raw, [True] * 5)  # fmt: skip
+    codes = encode_run(run, data=labelled, device="cpu")
+    np.testing.assert_array_equal(codes["factor_values"], raw)
+    np.testing.assert_array_equal(codes["factor_classes"], grid.classes_of(index))
+    plain = encode_run(run, split="val", data=tiny_data, device="cpu")
+    assert not {"factor_classes", "factor_values", "factor_names"} & set(plain)
+
+
+def test_encode_cli_and_its_one_line_errors(run, capsys, tmp_path):
+    from disvae import cli
+
+    before = {p.name for p in run.iterdir()}
+    assert cli.main(["encode", str(run), "--split", "val", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "(val)" in out and "at step 30" in out and "written to" in out
+    with np.load(run / "codes.npz", allow_pickle=False) as codes:
+        assert codes["mu"].shape[1] == 10 and len(codes["index"]) == len(codes["mu"]) > 0
+    assert {p.name for p in run.iterdir()} - before == {"codes.npz"}
+    for argv, message in [
+        (["-o", str(tmp_path / "codes.txt")], "ending in .npz"),
+        (["-o", str(tmp_path / "no" / "codes.npz")], "is not a directory"),
+        (["--weights", "best"], "best.safetensors"),
+        (["--split", "test"], "invalid choice"),
+    ]:
+        assert cli.main(["encode", str(run), "--device", "cpu", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], (argv, err)
+    assert not (tmp_path / "codes.txt").exists()
+    assert cli.main(["encode", str(tmp_path / "nothing")]) == 2
+    assert "is not a disvae run" in capsys.readouterr().err

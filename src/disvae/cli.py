@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="CMD", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_encode(sub)
     _add_data(sub)
     from disvae.cli_viz import add_plot_parser, add_report_parser
 
@@ -285,6 +286,36 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_encode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encode", help="the posterior codes of a run's dataset, to an .npz file",
+        description="Encode every image of RUN's dataset (or its train or held-out split) and "
+        "write the posterior means and log-variances, the images' indices and, where the "
+        "dataset has known factors, their classes, values and names, to an .npz file that "
+        "numpy.load reads without pickle. See docs/evaluate.md.",
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+    p.add_argument("run", help="a run directory written by `disvae train`")
+    p.add_argument("-o", "--out", help="the .npz file to write (default: RUN/codes.npz)")
+    p.add_argument("--split", choices=("all", "train", "val"), default="all",
+                   help="which images: all, or the run's training or held-out split")  # fmt: skip
+    p.add_argument(
+        "--weights", default="final",
+        help="final | best | latest | the path of one of the run's checkpoints",
+    )  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="images per forward (default: 1000 on a GPU, 200 on the CPU)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument(
+        "--amp", choices=AMP_MODES, default="auto",
+        help="auto is bf16 autocast on a CUDA GPU with bf16 support, fp32 elsewhere",
+    )  # fmt: skip
+    p.add_argument("--data-path", help="where the dataset is, if not where training found it")
+    _add_common(p)
+    p.set_defaults(func=cmd_encode)
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="inspect a dataset", description="See docs/data.md.")
     dsub = p.add_subparsers(dest="data_command", metavar="DATACMD", required=True)
@@ -443,15 +474,7 @@ def _print_summary(run: Path, seconds: float) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from disvae.evaluation import evaluate, evaluate_metrics
 
-    data = None
-    if args.data_path:
-        import dataclasses
-
-        from disvae import runs
-        from disvae.data import load_data
-
-        cfg = runs.read_config(args.run)
-        data = load_data(dataclasses.replace(cfg.data, path=args.data_path))
+    data = _run_data(args)
     if args.metrics is not None:
         bar = None
         if not args.no_progress and sys.stderr.isatty():
@@ -488,6 +511,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             print(f"  {k:<12} {v:.4f}")
     print(f"written to {Path(args.run) / 'eval_losses.json'}")
+    return 0
+
+
+def _run_data(args: argparse.Namespace):
+    """The run's dataset from ``--data-path`` when given, else None (the run's own path)."""
+    if not args.data_path:
+        return None
+    import dataclasses
+
+    from disvae import runs
+    from disvae.data import load_data
+
+    cfg = runs.read_config(args.run)
+    return load_data(dataclasses.replace(cfg.data, path=args.data_path))
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from disvae import runs
+    from disvae.evaluation import CODES_FILE, check_codes_path, encode_run, write_codes
+
+    runs.read_config(args.run)  # a run at all? (its one-line error first)
+    out = check_codes_path(args.out or Path(args.run) / CODES_FILE)  # before minutes of encoding
+    bar = None
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc="encode", unit="img", leave=False)
+    t0 = time.perf_counter()
+    try:
+        codes = encode_run(
+            args.run, split=args.split, weights=args.weights, data=_run_data(args),
+            batch_size=args.batch_size, device=args.device, amp=args.amp,
+            progress=bar.update if bar is not None else None,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    write_codes(codes, out)
+    n, d = codes["mu"].shape
+    factors = ", ".join(codes["factor_names"]) if "factor_names" in codes else "none"
+    print(
+        f"encoded {n} images ({args.split}) of {args.run} at step {int(codes['step'])} in "
+        f"{time.perf_counter() - t0:.1f}s: {d} latents; factors: {factors}\nwritten to {out}"
+    )
     return 0
 
 

@@ -60,13 +60,15 @@ def heldout_losses(
     return {k: (v / len(index)).tolist() for k, v in sums.items()}
 
 
-def _open_run(run_dir: Path, data: ArrayDataset | None, device: str) -> tuple:
+def _open_run(
+    run_dir: Path, data: ArrayDataset | None, device: str, weights: str = "final"
+) -> tuple:
     """(model, config, saved tensors, metadata, dataset, device) of a run to evaluate, with the
     dataset (loaded as the run's config says unless given) moved to the device."""
     from disvae.data import load_data
     from disvae.utils import pick_device
 
-    model, cfg, tensors, meta = runs.load_run_state(run_dir)
+    model, cfg, tensors, meta = runs.load_run_state(run_dir, weights)
     dev = pick_device(device)
     if data is None:
         data = load_data(cfg.data)
@@ -448,3 +450,97 @@ def evaluate_metrics(
     result = {"metrics": values, "protocol": protocol, "step": meta["step"], "versions": vers}
     atomic_write_json(run_dir / METRICS_FILE, result)
     return result
+
+
+# ---------------------------------------------------------------------- codes of a dataset
+
+CODES_FILE = "codes.npz"
+SPLITS = ("all", "train", "val")
+
+
+def encode_run(
+    run_dir: str | Path,
+    *,
+    split: str = "all",
+    weights: str = "final",
+    data: ArrayDataset | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    amp: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The posterior of every image of a run's dataset (``split``: ``"all"``, or the run's own
+    ``"train"`` / ``"val"`` split), as arrays for analysis outside the library:
+
+    - ``mu``, ``logvar``: ``(N, D)`` float32, the encoder's posterior means and log-variances;
+    - ``index``: ``(N,)`` int64, the images' indices in the dataset;
+    - with known factors: ``factor_classes`` ``(N, K)`` int64 (as the metrics see them) and
+      ``factor_values`` ``(N, K)`` float64 (the grid's values, or a label table's raw values),
+      ``factor_names`` ``(K,)``;
+    - ``step``: the training step of the weights (``weights``: see `disvae.load_run`).
+
+    ``batch_size`` None is 1000 images per forward on CUDA and 200 on the CPU; ``amp`` as in
+    `encode_amp`. ``progress(n)`` is called with the images encoded so far in each batch."""
+    from disvae.data.batching import split_indices
+    from disvae.utils import tune_allocator
+
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    run_dir = Path(run_dir)
+    tune_allocator()
+    model, cfg, _, meta, data, dev = _open_run(run_dir, data, device, weights)
+    amp = encode_amp(amp, dev)
+    bs = batch_size or (1000 if dev.type == "cuda" else 200)
+    if split == "all":
+        index = np.arange(len(data), dtype=np.int64)
+    else:
+        train_idx, val_idx = split_indices(
+            len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
+        )
+        index = (train_idx if split == "train" else val_idx).astype(np.int64)
+        if not len(index):
+            raise UserError(
+                f"{str(run_dir)!r} has no {split} split (its val_fraction is 0); use --split all"
+            )
+    tick = progress or (lambda n: None)
+    mu, logvar, _ = _encode_points(inference_copy(model.to(dev)), data, index, None, bs, tick, amp)
+    out: dict[str, Any] = {
+        "mu": mu.astype(np.float32), "logvar": logvar.astype(np.float32), "index": index,
+        "step": np.int64(meta["step"]),
+    }  # fmt: skip
+    kind = factor_kind(data)
+    if kind == "grid":
+        classes = data.classes_of(index)
+        out.update(factor_classes=classes, factor_values=data.values_of(classes))
+    elif kind == "labels":
+        out.update(factor_classes=data.factors_of(index),
+                   factor_values=data.factor_values_raw[index])  # fmt: skip
+    if kind != "none":
+        out["factor_names"] = np.array(data.factor_names, dtype=np.str_)
+    return out
+
+
+def check_codes_path(path: str | Path) -> Path:
+    """``path`` if codes can be written there (an ``.npz`` name in an existing directory), else
+    a `UserError` saying why: checked before the encoding, which may take minutes."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise UserError(f"codes are written as .npz: give a path ending in .npz, not {str(path)!r}")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {str(path)!r}: {str(path.parent)!r} is not a directory")
+    return path
+
+
+def write_codes(codes: dict[str, Any], path: str | Path) -> Path:
+    """Write `encode_run`'s arrays to ``path`` (``.npz``, atomically: an interrupted write
+    leaves any earlier file whole). Every array is numeric or fixed-width text, so
+    ``np.load(path)`` reads it without pickle."""
+    import io
+
+    from disvae.utils import atomic_write_bytes
+
+    path = check_codes_path(path)
+    buf = io.BytesIO()
+    np.savez(buf, **codes)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
