@@ -181,6 +181,22 @@ def test_val_every_logs_val_losses_and_keeps_the_best_weights(tiny_data, tmp_pat
               data=tiny_data)  # fmt: skip
 
 
+def test_val_loss_scores_every_step_by_the_settled_objective(tiny_data, tmp_path):
+    """Inside a warm-up the objective of the step weighs the regulariser by w(step) < 1, so an
+    early step would look best; `val/loss` uses the final weights (w = 1, β-VAE_B's final C)."""
+    base = ["steps=10", "log_every=5", "checkpoint_every=100", "val_every=5", "val_images=64",
+            "reg_anneal=1000"]  # fmt: skip
+    run = train(_cfg("betaH", *base, "beta=4"), tmp_path / "h", data=tiny_data, progress=False)
+    for r in (r for r in _log(run) if "val/loss" in r):  # betaH: recon + w * beta * kl, w = 1
+        assert r["val/loss"] == pytest.approx(r["val/recon"] + 4 * r["val/kl"], rel=1e-6)
+        assert r["loss"] < r["recon"] + 0.1 * 4 * r["kl"]  # training: w(step) <= 0.01
+    run = train(_cfg("betaB", *base, "c_fin=7", "c_steps=1000", "gamma=10"), tmp_path / "b",
+                data=tiny_data, progress=False)  # fmt: skip
+    for r in (r for r in _log(run) if "val/loss" in r):  # recon + gamma * |kl - C|, C = c_fin
+        assert r["val/capacity"] == pytest.approx(7.0) and r["capacity"] < 0.1
+        assert r["val/loss"] >= r["val/recon"] + 10 * abs(r["val/kl"] - 7) - 1e-3 * r["val/loss"]
+
+
 # ---------------------------------------------------------------------- precision and compile
 
 

@@ -58,3 +58,19 @@ def test_bad_image_size_and_unknown_arch():
         build_model(ModelConfig("burgess"), (1, 28, 28))
     with pytest.raises(UserError, match="unknown architecture 'resnet'; choose one of: burgess"):
         build_model(ModelConfig("resnet"), (1, 64, 64))
+
+
+def test_the_sample_is_float32_under_bf16_autocast():
+    """The encoder and decoder may run in bf16, but z = mu + sigma * eps is formed in float32:
+    in bf16, sigma * eps would keep 8 bits, and log q(z|x) (β-TCVAE's terms) would see it."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=6), (1, 64, 64)).train()
+    x = torch.rand(4, 1, 64, 64)
+    eps = torch.randn(4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, eps)
+        drawn = model(x)
+    assert out.mu.dtype == torch.bfloat16  # the encoder did run in bf16
+    assert out.z.dtype == drawn.z.dtype == torch.float32
+    sigma = torch.exp(0.5 * out.logvar.float())
+    torch.testing.assert_close(out.z - out.mu.float(), eps * sigma, rtol=1e-6, atol=1e-7)

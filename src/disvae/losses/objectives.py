@@ -170,7 +170,11 @@ def btcvae(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossCont
 
 
 def discriminator_loss(
-    discriminator: nn.Module, z: Tensor, z_other: Tensor, generator: torch.Generator | None = None
+    discriminator: nn.Module,
+    z: Tensor,
+    z_other: Tensor,
+    generator: torch.Generator | None = None,
+    rows: Callable[[Tensor], Tensor] | None = None,
 ) -> LossOutput:
     """The FactorVAE discriminator's loss (Kim & Mnih 2018, Algorithm 2).
 
@@ -180,10 +184,16 @@ def discriminator_loss(
     reaches the VAE. The loop backpropagates this into D alone (the VAE loss gave D no
     gradients) and steps D's own Adam (lr ``cfg.lr_disc``, betas `DISC_BETAS`).
 
+    ``rows`` (data-parallel training) picks this process's rows of the permuted batch:
+    ``z_other`` is then the whole global second batch, so each dimension is shuffled across
+    the global batch, as Algorithm 2 shuffles one process's batch.
+
     Terms: ``disc_loss`` and ``disc_acc`` (share of both halves classified correctly).
     """
     joint = z.detach()
     product = permute_dims(z_other.detach(), generator)
+    if rows is not None:
+        product = rows(product)
     logits = discriminator(torch.cat([joint, product]))
     target = torch.cat(
         [

@@ -111,10 +111,13 @@ def tc_decomposition(
       q(z_d) are low by a factor k between B (mixture dominated by the sample's own posterior) and
       N (dominated by the others; k = N exactly when B = N): ``tc`` is raised by about
       (D - 1) log k, ``mi`` by log k, and ``dw_kl`` lowered by D log k. Their sum is unchanged.
-    - ``mss`` (minibatch stratified sampling, Chen et al. 2018, Appendix C.2): the stratum holding
-      the sample's own data point is counted exactly, with weight 1 / N; the other N - 1 data
-      points are represented by the other B - 1 batch members, each with weight
-      (N - 1) / (N (B - 1)). The weights sum to 1, so the mixture is unbiased for q(z_i).
+    - ``mss``, an unbiased variant of minibatch stratified sampling (Chen et al. 2018, Appendix
+      C.2, whose estimator also gives the sample's own point 1 / N but weights one other batch
+      member apart from the rest): the sample's own data point is counted exactly, with
+      weight 1 / N; the other N - 1 data points are represented evenly by the other B - 1 batch
+      members, each with weight (N - 1) / (N (B - 1)). The weights sum to 1, and the mixture is
+      unbiased for q(z_i) and each q(z_id) when the batch is a uniform draw without
+      replacement.
 
     Args:
         z: reparameterised samples (B, D), z_i ~ q(z|x_i).

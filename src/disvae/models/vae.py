@@ -53,9 +53,18 @@ class VAE(nn.Module):
         return mu, logvar
 
     @staticmethod
-    def sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """Reparameterised draw from N(mu, exp(logvar)) (Kingma & Welling 2014, Eq. 10)."""
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    def sample(
+        mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Reparameterised draw from N(mu, exp(logvar)) (Kingma & Welling 2014, Eq. 10), in
+        float32 even under bf16 autocast (a bf16 draw would round z - mu, i.e. sigma * eps, to
+        8 bits: log q(z|x) and β-TCVAE's density terms would see that noise). ``eps``: the
+        standard-normal noise, when given (data-parallel ranks pass their rows of the global
+        batch's noise); else drawn here."""
+        mu, logvar = mu.float(), logvar.float()
+        if eps is None:
+            eps = torch.randn_like(mu)
+        return mu + eps * torch.exp(0.5 * logvar)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, H, W) of p(x|z) for codes z (B, D)."""
@@ -65,12 +74,7 @@ class VAE(nn.Module):
         """One pass; ``eps`` (B, D), when given, is the standard-normal noise of the sample
         (data-parallel ranks pass their rows of the global batch's noise)."""
         mu, logvar = self.encode(x)
-        if not self.training:
-            z = mu
-        elif eps is None:
-            z = self.sample(mu, logvar)
-        else:
-            z = mu + eps * torch.exp(0.5 * logvar)
+        z = self.sample(mu, logvar, eps) if self.training else mu
         return VAEOutput(self.decode(z), mu, logvar, z)
 
 

@@ -11,6 +11,8 @@ Semantics (docs/train.md, "Several GPUs or machines"):
   same global batch (up to float summation order), for objectives whose loss is a mean over the
   batch. β-TCVAE's minibatch estimate of q(z) uses each rank's own share (M = B/W) with the full
   training-set size N (Chen et al. 2018, Eq. S6), so it is an estimate from a smaller minibatch.
+  FactorVAE's discriminator permutes the codes of the whole global second batch (gathered from
+  the ranks, permuted alike on every rank, each keeping its rows), as one process does.
 - Gradients are averaged with one all-reduce of a flat buffer per module and step (the models are
   small, a few MB, so overlapping it with the backward pass, as `DistributedDataParallel` does,
   would save nothing); FactorVAE's discriminator is averaged the same way.
@@ -50,6 +52,15 @@ class Dist:
             return batch
         n = batch.shape[0] // self.world
         return batch[self.rank * n : (self.rank + 1) * n]
+
+    def gather(self, share: torch.Tensor) -> torch.Tensor:
+        """The global batch whose rows the ranks hold, from this rank's ``share`` (every rank
+        holds a share of the same shape; `share` undoes this)."""
+        if not self.active:
+            return share
+        parts = [torch.empty_like(share) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, share.contiguous())
+        return torch.cat(parts)
 
     def average_gradients(
         self, module: torch.nn.Module, terms: dict[str, torch.Tensor] | None = None

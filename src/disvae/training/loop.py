@@ -142,9 +142,12 @@ class Trainer(TrainerState, NonFiniteHandling):
             # Kim & Mnih (2018), Alg. 2: the discriminator sees codes of this batch (joint) and
             # permuted codes of a second batch (product of marginals). The VAE loss above gave
             # it no gradients (`_update` differentiates the updated module's parameters only).
+            # Data-parallel ranks draw the global batch's noise and permute the global batch's
+            # codes (gathered), each keeping its rows: W processes take one process's step.
             with torch.no_grad():
-                z_other = self.model.sample(*self.forward.encode(batch()))
-            d = discriminator_loss(self.disc, out.z, z_other)
+                mu, logvar = self.forward.encode(batch())
+                z_other = self.dist.gather(self.model.sample(mu, logvar, self.noise()))
+            d = discriminator_loss(self.disc, out.z, z_other, rows=self.dist.share)
             ok = self._update(self.disc_opt, self.disc, d, "disc_grad_norm", ok)
             if ok is False:
                 return None

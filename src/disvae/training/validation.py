@@ -27,6 +27,13 @@ def val_subset(val_idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(val_idx, n, replace=False))
 
 
+def settled_step(loss_cfg: LossConfig, step: int) -> int:
+    """``step``, or the first step from which every schedule of the objective holds its final
+    value (the regulariser's warm-up ``reg_anneal``, β-VAE_B's capacity ramp ``c_steps``) if
+    that is later."""
+    return max(step, loss_cfg.reg_anneal or 0, loss_cfg.c_steps or 0)
+
+
 def heldout(
     model: torch.nn.Module,
     data: Any,
@@ -38,13 +45,16 @@ def heldout(
     discriminator: torch.nn.Module | None,
     device: torch.device,
 ) -> dict[str, Any]:
-    """``{"val/NAME": value}`` for every loss term of ``model`` at ``step`` over ``indices``
-    (``val/kl_per_dim`` is a list of D floats)."""
+    """``{"val/NAME": value}`` for every loss term of ``model`` over ``indices``
+    (``val/kl_per_dim`` is a list of D floats), with the objective's schedules at their final
+    values (`settled_step`): a step's ``val/loss`` then measures every step by one objective,
+    so the lowest picks the best weights (inside a warm-up, the objective at that step would
+    weigh the regulariser less, and an early step would win)."""
     from disvae.evaluation import heldout_losses
 
     with runtime.rng_preserved(device), torch.no_grad():
         values = heldout_losses(
-            model, data, indices, loss_cfg, step,
+            model, data, indices, loss_cfg, settled_step(loss_cfg, step),
             dataset_size=dataset_size, discriminator=discriminator,
         )  # fmt: skip
     return {f"val/{k}": v for k, v in values.items()}
