@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import h5py
@@ -22,6 +23,7 @@ from disvae.data import (
     images,
     load_data,
     load_dataset,
+    plain_pickle,
     shapes3d,
 )
 from disvae.data.base import DatasetInfo
@@ -98,6 +100,20 @@ def test_idx_errors_name_the_problem_and_the_source(tmp_path: Path) -> None:
         load_dataset("mnist", str(tmp_path))
 
 
+def test_a_damaged_gzip_body_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    """A .gz whose compressed stream is damaged fails in zlib (not an OSError)."""
+    from disvae import cli
+
+    make_mnist(tmp_path, gz=True)
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(f.read_bytes())
+    raw[20:60] = bytes(b ^ 0xFF for b in raw[20:60])  # inside the deflate stream
+    f.write_bytes(bytes(raw))
+    assert cli.main(["data", "info", "mnist", "--data-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte.gz" in err and "cannot be read" in err
+
+
 def test_idx_files_with_no_images_are_a_one_line_error(tmp_path: Path, capsys) -> None:
     from disvae import cli
 
@@ -109,7 +125,55 @@ def test_idx_files_with_no_images_are_a_one_line_error(tmp_path: Path, capsys) -
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
-def make_cifar(root: Path, binary: bool, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def py2_cifar_pickle(data: np.ndarray, labels: list[int], title: bytes) -> bytes:
+    """A batch as the published files hold it: Python 2's cPickle at protocol 2 (its str as
+    BINSTRING, numpy 1's ``numpy.core.multiarray._reconstruct`` with a ``(1, shape, dtype,
+    False, raw)`` state, ints as BININT1/BININT2), opcode by opcode."""
+
+    def text(b: bytes) -> bytes:  # SHORT_BINSTRING or BINSTRING
+        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+    def num(v: int) -> bytes:  # BININT1 or BININT2
+        return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v)
+
+    dtype = (
+        b"cnumpy\ndtype\nq\x05"
+        + text(b"u1")
+        + num(0)
+        + num(1)
+        + b"\x87Rq\x06("
+        + num(3)
+        + text(b"|")
+        + b"NNN"
+        + b"J\xff\xff\xff\xff" * 2
+        + num(0)
+        + b"tb"
+    )
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03"
+        + num(0)
+        + b"\x85"
+        + text(b"b")
+        + b"\x87Rq\x04("
+        + num(1)
+        + num(data.shape[0])
+        + num(3072)
+        + b"\x86"
+        + dtype
+        + b"\x89"
+        + text(data.tobytes())
+        + b"tb"
+    )
+    labels_list = b"]q\x07(" + b"".join(num(v) for v in labels) + b"e"
+    return (b"\x80\x02}q\x01(" + text(b"data") + array + text(b"labels") + labels_list
+            + text(b"batch_label") + text(title) + b"u.")  # fmt: skip
+
+
+def make_cifar(
+    root: Path, binary: bool, rows: int, protocol: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The six batches; python ones as the published files (``protocol`` None), or as
+    Python 3's pickle writes them at ``protocol``."""
     root.mkdir(parents=True, exist_ok=True)
     imgs = blobs(6 * rows, 32, 32, 3).transpose(0, 3, 1, 2)  # (N, 3, 32, 32): R, G, B planes
     labels = np.arange(6 * rows) % 10
@@ -119,10 +183,12 @@ def make_cifar(root: Path, binary: bool, rows: int) -> tuple[np.ndarray, np.ndar
         if binary:
             rec = np.concatenate([labels[sl, None].astype(np.uint8), flat], axis=1)
             (root / f"{name}.bin").write_bytes(rec.tobytes())
+        elif protocol is None:
+            (root / name).write_bytes(py2_cifar_pickle(flat, labels[sl].tolist(), name.encode()))
         else:
             batch = {b"batch_label": b"x", b"labels": labels[sl].tolist(), b"data": flat,
                      b"filenames": [b"f.png"] * rows}  # fmt: skip
-            (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+            (root / name).write_bytes(pickle.dumps(batch, protocol=protocol))
     return imgs, labels
 
 
@@ -142,6 +208,23 @@ def test_cifar10_binary_and_python_batches(tmp_path, monkeypatch, binary: bool) 
         load_dataset("cifar10", str(tmp_path))
 
 
+@pytest.mark.parametrize("protocol", [None, 0, 2, 4, 5])
+def test_cifar_pickles_are_read_without_unpickling(tmp_path, monkeypatch, protocol) -> None:
+    """The published (Python 2) batches and Python 3's pickles of every protocol load with
+    `pickle`'s loaders made to fail: nothing is unpickled."""
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 3)
+    imgs, labels = make_cifar(tmp_path, binary=False, rows=3, protocol=protocol)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    data = load_dataset("cifar10", str(tmp_path))
+    np.testing.assert_array_equal(data.numpy_images(np.arange(18)), imgs)
+    np.testing.assert_array_equal(data.factors[:, 0], labels)
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
@@ -152,15 +235,40 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path, monkeypatch) -> None:
     make_cifar(tmp_path, binary=False, rows=2)
     evil = _Evil()
     evil.marker = tmp_path / "pwned"
-    payload = pickle.dumps({b"data": evil, b"labels": [0, 1]}, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="refused to load .*system"):
-        cifar.safe_load(payload)
+    for protocol in range(6):
+        payload = pickle.dumps({b"data": evil, b"labels": [0, 1]}, protocol=protocol)
+        with pytest.raises(plain_pickle.PickleDataError, match="refused .*system"):
+            plain_pickle.read(payload)
     (tmp_path / "data_batch_2").write_bytes(payload)
-    with pytest.raises(DataError, match="refused to load"):
+    with pytest.raises(DataError, match="data_batch_2.*refused"):
         load_dataset("cifar10", str(tmp_path))
     assert not evil.marker.exists()
-    with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
-        cifar.safe_load(pickle.dumps(eval))
+    with pytest.raises(plain_pickle.PickleDataError, match="builtins.eval"):
+        plain_pickle.read(pickle.dumps(eval))
+
+
+def test_damaged_cifar_pickles_are_one_line_data_errors(tmp_path, monkeypatch) -> None:
+    """Random byte changes and cuts of a published-format batch: it loads (a changed pixel or
+    label) or fails with a `DataError`, never another exception."""
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 3)
+    make_cifar(tmp_path, binary=False, rows=3)
+    good = (tmp_path / "data_batch_1").read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(400):
+        bad = bytearray(good)
+        for pos in rng.integers(0, len(bad), size=1 + i % 3):
+            bad[pos] = rng.integers(0, 256)
+        if i % 4 == 0:
+            bad = bad[: rng.integers(0, len(bad))]
+        (tmp_path / "data_batch_1").write_bytes(bytes(bad))
+        try:
+            cifar.read_python(tmp_path / "data_batch_1")
+            outcomes["loaded"] += 1
+        except DataError as err:
+            assert "\n" not in str(err) and cifar.URL in str(err)
+            outcomes["refused"] += 1
+    assert outcomes["loaded"] > 0 and outcomes["refused"] > 100, outcomes
 
 
 # ----------------------------------------------------------------------------- Shapes3D

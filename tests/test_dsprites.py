@@ -337,6 +337,22 @@ def test_npz_paths(tmp_path: Path) -> None:
         load_dataset("dsprites", str(tmp_path / ds.NPZ_NAME))
 
 
+def test_damaged_deflate_stream_of_the_images(tmp_path: Path) -> None:
+    """Bytes changed inside the compressed images fail in zlib (not a bad CRC, not an OSError):
+    a one-line `DataError` all the same."""
+    file = tmp_path / "bad.npz"
+    write_npz(file)
+    with zipfile.ZipFile(file) as zf:
+        info = zf.getinfo("imgs.npy")
+    raw = bytearray(file.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)  # the member's data
+    raw[start + 36 : start + 40] = bytes(b ^ 0x5A for b in raw[start + 36 : start + 40])
+    file.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"cannot read its 'imgs' array|imgs cannot be read") as err:
+        ds._read_npz(file, SMALL)
+    assert "\n" not in str(err.value)
+
+
 def test_truncated_npz_images(tmp_path: Path) -> None:
     file = tmp_path / "cut.npz"
     imgs = write_npz(file)

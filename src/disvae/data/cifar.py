@@ -8,9 +8,9 @@ Binary version (``cifar-10-batches-bin/``): ``data_batch_1.bin`` .. ``data_batch
 Python version (``cifar-10-batches-py/``): ``data_batch_1`` .. ``data_batch_5`` and
 ``test_batch``, each a pickled dict with ``data`` (a 10000x3072 uint8 numpy array, rows laid out
 as above) and ``labels`` (a list of 10,000 ints 0..9); written by Python 2, so its keys are byte
-strings. A pickle can call any importable function while it loads, so these are read with
-`SafeUnpickler`, which admits only what a numpy array and plain containers need and refuses
-everything else before it is called.
+strings. A pickle can call any importable function while it loads, so these are never
+unpickled: `disvae.data.plain_pickle` reads their numbers, strings, lists and numpy arrays from
+the opcodes without building any object or calling anything.
 
 All six batches are used (the test batch when present), training first; disvae draws its own
 validation split. Images are 32x32x3 (other ``img_size``: Lanczos resize). Default likelihood:
@@ -20,14 +20,11 @@ is not a proper likelihood for them); ``--rec-dist bernoulli`` gives the disenta
 
 from __future__ import annotations
 
-import codecs
-import io
-import pickle
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from disvae.data import plain_pickle
 from disvae.data.base import DatasetInfo
 from disvae.data.cache import cached_source, with_source
 from disvae.data.ground_truth import LabeledDataset
@@ -41,51 +38,6 @@ PIXELS = 3 * 32 * 32
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = "test_batch"
 _VERSION = 1
-
-# numpy's reconstructors, looked up from live objects so that numpy 1 (numpy.core) and numpy 2
-# (numpy._core) agree: the function an ndarray and a numpy scalar pickle themselves with.
-_RECONSTRUCT = np.empty(0).__reduce__()[0]
-_SCALAR = np.float64(0).__reduce__()[0]
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    # Python 3 pickles bytes at protocol 2 as _codecs.encode(text, "latin1"); admit only that.
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} refused")
-    return codecs.encode(text, "latin1")
-
-
-_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
-_ALLOWED: dict[tuple[str, str], Any] = {
-    **{(m, "_reconstruct"): _RECONSTRUCT for m in _NUMPY_CORE},
-    **{(m, "scalar"): _SCALAR for m in _NUMPY_CORE},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}  # fmt: skip
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that builds only plain containers, strings, numbers and numpy arrays.
-
-    Every global a pickle names goes through `find_class`; anything outside `_ALLOWED` (for
-    instance ``os.system`` or ``builtins.eval``) raises `pickle.UnpicklingError` before it can
-    be called.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refused to load {module}.{name}: only numpy arrays and plain containers are "
-                "allowed in a data file"
-            ) from None
-
-
-def safe_load(data: bytes) -> Any:
-    """Unpickle ``data`` with `SafeUnpickler` (Python 2 strings become bytes)."""
-    return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
 def _fail(file: Path, problem: str) -> DataError:
@@ -119,9 +71,11 @@ def read_binary(file: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_python(file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 ``(R, 3, 32, 32)``, labels ``(R,)``) of one pickled batch."""
     try:
-        batch = safe_load(file.read_bytes())
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
+        batch = plain_pickle.read(file.read_bytes())
+    except plain_pickle.PickleDataError as err:
         raise _fail(file, f"is not a readable CIFAR-10 pickle ({err})") from None
+    except OSError as err:
+        raise _fail(file, f"cannot be read ({err})") from None
     if not isinstance(batch, dict):
         raise _fail(file, f"holds a {type(batch).__name__}, expected a dict")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -130,7 +84,11 @@ def read_python(file: Path) -> tuple[np.ndarray, np.ndarray]:
         raise _fail(file, "has no uint8 array 'data'")
     if data.shape != (ROWS_PER_BATCH, PIXELS):
         raise _fail(file, f"data is {data.shape}, expected {(ROWS_PER_BATCH, PIXELS)}")
-    labels = np.asarray(labels if isinstance(labels, list) else [], dtype=np.int64)
+    if not (isinstance(labels, list) and all(type(v) is int for v in labels)):
+        raise _fail(file, "has no list of int 'labels'")
+    if any(not 0 <= v <= 9 for v in labels):  # (before int64: a huge int would overflow it)
+        raise _fail(file, "holds labels outside 0..9")
+    labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (ROWS_PER_BATCH,):
         raise _fail(file, f"has {labels.size} labels, expected {ROWS_PER_BATCH}")
     return data.reshape(-1, 3, 32, 32), labels

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -273,7 +274,7 @@ def _open_member(zf: zipfile.ZipFile, name: str, file: Path) -> tuple[tuple, np.
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise _fail(file, f"cannot read its {name!r} array ({err})") from None
     if fortran or dtype.hasobject:
         stream.close()
@@ -284,7 +285,7 @@ def _open_member(zf: zipfile.ZipFile, name: str, file: Path) -> tuple[tuple, np.
 def _read_exact(stream: BinaryIO, count: int, file: Path, name: str) -> bytes:
     try:
         data = stream.read(count)
-    except (OSError, EOFError, zipfile.BadZipFile) as err:  # bad CRC, broken deflate stream
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # bad CRC, deflate
         raise _fail(file, f"{name} cannot be read ({err})") from None
     if len(data) != count:
         raise _fail(file, f"{name} is truncated")

@@ -19,6 +19,7 @@ Bernoulli, as the VAE literature models (near-binary) MNIST.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def read_idx(name: str, file: Path, magic: int, dims: tuple[int | None, ...]) ->
         raw = file.read_bytes()
         if raw[:2] == b"\x1f\x8b":  # the gzip magic: a .gz file, whatever its name
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib: a damaged .gz body
         raise _fail(name, file, f"cannot be read ({err})") from None
     header = 4 + 4 * len(dims)
     if len(raw) < header:
@@ -98,7 +99,7 @@ def _count(name: str, file: Path) -> int:
             gz = f.read(2) == b"\x1f\x8b"
         with (gzip.open if gz else open)(file, "rb") as f:
             head = f.read(8)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib: a damaged .gz body
         raise _fail(name, file, f"cannot be read ({err})") from None
     if len(head) < 8 or int.from_bytes(head[:4], "big") != IMAGES_MAGIC:
         raise _fail(name, file, f"is not an IDX image file (magic {IMAGES_MAGIC})")
