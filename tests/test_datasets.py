@@ -357,10 +357,43 @@ def test_folder_errors_and_corrupt_image(tmp_path: Path) -> None:
         load_dataset("chairs", str(tmp_path))
     with pytest.raises(DataError, match="is not a folder"):
         load_dataset("folder", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="no --data-path given"):
+        load_dataset("folder", None)
     make_folder(tmp_path / "f")
     (tmp_path / "f" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(DataError, match=r"image .*broken\.jpg cannot be used"):
+    with pytest.raises(DataError, match=r"image .*broken\.jpg cannot be used.*remove or replace"):
         load_dataset("folder", str(tmp_path / "f"), workers=1)
+    (tmp_path / "c" / "img_align_celeba").mkdir(parents=True)
+    (tmp_path / "c" / "img_align_celeba" / "000001.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataError, match=r"celeba: image .*000001\.jpg .*mmlab.ie.cuhk.edu.hk"):
+        load_dataset("celeba", str(tmp_path / "c"), workers=1)
+
+
+def test_folder_reads_images_upright_and_16_bit_and_skips_other_files(tmp_path: Path) -> None:
+    """A folder of a PDF, a JPEG stored sideways with its EXIF orientation tag, and a 16-bit
+    greyscale PNG ramp: the PDF is skipped, the photo comes out upright, the ramp scaled."""
+    root = tmp_path / "f"
+    root.mkdir()
+    (root / "notes.pdf").write_bytes(b"%PDF-1.4 not an image")
+    # Seen upright, the photo has a white top-left quarter. It is stored turned a quarter
+    # anticlockwise (white at the bottom left) with Orientation = 6 ("rotate 90° clockwise to
+    # view").
+    upright = np.zeros((32, 32, 3), np.uint8)
+    upright[:16, :16] = 255
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # k=1: anticlockwise
+    assert stored[16:, :16].min() == 255 and stored[:16, :16].max() == 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(root / "photo.jpg", exif=exif, quality=95)
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(root / "ramp.png")
+    assert Image.open(root / "ramp.png").mode.startswith("I")  # really 16-bit on disk
+    data = load_dataset("folder", str(root), img_size=32, workers=1)
+    assert len(data) == 2  # photo.jpg, ramp.png; not notes.pdf
+    photo, grey = data.numpy_images(np.arange(2)).astype(float)
+    assert photo[:, 2:14, 2:14].min() > 200 and photo[:, 2:14, 18:30].max() < 50  # upright
+    ramp_row = grey[0].mean(axis=0)  # left to right: dark to bright, not clipped to white
+    assert ramp_row[0] < 20 and ramp_row[-1] > 235 and 100 < ramp_row.mean() < 155
 
 
 def test_cache_is_reused_and_parallel_decoding_matches(tmp_path, monkeypatch) -> None:

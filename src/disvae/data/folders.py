@@ -33,7 +33,7 @@ CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 CHAIRS_URL = "https://www.di.ens.fr/willow/research/seeing3Dchairs/"
 CELEBA_CROP = 140  # side of the central square (Tolstikhin et al. 2018)
 DEFAULT_SIZE = 64
-_VERSION = 1
+_VERSION = 2  # 2: EXIF orientation applied, 16-bit images scaled
 
 
 def files_dataset(
@@ -52,11 +52,21 @@ def files_dataset(
     crops = [(crop,)] * len(files)
 
     def produce():
-        return decode_many(files, size, channels, crops, workers)
+        try:
+            yield from decode_many(files, size, channels, crops, workers)
+        except DataError as err:  # name the dataset and say what to do
+            raise DataError(f"{name}: {err}; {_REMEDY[name]}") from None
 
     images = cached_source(name, files, shape, produce, crop=crop, v=_VERSION)
     ds = ArrayDataset(images, DatasetInfo(name, shape[1:], rec_dist), packed=False)
     return with_source(ds, files, images)
+
+
+_REMEDY = {
+    "celeba": f"use the unmodified images from {CELEBA_URL}",
+    "chairs": f"use the unmodified renders from {CHAIRS_URL}",
+    "folder": "remove or replace that file",
+}
 
 
 def _under(path: str | None, folder: str) -> Path:
@@ -100,8 +110,11 @@ def load_folder(
     path: str | None, img_size: int | None = None, workers: int | None = None
 ) -> ArrayDataset:
     """Every image under folder ``path`` (recursive), centre-cropped square, RGB."""
-    root = Path(path or "").expanduser()
-    if path is None or not root.is_dir():
+    if path is None:
+        raise DataError("folder dataset: no --data-path given; pass --data-path DIR, a folder of "
+                        "images")  # fmt: skip
+    root = Path(path).expanduser()
+    if not root.is_dir():
         raise DataError(f"folder dataset: {str(root)!r} is not a folder; pass --data-path DIR")
     files = image_files(root)
     if not files:

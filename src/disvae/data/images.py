@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from disvae.errors import DataError
 
@@ -30,9 +30,18 @@ Crop = int | tuple[int, int, int, int] | None
 CHUNK = 256  # images per chunk handed to the cache writer
 
 
+# Raster image formats (Pillow also registers documents and scientific containers, e.g. .pdf,
+# .h5, .fits, that it cannot open without other software: a folder's PDF is not an image).
+IMAGE_EXTENSIONS = frozenset(
+    ".png .jpg .jpeg .jpe .jfif .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .jp2 .j2k "
+    ".qoi".split()
+)
+
+
 def image_files(root: Path, pattern: str = "**/*") -> list[Path]:
-    """Files under ``root`` matching ``pattern`` whose extension PIL can read, sorted."""
-    exts = {e.lower() for e in Image.registered_extensions()}
+    """Image files (`IMAGE_EXTENSIONS` that this Pillow reads) under ``root`` matching
+    ``pattern``, sorted; other files are skipped."""
+    exts = {e.lower() for e in Image.registered_extensions()} & IMAGE_EXTENSIONS
     return sorted(p for p in root.glob(pattern) if p.suffix.lower() in exts and p.is_file())
 
 
@@ -58,6 +67,18 @@ def to_array(img: Image.Image, size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def _upright_8bit(im: Image.Image) -> Image.Image:
+    """``im`` as it is meant to be seen: turned by its EXIF orientation (a phone's photo is
+    stored sideways with a tag saying so), and 16- or 32-bit greyscale (16-bit PNGs, TIFFs)
+    scaled to 8 bits (Pillow's own conversion would clip every value above 255 to white)."""
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (16-bit data opened as 32-bit ints)
+        arr = np.asarray(im).astype(np.int64)
+        arr = np.clip(arr, 0, 65535) >> 8
+        return Image.fromarray(arr.astype(np.uint8), "L")
+    return im
+
+
 def decode_crops(path: str, size: int, channels: int, crops: Sequence[Crop]) -> np.ndarray:
     """The crops of image file ``path``, each resized, stacked: uint8 ``(len(crops)*C, S, S)``.
 
@@ -65,7 +86,7 @@ def decode_crops(path: str, size: int, channels: int, crops: Sequence[Crop]) -> 
     """
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
+            im = _upright_8bit(im).convert("L" if channels == 1 else "RGB")
             parts = [to_array(im.crop(crop_box(*im.size, c)), size) for c in crops]
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"image {path} cannot be used: {err}") from None

@@ -7,7 +7,7 @@ float64 ``(480000, 6)`` with the factor values floor_hue (10 values), wall_hue (
 row-major order, orientation varying fastest. The loader checks that the labels form exactly
 that grid (each column takes its number of distinct values, in grid order) and memory-maps the
 images from a uint8 ``(N, 3, 64, 64)`` cache, converted in chunks so the whole array is never in
-memory twice. Default likelihood: Bernoulli, as disentanglement_lib and disentangling-vae train.
+memory twice. Default likelihood: Bernoulli, as disentanglement_lib trains it.
 """
 
 from __future__ import annotations

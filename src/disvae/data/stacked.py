@@ -30,7 +30,7 @@ from disvae.errors import DataError
 INDEX_NAMES = ("index.json", "index.csv")
 CHANNELS = 3
 DEFAULT_SIZE = 64
-_VERSION = 1
+_VERSION = 2  # 2: EXIF orientation applied, 16-bit images scaled
 _SPEC = "see docs/data.md ('stacked') for the index format"
 
 
