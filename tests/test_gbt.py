@@ -79,3 +79,21 @@ def test_constant_factor_and_code_do_not_break_dci():
     y[:, 2] = 0
     r = metrics.dci(x, y, n_train=400, n_test=200)
     assert all(np.isfinite(v) for v in r.values())
+
+
+def test_duplicated_code_shares_importance_like_sklearn():
+    # scikit-learn's splitter visits features in a random order per node, so an exact copy of a
+    # code wins half the tied splits; ties here are broken at random too (not to the lowest
+    # index). Exact thresholds (few distinct values): D and C match model="sklearn".
+    rng = np.random.default_rng(0)
+    y = np.stack([rng.integers(0, 3, 450), rng.integers(0, 2, 450)], 1)
+    x = np.round((y + 0.4 * rng.normal(size=(450, 2))) * 3) / 3
+    x = np.concatenate([x, x[:, :1]], axis=1)  # code 2 = code 0
+    imp, _ = gbt_importance(x[:300], y[:300], x[300:], y[300:], random_state=0)
+    assert imp[0, 0] > 0.25 and imp[2, 0] > 0.25  # both copies of factor 0's code
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = metrics.dci(x, y, n_train=300, n_test=150, model="sklearn")
+    ours = metrics.dci(x, y, n_train=300, n_test=150)
+    assert ours["completeness"] == pytest.approx(ref["completeness"], abs=0.1)
+    assert ours["disentanglement"] == pytest.approx(ref["disentanglement"], abs=0.1)

@@ -195,3 +195,115 @@ def test_bad_input_is_a_value_error():
         metrics.mig(np.zeros((10, 2)), np.zeros((9, 1), dtype=int))
     with pytest.raises(ValueError):
         metrics.mig(np.full((10, 2), np.nan), np.zeros((10, 1), dtype=int))
+
+
+def test_explicitness_is_one_vs_rest_liblinear():
+    # Ridgeway & Zemel 2018, Sec. 3 and disentanglement_lib (scikit-learn 0.20's default
+    # LogisticRegression: liblinear, one-vs-rest). Reference computed here class by class: a
+    # binary liblinear fit per class, its P(class), normalised over the classes (one-vs-rest
+    # predict_proba), the ROC-AUC of each class on the test points, the mean.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from disvae.metrics.modularity import explicitness_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=(400, 1))
+    centres = np.array([[0.0, 0.0], [1.0, 0.2], [0.2, 1.0], [3.0, 3.0]])
+    codes = centres[y[:, 0]] + 0.8 * rng.standard_normal((400, 2))
+    x, x_test, f, f_test = codes[:250], codes[250:], y[:250, 0], y[250:, 0]
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    xs, xt = (x - mean) / std, (x_test - mean) / std
+
+    def mean_auc(proba):
+        return np.mean([roc_auc_score(f_test == c, proba[:, c]) for c in range(4)])
+
+    p = np.stack(
+        [LogisticRegression(solver="liblinear").fit(xs, f == c).predict_proba(xt)[:, 1]
+         for c in range(4)], axis=1,
+    )  # fmt: skip
+    ovr = mean_auc(p / p.sum(axis=1, keepdims=True))
+    multinomial = mean_auc(LogisticRegression().fit(xs, f).predict_proba(xt))
+    assert abs(ovr - multinomial) > 1e-4  # the case tells the two classifiers apart
+    got = explicitness_score(codes[:250], y[:250], codes[250:], y[250:])
+    assert got == pytest.approx(ovr, abs=1e-6)
+
+
+def test_dci_and_modularity_leave_out_a_single_valued_factor():
+    # docs/metrics.md: factors with one value are left out (as MIG and SAP do); kept, they would
+    # score informativeness 1, raise DCI's entropy base K and modularity's K - 1.
+    sizes = (3, 4, 5)
+    f = grid_factors(900, sizes=sizes)
+    codes = rotated(aligned(f, sizes=sizes)[:, [0, 1, 2, 0]] + 0.1 * noise(900, 4))
+    fc = np.concatenate([f, np.full((len(f), 1), 2)], axis=1)
+    kw = {"n_train": 600, "n_test": 300, "rng": 1}
+    for model in ("lasso", "gbt"):
+        ref = metrics.dci(codes, f, model=model, **kw)
+        assert metrics.dci(codes, fc, model=model, **kw) == pytest.approx(ref, abs=1e-12)
+    ref = metrics.modularity(codes, f, **kw)
+    assert metrics.modularity(codes, fc, **kw) == pytest.approx(ref, abs=1e-12)
+    # nothing left to score: 0, as MIG
+    none = np.zeros((len(f), 2), dtype=int)
+    assert metrics.dci(codes, none, model="lasso", **kw) == {
+        "disentanglement": 0.0, "completeness": 0.0, "informativeness": 0.0
+    }  # fmt: skip
+    assert metrics.modularity(codes, none, **kw) == {"modularity": 0.0, "explicitness": 0.0}
+
+
+def test_dci_lasso_informativeness_is_clipped_at_zero():
+    # Eastwood & Williams 2018: I = 1 - NRMSE in [0, 1]. Codes without information and almost no
+    # shrinkage overfit a few training points: the test NRMSE exceeds 1 (computed here), and the
+    # informativeness is clipped to 0 (no better than predicting the mean).
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(0)
+    codes = rng.standard_normal((60, 20))
+    f = rng.integers(0, 5, size=(60, 1))
+    tr, te = metrics._utils.train_test_split(60, 30, 30, np.random.default_rng(4))
+    x, xt = codes[tr], codes[te]
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    reg = Lasso(alpha=1e-4, max_iter=100_000).fit((x - mean) / std, f[tr, 0] / 4)
+    pred = reg.predict((xt - mean) / std)
+    nrmse = np.sqrt(np.mean((pred - f[te, 0] / 4) ** 2)) / np.std(f[te, 0] / 4)
+    assert nrmse > 1
+    r = metrics.dci(codes, f, n_train=30, n_test=30, model="lasso", lasso_alpha=1e-4, rng=4)
+    assert r["informativeness"] == 0.0
+
+
+def test_labelled_points_are_drawn_without_replacement():
+    # compute_metrics on a labelled dataset: the n_samples + n_test points are distinct images
+    # when the dataset has enough (train and test share none); with too few, drawn with
+    # replacement. The dataset records which images were asked for.
+    import torch
+
+    from disvae.data.base import DatasetInfo
+    from disvae.data.ground_truth import LabeledDataset
+    from disvae.evaluation import compute_metrics
+
+    class Recording(LabeledDataset):
+        asked: list[np.ndarray] = []
+
+        def factors_of(self, index):
+            self.asked.append(np.asarray(index))
+            return super().factors_of(index)
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def encode(self, x):
+            z = x.flatten(1)[:, :2] * self.w
+            return z, torch.zeros_like(z)
+
+    n = 1000
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 1, 1, 2), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=(n, 1)).astype(float)
+    data = Recording(images, DatasetInfo("rec", (1, 1, 2)), False, ["a"], labels, [True])
+    compute_metrics(Stub(), data, "mig", n_samples=400, n_test=100, seed=0)
+    index = data.asked[-1]
+    assert len(index) == 500 and len(np.unique(index)) == 500
+    compute_metrics(Stub(), data, "mig", n_samples=900, n_test=200, seed=0)
+    index = data.asked[-1]
+    assert len(index) == 1100 and index.min() >= 0 and index.max() < n

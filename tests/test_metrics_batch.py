@@ -65,7 +65,7 @@ def test_factor_vae_score(data):
     assert s["aligned"]["eval_accuracy"] > 0.97
     assert s["rotated"]["eval_accuracy"] < s["aligned"]["eval_accuracy"] - 0.2
     assert s["noise"]["eval_accuracy"] < 0.4
-    # aligned codes have variances ~0.1: a high pruning threshold leaves nothing
+    # aligned codes have standard deviations ~0.4: a high pruning threshold leaves nothing
     pruned = metrics.factor_vae_score(data, make_encoder("aligned"), prune_threshold=10, **kw)
     assert pruned["eval_accuracy"] == 0.0
 
@@ -90,3 +90,44 @@ def test_constant_code_dimension(data):
     fv = metrics.factor_vae_score(data, encode, **KW)
     assert fv["num_active_dims"] == len(SIZES) and fv["eval_accuracy"] > 0.97  # pruned
     assert metrics.beta_vae_score(data, encode, **KW)["eval_accuracy"] > 0.9
+
+
+def test_factor_vae_prunes_on_the_standard_deviation(data):
+    # disentanglement_lib factor_vae.py, _prune_dims: sqrt(variance) >= 0.05. Factor 0 has 3
+    # classes, aligned code {0, 0.5, 1} of variance 1/6; scaled to std 0.10 (variance 0.01) it
+    # stays active under the std rule (a variance rule with 0.05 would drop it and lose factor 0).
+    base = make_encoder("aligned")
+    scale = 0.10 / np.sqrt(1 / 6)
+
+    def encode(images):
+        c = base(images)
+        c[:, 0] *= scale
+        return c
+
+    fv = metrics.factor_vae_score(data, encode, **dict(KW, n_variance=500))
+    assert fv["num_active_dims"] == len(SIZES)
+    assert fv["eval_accuracy"] > 0.97
+
+
+def test_beta_vae_classifier_is_one_vs_rest_liblinear(data):
+    # disentanglement_lib beta_vae.py fits LogisticRegression() of scikit-learn 0.20, whose
+    # defaults were liblinear and one-vs-rest. Reference here: one binary liblinear fit per
+    # factor on the same points, predicting the factor of the largest decision value.
+    from sklearn.linear_model import LogisticRegression
+
+    from disvae.metrics.beta_vae import beta_vae_points
+
+    rng = np.random.default_rng(0)  # the score's own draws with rng=0
+    encode = make_encoder("rotated")
+    x, y = beta_vae_points(data, encode, KW["n_train"], KW["batch_size"], rng)
+    x_eval, y_eval = beta_vae_points(data, encode, KW["n_eval"], KW["batch_size"], rng)
+    fits = [LogisticRegression(solver="liblinear").fit(x, y == k) for k in range(len(SIZES))]
+
+    def accuracy(xs, ys):
+        return np.mean(np.argmax([m.decision_function(xs) for m in fits], axis=0) == ys)
+
+    multinomial = LogisticRegression(max_iter=1000).fit(x, y)
+    assert multinomial.score(x, y) != accuracy(x, y)  # the case tells the two apart
+    got = metrics.beta_vae_score(data, make_encoder("rotated"), **KW)
+    assert got["train_accuracy"] == pytest.approx(accuracy(x, y), abs=1e-12)
+    assert got["eval_accuracy"] == pytest.approx(accuracy(x_eval, y_eval), abs=1e-12)

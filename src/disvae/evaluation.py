@@ -333,7 +333,7 @@ def compute_metrics(
         classes = data.sample_factors(n_points, rng)
         index, factors = data.index_of(classes), classes
     else:
-        index = rng.integers(0, len(data), size=n_points)
+        index = rng.choice(len(data), n_points, replace=n_points > len(data))  # distinct images
         factors = data.factors_of(index) if kind == "labels" else None
     model = inference_copy(model)
     mu, logvar, err = _encode_points(model, data, index, rec, batch_size, tick, amp)

@@ -3,10 +3,13 @@ Variational Framework", Sec. 3 "Disentanglement metric" and Appendix A.4).
 
 One point: pick a factor k uniformly; draw ``batch_size`` pairs of factor vectors that agree on k
 (everything else uniform); encode both images of each pair; the point's feature is the mean over
-the batch of |z1 - z2| (D,), its label k. A linear classifier (logistic regression, as in
-disentanglement_lib ``beta_vae.py``; the paper's own is a linear softmax classifier trained with
-Adagrad) is trained on ``n_train`` points; the score is its accuracy on ``n_eval`` fresh points.
-disentanglement_lib protocol: batch 64, 10,000 training and 5,000 evaluation points.
+the batch of |z1 - z2| (D,), its label k. A linear classifier is trained on ``n_train`` points;
+the score is its accuracy on ``n_eval`` fresh points. The classifier is disentanglement_lib's
+(``beta_vae.py``: ``LogisticRegression()`` with scikit-learn 0.20's defaults, as run by Locatello
+et al. 2019): one-vs-rest logistic regression, one binary liblinear classifier per factor (C=1,
+at most 100 iterations), predicting the factor of the highest decision value. The paper's own is
+a linear softmax classifier trained with Adagrad. disentanglement_lib protocol: batch 64, 10,000
+training and 5,000 evaluation points.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def beta_vae_score(
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
 
     rng = as_rng(rng)
     x, y = beta_vae_points(dataset, encode, n_train, batch_size, rng)
@@ -69,7 +73,9 @@ def beta_vae_score(
         return {"train_accuracy": 1.0, "eval_accuracy": 1.0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = LogisticRegression(max_iter=1000).fit(x, y)
+        # scikit-learn 0.20's LogisticRegression() default (disentanglement_lib beta_vae.py):
+        # liblinear, one-vs-rest ("multi_class" is deprecated since, hence the wrapper).
+        clf = OneVsRestClassifier(LogisticRegression(solver="liblinear")).fit(x, y)
     return {
         "train_accuracy": float(np.mean(clf.predict(x) == y)),
         "eval_accuracy": float(np.mean(clf.predict(x_eval) == y_eval)),

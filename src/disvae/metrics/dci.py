@@ -15,8 +15,12 @@ all factors' trees at once, thresholds from at most 256 candidates per feature),
 ``model="sklearn"`` fits scikit-learn's own ``GradientBoostingClassifier`` one factor at a time
 (exact thresholds; a test checks that the two agree). ``model="lasso"`` is the paper's own
 variant: a Lasso regression on standardised codes to the factor scaled to [0, 1], importances =
-|weights|, informativeness = 1 - NRMSE (test RMSE divided by the factor's standard deviation),
-averaged over factors.
+|weights|, informativeness = max(0, 1 - NRMSE) (test RMSE divided by the factor's standard
+deviation; clipped at 0, no better than predicting the mean), averaged over factors.
+
+A factor with a single value among the training points (zero entropy) is left out of D, C and I:
+kept, it would count in the entropy base K of every code's D_i and score informativeness 1
+without any code (MIG and SAP leave such factors out too).
 """
 
 from __future__ import annotations
@@ -70,7 +74,9 @@ def _fit_lasso(x, y, x_test, y_test, alpha: float) -> tuple[np.ndarray, float]:
     pred = reg.predict((x_test - mean) / std)
     sd = float(np.std(y_test / scale))
     rmse = float(np.sqrt(np.mean((pred - y_test / scale) ** 2)))
-    return np.abs(reg.coef_), 1.0 - (rmse / sd if sd > 0 else 1.0)
+    # Eastwood & Williams 2018, Sec. 3: informativeness = 1 - NRMSE, in [0, 1]; a regressor worse
+    # than predicting the mean (NRMSE > 1, e.g. codes without information) is clipped to 0.
+    return np.abs(reg.coef_), max(0.0, 1.0 - (rmse / sd if sd > 0 else 1.0))
 
 
 def dci_importance(
@@ -83,20 +89,23 @@ def dci_importance(
     lasso_alpha: float = 0.02,
     rng: np.random.Generator | int | None = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Importance matrix R (D, K) and per-factor informativeness (K,) of the DCI protocol."""
+    """Importance matrix R (D, K) and per-factor informativeness (K,) of the DCI protocol.
+
+    A factor with a single value among the training points has nothing to predict: its column
+    of R is 0 and its informativeness NaN, and `dci` leaves it out."""
     if model not in DCI_MODELS:
         raise ValueError(f"unknown DCI model {model!r}; choose one of {', '.join(DCI_MODELS)}")
     codes, factors = check_codes_factors(codes, factors)
     rng = np.random.default_rng(rng)
     tr, te = train_test_split(len(codes), n_train, n_test, rng)
     d, k = codes.shape[1], factors.shape[1]
-    importance, info = np.zeros((d, k)), np.zeros(k)
+    importance, info = np.zeros((d, k)), np.full(k, np.nan)
     varied = [f for f in range(k) if len(np.unique(factors[tr, f])) > 1]
-    info[[f for f in range(k) if f not in varied]] = 1.0  # constant: predicted, needs no code
     if model == "gbt":
         if varied:
             x, y = codes[tr], factors[tr][:, varied]
-            imp, acc = gbt_importance(x, y, codes[te], factors[te][:, varied])
+            seed = int(rng.integers(2**31 - 1))  # the trees' random tie-breaks (see gbt.py)
+            imp, acc = gbt_importance(x, y, codes[te], factors[te][:, varied], random_state=seed)
             importance[:, varied], info[varied] = imp, acc
         return importance, info
     for f in varied:
@@ -125,6 +134,9 @@ def dci(
     ``"sklearn"`` (the same with scikit-learn's own classifier: exact, slower) or ``"lasso"``
     (the paper).
 
+    Factors with a single value among the training points are left out of D, C and I (as MIG
+    and SAP leave them out); with none left all three are 0.
+
     Returns:
         ``{"disentanglement", "completeness", "informativeness"}``, each in [0, 1].
     """
@@ -132,5 +144,12 @@ def dci(
         codes, factors, n_train=n_train, n_test=n_test, model=model, lasso_alpha=lasso_alpha,
         rng=rng,
     )  # fmt: skip
-    dis, comp = disentanglement_completeness(importance)
-    return {"disentanglement": dis, "completeness": comp, "informativeness": float(info.mean())}
+    varied = np.isfinite(info)  # single-valued factors: NaN, left out (K = varied factors)
+    if not varied.any():
+        return {"disentanglement": 0.0, "completeness": 0.0, "informativeness": 0.0}
+    dis, comp = disentanglement_completeness(importance[:, varied])
+    return {
+        "disentanglement": dis,
+        "completeness": comp,
+        "informativeness": float(info[varied].mean()),
+    }

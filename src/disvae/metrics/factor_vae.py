@@ -1,13 +1,14 @@
 """FactorVAE score (Kim & Mnih 2018, "Disentangling by Factorising", Sec. 4 and Fig. 2).
 
-Global per-dimension variances from ``n_variance`` random codes; dimensions whose variance is
-below ``prune_threshold`` (0.05, disentanglement_lib ``factor_vae.py``) are "collapsed" and left
-out. One point: pick a factor k uniformly, fix it to a random value, draw ``batch_size`` images
-with the other factors uniform, divide their codes by the global standard deviations and take the
-dimension d with the least variance; the vote is (d, k). A majority-vote classifier (each d
-predicts the factor it voted for most often) is built from ``n_train`` votes and its accuracy on
-``n_eval`` fresh votes is the score. disentanglement_lib protocol: batch 64, 10,000 points for
-the variances, 10,000 training and 5,000 evaluation votes; variances with ddof=1.
+Global per-dimension variances from ``n_variance`` random codes; dimensions whose standard
+deviation is below ``prune_threshold`` (0.05) are "collapsed" and left out (disentanglement_lib
+``factor_vae.py``, ``_prune_dims``, compares ``sqrt(variance)`` with the threshold). One point:
+pick a factor k uniformly, fix it to a random value, draw ``batch_size`` images with the other
+factors uniform, divide their codes by the global standard deviations and take the dimension d
+with the least variance; the vote is (d, k). A majority-vote classifier (each d predicts the
+factor it voted for most often) is built from ``n_train`` votes and its accuracy on ``n_eval``
+fresh votes is the score. disentanglement_lib protocol: batch 64, 10,000 points for the
+variances, 10,000 training and 5,000 evaluation votes; variances with ddof=1.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def factor_vae_score(
         encode: images (B, C, H, W) -> codes (B, D); a `CachedEncoder` reuses codes by index.
         batch_size: images per vote (64); n_train / n_eval: votes (10,000 / 5,000).
         n_variance: random codes for the global variances (10,000).
-        prune_threshold: dimensions with global variance below it are ignored (0.05).
+        prune_threshold: dimensions whose global standard deviation is below it are ignored
+            (0.05; disentanglement_lib ``_prune_dims`` compares the standard deviation).
         rng: generator or seed.
 
     Returns:
@@ -69,7 +71,7 @@ def factor_vae_score(
     rng = as_rng(rng)
     codes, _ = sample_codes(dataset, encode, n_variance, rng)
     global_var = codes.var(axis=0, ddof=1)
-    active = global_var >= prune_threshold
+    active = np.sqrt(global_var) >= prune_threshold  # on the std (disentanglement_lib _prune_dims)
     if not active.any():
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
     k = dataset.n_factors

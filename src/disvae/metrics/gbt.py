@@ -20,7 +20,13 @@ it) with every tree of a stage grown at once, level by level, from histograms:
 The one difference from scikit-learn: split thresholds are searched among at most ``n_bins``
 candidates per feature (midpoints between consecutive distinct values when a feature has at most
 ``n_bins`` of them, which is then exact; otherwise midpoints between quantiles), as in histogram
-boosting (Ke et al. 2017, LightGBM). Ties between equally good splits go to the lowest feature.
+boosting (Ke et al. 2017, LightGBM).
+
+Ties: scikit-learn's tree splitter visits the features of each node in a random order (seeded by
+``random_state``) and keeps the first best split, so exactly tied features (a duplicated code) win
+at random and share the importance. Here too: among the features whose best gain equals the
+node's maximum exactly, one is drawn uniformly (a generator seeded by ``random_state``); within a
+feature the lowest threshold wins, as in scikit-learn's scan. A node without a tie is unaffected.
 """
 
 from __future__ import annotations
@@ -124,8 +130,9 @@ def _gather(a: np.ndarray, node: np.ndarray) -> np.ndarray:
     return a.ravel()[node + (np.arange(a.shape[0]) * a.shape[1])[:, None]]
 
 
-def _grow_level(g, node, bins, onehot, level, n_bins, parent, importance):
-    """Split every node of every tree once (the best least-squares split, if any).
+def _grow_level(g, node, bins, onehot, level, n_bins, parent, importance, rng):
+    """Split every node of every tree once (the best least-squares split, if any; exact ties
+    between features broken uniformly at random with ``rng``, see the module docstring).
 
     Args: g (C, N) targets of C trees; node (C, N) each sample's node at depth ``level``;
     bins (N, D); ``parent``: the (sums, counts) histograms of the level above, or None at the
@@ -147,10 +154,15 @@ def _grow_level(g, node, bins, onehot, level, n_bins, parent, importance):
     sr, nr = st - sl, nt - nl
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = sl**2 / nl + sr**2 / nr - st**2 / nt
-    gain = np.where((nl > 0.5) & (nr > 0.5), gain, -np.inf).reshape(c, m, -1)
-    best = gain.argmax(-1)  # (C, M): flat (feature, bin) of the best split; ties: lowest
-    best_gain = np.take_along_axis(gain, best[..., None], -1)[..., 0]
-    feat, thr = np.divmod(best, n_bins - 1)
+    gain = np.where((nl > 0.5) & (nr > 0.5), gain, -np.inf)  # (C, M, D, B - 1)
+    thr = gain.argmax(-1)  # (C, M, D): each feature's best bin; ties: the lowest threshold
+    feat_gain = np.take_along_axis(gain, thr[..., None], -1)[..., 0]
+    best_gain = feat_gain.max(-1)  # (C, M)
+    # Among the features tied at the maximum, a uniformly random one (sklearn's random feature
+    # order per node); an untied maximum is the only candidate, so it is chosen as before.
+    tied = feat_gain == best_gain[..., None]
+    feat = np.where(tied, rng.random(tied.shape), -1.0).argmax(-1)
+    thr = np.take_along_axis(thr, feat[..., None], -1)[..., 0]
     split = np.isfinite(best_gain) & (best_gain > 0)
     # Impurity decrease weighted by the node's share of the samples (sklearn's importances).
     rows = np.repeat(np.arange(c), m)
@@ -186,9 +198,12 @@ def gbt_importance(
     max_depth: int = 3,
     learning_rate: float = 0.1,
     n_bins: int = 256,
+    random_state: int | np.random.Generator | None = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boosted-tree importances (D, K) and test accuracies (K,) of codes x (N, D) for each of the
-    K factors y (N, K) (class labels), all factors fitted at once. See the module docstring."""
+    K factors y (N, K) (class labels), all factors fitted at once. ``random_state`` seeds the
+    breaking of exact ties between features. See the module docstring."""
+    rng = np.random.default_rng(random_state)
     x, x_test = np.asarray(x, np.float64), np.asarray(x_test, np.float64)
     y, y_test = np.asarray(y), np.asarray(y_test)
     thresholds = bin_thresholds(x, n_bins)
@@ -210,7 +225,9 @@ def gbt_importance(
         stage_imp = np.zeros((c, d))
         root_split, hist = None, None
         for level in range(max_depth):
-            node, splits, hist = _grow_level(g, node, bins, onehot_bins, level, b, hist, stage_imp)
+            node, splits, hist = _grow_level(
+                g, node, bins, onehot_bins, level, b, hist, stage_imp, rng
+            )
             node_test = _route(node_test, bins_test, *splits)
             root_split = splits[2][:, 0] if level == 0 else root_split
         leaves = _leaf_values(g, p.T, node, 2**max_depth, factor)

@@ -7,8 +7,15 @@ delta_i = sum_k (m_ik - t_ik)^2 / (theta_i^2 (K - 1)) and modularity = mean_i (1
 As in disentanglement_lib (``modularity_explicitness.py``) a code dimension with no information
 (theta_i = 0) scores 0 and stays in the mean. MI from 20 equal-width bins, 10,000 points.
 
-Explicitness: per factor a one-vs-rest logistic regression on the standardised codes; the mean
-ROC-AUC over the factor's classes on 5,000 test points; the mean over factors.
+Explicitness: per factor a one-vs-rest logistic regression on the standardised codes (Ridgeway &
+Zemel 2018, Sec. 3 "Explicitness"; disentanglement_lib fits scikit-learn 0.20's default
+``LogisticRegression()``, i.e. liblinear one-vs-rest, C=1): one binary liblinear classifier per
+class, whose probabilities, normalised over the classes as scikit-learn's one-vs-rest
+``predict_proba`` does, give one ROC-AUC per class on 5,000 test points; the mean over the
+factor's classes, then over factors.
+
+Factors with a single value among the training points carry no information to find and are left
+out of both scores, as MIG and SAP leave them out (with none left both scores are 0).
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ def explicitness_score(
     test_codes: np.ndarray,
     test_factors: np.ndarray,
 ) -> float:
-    """Mean over factors of the mean one-vs-rest test ROC-AUC of a logistic regression."""
+    """Mean over factors of the mean one-vs-rest test ROC-AUC of a logistic regression
+    (liblinear one-vs-rest: Ridgeway & Zemel 2018, Sec. 3; disentanglement_lib)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
+    from sklearn.multiclass import OneVsRestClassifier
 
     mean, std = train_codes.mean(axis=0), train_codes.std(axis=0)
     std = np.where(std > 0, std, 1.0)
@@ -56,7 +65,7 @@ def explicitness_score(
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = LogisticRegression(max_iter=200).fit(x, y)
+            clf = OneVsRestClassifier(LogisticRegression(solver="liblinear")).fit(x, y)
         proba = clf.predict_proba(x_test)
         per_class = [
             roc_auc_score(y_test == c, proba[:, i])
@@ -80,13 +89,20 @@ def modularity(
     """Modularity and explicitness (Ridgeway & Zemel 2018) of codes (N, D) vs factors (N, K).
 
     The N points are split at random into ``n_train`` (modularity's MI and explicitness's
-    training set) and ``n_test`` (explicitness's test set).
+    training set) and ``n_test`` (explicitness's test set). Factors with a single value among
+    the training points are left out (none left: both scores 0).
 
     Returns:
         ``{"modularity", "explicitness"}``, each in [0, 1] (explicitness 0.5 = chance).
     """
     codes, factors = check_codes_factors(codes, factors)
     tr, te = _split(len(codes), n_train, n_test, np.random.default_rng(rng))
+    # A single-valued factor (zero entropy) is left out: kept, it would add a zero MI column and
+    # raise K in delta_i's K - 1 (docs/metrics.md; MIG and SAP leave such factors out too).
+    varied = factors[tr].max(axis=0) > factors[tr].min(axis=0)
+    if not varied.any():
+        return {"modularity": 0.0, "explicitness": 0.0}
+    factors = factors[:, varied]
     mi = mutual_info_matrix(discretize(codes[tr], n_bins), factors[tr])
     return {
         "modularity": modularity_score(mi),
