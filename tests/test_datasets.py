@@ -450,7 +450,7 @@ def make_stacked(root: Path, n: int = 5, fmt: str = "json") -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_stacked_patches_along_channels(tmp_path: Path, fmt: str) -> None:
+def test_stacked_patches_along_channels(tmp_path: Path, fmt: str, capsys) -> None:
     values = make_stacked(tmp_path, fmt=fmt)
     data = load_dataset("stacked", str(tmp_path), img_size=32, workers=1)
     assert data.image_shape == (9, 32, 32) and data.info.patches == tuple(PATCHES)
@@ -464,6 +464,13 @@ def test_stacked_patches_along_channels(tmp_path: Path, fmt: str) -> None:
     np.testing.assert_allclose(data.factor_values_raw, values)
     np.testing.assert_array_equal(data.factors[:, 0], [0, 5, 10, 15, 19])  # 20 bins
     np.testing.assert_array_equal(data.factors[:, 2], 0)  # a constant factor: one bin
+    if fmt == "json":  # `data info` says the classes are bins of a continuous value
+        from disvae import cli
+
+        assert describe("stacked", str(tmp_path), img_size=32)["continuous_factors"] == FACTORS
+        assert cli.main(["data", "info", "stacked", "--data-path", str(tmp_path),
+                         "--img-size", "32"]) == 0  # fmt: skip
+        assert "gaze_x (20 bins of a continuous value)" in capsys.readouterr().out
 
 
 def test_stacked_index_errors(tmp_path: Path) -> None:
@@ -524,6 +531,7 @@ def test_describe_and_data_info_cli(tmp_path: Path, capsys) -> None:
     info = describe("mnist", str(tmp_path))
     assert info["n_images"] == 24 and info["image_shape"] == [1, 32, 32]
     assert info["factors"] == {"digit": 10} and not info["grid"] and len(info["files"]) == 4
+    assert info["continuous_factors"] == []  # labels are classes
     assert (
         cli.main(["data", "info", "mnist", "--data-path", str(tmp_path), "--img-size", "64"]) == 0
     )

@@ -348,7 +348,14 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     files = info["files"]
     shown = ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else "")
     c, h, w = info["image_shape"]
-    factors = ", ".join(f"{k} ({v})" for k, v in info["factors"].items()) or "none"
+    continuous = set(info["continuous_factors"])
+    factors = (
+        ", ".join(
+            f"{k} ({v} bins of a continuous value)" if k in continuous else f"{k} ({v})"
+            for k, v in info["factors"].items()
+        )
+        or "none"
+    )
     lines = [
         f"dataset:    {info['name']} from {info['path'] or 'the built-in source'}",
         f"files:      {shown or 'none (built in)'}",

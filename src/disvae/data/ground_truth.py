@@ -114,6 +114,7 @@ class LabeledDataset(ArrayDataset):
         if len(categorical) != len(factor_names):
             raise ValueError("one categorical flag per factor name is needed")
         self.factor_names = tuple(factor_names)
+        self.categorical = tuple(bool(c) for c in categorical)
         self.factor_values_raw = values
         columns = [
             np.unique(col, return_inverse=True)[1] if cat else discretize(col)

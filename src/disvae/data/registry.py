@@ -39,12 +39,14 @@ def describe(
     """What loading dataset ``name`` from ``path`` finds: a JSON-able summary.
 
     Keys: name, path, files, n_images, image_shape (C, H, W), channels, default_rec_dist,
-    patches, factors (``{name: number of classes}``, empty without ground truth), grid
-    (whether the factors form a full grid), cache_file.
+    patches, factors (``{name: number of classes}``, empty without ground truth; a continuous
+    factor's classes are its bins), continuous_factors (their names), grid (whether the factors
+    form a full grid), cache_file.
     """
     data = load_dataset(name, path, img_size, workers)
     sizes = getattr(data, "factor_sizes", None) or getattr(data, "n_classes", ())
     factors = dict(zip(getattr(data, "factor_names", ()), map(int, sizes), strict=True))
+    kinds = getattr(data, "categorical", (True,) * len(factors))  # a grid's are classes
     return {
         "name": name,
         "path": path,
@@ -55,6 +57,7 @@ def describe(
         "default_rec_dist": data.info.default_rec_dist,
         "patches": list(data.info.patches),
         "factors": factors,
+        "continuous_factors": [n for n, c in zip(factors, kinds, strict=True) if not c],
         "grid": hasattr(data, "factor_sizes"),
         "cache_file": data.cache_file,
     }
