@@ -350,6 +350,61 @@ def test_celeba_chairs_and_folder_shapes(tmp_path: Path) -> None:
     assert data.numpy_images(np.arange(4)).dtype == np.uint8
 
 
+CELEBA_NAMES = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald",
+                "Bangs"] + [f"Attr_{i}" for i in range(6, 39)] + ["Young"]  # fmt: skip
+
+
+def write_celeba_attributes(file: Path, values: np.ndarray, names=CELEBA_NAMES, count=None) -> None:
+    """``list_attr_celeba.txt`` as published: the count, the names, then per image its file name
+    and one 1 or -1 per attribute, right-aligned in columns of 3 (so some are two spaces apart);
+    ``.csv``: Kaggle's table."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    rows = [(f"{i + 1:06d}.jpg", [1 if v else -1 for v in row]) for i, row in enumerate(values)]
+    if file.suffix == ".csv":
+        lines = ["image_id," + ",".join(names)] + [f"{n}," + ",".join(map(str, r)) for n, r in rows]
+    else:
+        lines = [str(len(rows) if count is None else count), " ".join(names) + " "]
+        lines += [n + "".join(f"{v:3d}" for v in r) for n, r in rows]
+    file.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("where", ["list_attr_celeba.txt", "Anno/list_attr_celeba.txt",
+                                   "list_attr_celeba.csv"])  # fmt: skip
+def test_celeba_attributes_are_its_factors(tmp_path: Path, where: str) -> None:
+    from disvae.evaluation import factor_kind
+
+    make_celeba(tmp_path)
+    values = np.zeros((3, 40), bool)
+    values[0, 0] = values[1, [0, 39]] = values[2, 5] = True
+    write_celeba_attributes(tmp_path / where, values)
+    data = load_dataset("celeba", str(tmp_path), workers=1)
+    assert isinstance(data, LabeledDataset) and factor_kind(data) == "labels"
+    assert data.factor_names == tuple(CELEBA_NAMES) and data.n_classes[0] == 2
+    np.testing.assert_array_equal(data.factors, values.astype(int))  # -1 -> 0, 1 -> 1
+    assert data.image_shape == (3, 64, 64) and len(data) == 3 and data.files[-1].endswith(where)
+
+
+def test_celeba_attribute_table_that_does_not_fit_is_a_one_line_error(tmp_path: Path) -> None:
+    make_celeba(tmp_path)
+    table = tmp_path / "list_attr_celeba.txt"
+    ok = np.zeros((3, 40), bool)
+    for kwargs, message in [
+        ({"count": 5}, "says 5 images, the table has 3"),
+        ({"values": ok[:2], "count": 2}, "no attributes for 1 image.*000003.jpg"),
+        ({"names": CELEBA_NAMES[:39]}, "has 40 values for 39 names"),
+    ]:
+        write_celeba_attributes(table, kwargs.pop("values", ok), **kwargs)
+        with pytest.raises(DataError, match=message) as err:
+            load_dataset("celeba", str(tmp_path), workers=1)
+        assert "\n" not in str(err.value) and "mmlab.ie.cuhk.edu.hk" in str(err.value)
+    write_celeba_attributes(table, ok)
+    table.write_text(table.read_text().replace(" -1", "  0", 1))
+    with pytest.raises(DataError, match="values other than 1 and -1"):
+        load_dataset("celeba", str(tmp_path), workers=1)
+    table.unlink()
+    assert not isinstance(load_dataset("celeba", str(tmp_path), workers=1), LabeledDataset)
+
+
 def test_folder_errors_and_corrupt_image(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"img_align_celeba/\*\.jpg.*mmlab.ie.cuhk.edu.hk"):
         load_dataset("celeba", str(tmp_path))

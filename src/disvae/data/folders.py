@@ -8,6 +8,9 @@ written to the uint8 cache; later runs memory-map the cache and never decode aga
   central 140x140 square is cut and resized to 64x64, the preprocessing of Tolstikhin et al.
   2018 (WAE, Sec. 4: "we pre-process CelebA images by first taking a 140x140 center crop and
   then resizing to the 64x64 resolution"), which keeps the face and drops most background.
+  When the attribute table ``list_attr_celeba.txt`` (or Kaggle's ``list_attr_celeba.csv``) lies
+  beside ``img_align_celeba/`` or in ``Anno/``, its 40 binary attributes (Liu et al. 2015) are
+  the factors (classes 0 = -1, 1 = 1): the metrics on codes (MIG, SAP, DCI, ...) then apply.
 - ``chairs``: the 3D Chairs renders of Aubry et al. 2014,
   ``rendered_chairs/<chair>/renders/*.png``, 86,366 PNGs of 600x600 on a plain background
   (https://www.di.ens.fr/willow/research/seeing3Dchairs/). Converted to greyscale and resized to
@@ -23,8 +26,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from disvae.data.base import ArrayDataset, DatasetInfo
 from disvae.data.cache import cached_source, with_source
+from disvae.data.ground_truth import LabeledDataset
 from disvae.data.images import Crop, decode_many, image_files
 from disvae.data.registry import DATASETS
 from disvae.errors import DataError
@@ -79,7 +85,9 @@ def _under(path: str | None, folder: str) -> Path:
 def load_celeba(
     path: str | None, img_size: int | None = None, workers: int | None = None
 ) -> ArrayDataset:
-    """CelebA faces from ``path`` (the folder holding ``img_align_celeba/``, or that folder)."""
+    """CelebA faces from ``path`` (the folder holding ``img_align_celeba/``, or that folder);
+    with the 40 binary attributes as factors when ``list_attr_celeba.txt`` (or Kaggle's
+    ``list_attr_celeba.csv``) lies beside that folder or in its ``Anno/``."""
     root = _under(path, "img_align_celeba")
     files = sorted(root.glob("*.jpg")) if root.is_dir() else []
     if not files:
@@ -87,7 +95,67 @@ def load_celeba(
             f"CelebA: no .jpg files in {str(root)!r}; expected img_align_celeba/*.jpg (the "
             f"'Align&Cropped Images' 178x218 JPEGs) from {CELEBA_URL}"
         )
-    return files_dataset("celeba", files, img_size or DEFAULT_SIZE, 3, CELEBA_CROP, workers)
+    data = files_dataset("celeba", files, img_size or DEFAULT_SIZE, 3, CELEBA_CROP, workers)
+    table = celeba_attributes_file(root.parent)
+    if table is None:
+        return data
+    names, values = read_celeba_attributes(table, [f.name for f in files])
+    labelled = LabeledDataset(data._images, data.info, False, names, values, [True] * len(names))
+    labelled.files, labelled.cache_file = (*data.files, str(table)), data.cache_file
+    return labelled
+
+
+CELEBA_ATTRIBUTES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
+
+
+def celeba_attributes_file(root: Path) -> Path | None:
+    """CelebA's attribute table in ``root`` (beside ``img_align_celeba/``) or ``root/Anno``."""
+    for folder in (root, root / "Anno"):
+        for name in CELEBA_ATTRIBUTES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def read_celeba_attributes(file: Path, images: list[str]) -> tuple[list[str], np.ndarray]:
+    """The attribute names (40) and values ``(len(images), 40)``, 0 or 1, of the images named
+    ``images``, from CelebA's ``list_attr_celeba.txt`` (a count line, a line of names, then an
+    image name and one 1 or -1 per attribute on each line, space-aligned) or Kaggle's CSV of the
+    same (``image_id,`` then the names; one row per image)."""
+
+    def fail(problem: str) -> DataError:
+        return DataError(
+            f"CelebA attributes {file}: {problem}; use the unmodified list_attr_celeba.txt from "
+            f"{CELEBA_URL}, or remove it to load the images without factors"
+        )
+
+    try:
+        lines = file.read_text(encoding="utf-8", errors="strict").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise fail(f"cannot be read ({err})") from None
+    if file.suffix == ".csv":
+        rows = [line.split(",") for line in lines if line.strip()]
+        if not rows or rows[0][0] != "image_id":
+            raise fail("the first line is not 'image_id,' and the attribute names")
+        names, body = rows[0][1:], rows[1:]
+    else:
+        if len(lines) < 2 or not lines[0].strip().isdigit():
+            raise fail("the first line is not the number of images")
+        names, body = lines[1].split(), [line.split() for line in lines[2:] if line.strip()]
+        if len(body) != int(lines[0]):
+            raise fail(f"the first line says {int(lines[0])} images, the table has {len(body)}")
+    table: dict[str, list[str]] = {}
+    for row in body:
+        if len(row) != len(names) + 1:
+            raise fail(f"the row of {row[0]!r} has {len(row) - 1} values for {len(names)} names")
+        table[row[0]] = row[1:]
+    missing = [name for name in images if name not in table]
+    if missing:
+        raise fail(f"no attributes for {len(missing)} image(s), e.g. {missing[0]!r}")
+    values = np.array([table[name] for name in images])
+    if not np.isin(values, ("1", "-1")).all():
+        raise fail("values other than 1 and -1")
+    return names, (values == "1").astype(np.float64)
 
 
 @DATASETS.register("chairs")
