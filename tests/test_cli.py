@@ -29,8 +29,8 @@ def test_help_lists_every_flag_the_issue_names():
     assert "train" in top and "evaluate" in top
 
 
-@pytest.mark.parametrize("cmd", [["train"], ["evaluate"], ["plot"], ["report"], ["sweep"],
-                                 ["data", "info"]])  # fmt: skip
+@pytest.mark.parametrize("cmd", [["train"], ["evaluate"], ["encode"], ["plot"], ["report"],
+                                 ["sweep"], ["data", "info"]])  # fmt: skip
 def test_help_shows_each_default_once_and_only_real_ones(cmd, capsys):
     assert main([*cmd, "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines

@@ -247,6 +247,24 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path, monkeypatch) -> None:
         plain_pickle.read(pickle.dumps(eval))
 
 
+def test_plain_pickle_resolves_shared_objects_once_and_refuses_cycles() -> None:
+    """x_{i+1} = [x_i, x_i] through the memo: 30 levels in ~150 bytes. Copied at each
+    reference it would be 2**30 lists; each object is resolved once, so sharing is kept."""
+    chain = b"\x80\x02]q\x00"  # x_0 = [], memo 0
+    for i in range(30):  # drop x_i, push [memo i, memo i] as x_{i+1}, memo i + 1
+        chain += b"0(h" + bytes([i]) + b"h" + bytes([i]) + b"lq" + bytes([i + 1])
+    top = plain_pickle.read(chain + b".")
+    node = top
+    for _ in range(30):
+        assert len(node) == 2 and node[0] is node[1]
+        node = node[0]
+    assert node == []
+    with pytest.raises(plain_pickle.PickleDataError, match="cycle"):
+        plain_pickle.read(b"\x80\x02]q\x00h\x00a.")  # a list that holds itself
+    with pytest.raises(plain_pickle.PickleDataError, match="deeper than"):
+        plain_pickle.read(b"\x80\x02" + b"]" * 40 + b"a" * 39 + b".")
+
+
 def test_damaged_cifar_pickles_are_one_line_data_errors(tmp_path, monkeypatch) -> None:
     """Random byte changes and cuts of a published-format batch: it loads (a changed pixel or
     label) or fails with a `DataError`, never another exception."""
@@ -384,6 +402,19 @@ def test_celeba_attributes_are_its_factors(tmp_path: Path, where: str) -> None:
     assert data.image_shape == (3, 64, 64) and len(data) == 3 and data.files[-1].endswith(where)
 
 
+def test_celeba_as_kaggle_ships_it(tmp_path: Path) -> None:
+    """Kaggle's copy: img_align_celeba/img_align_celeba/*.jpg, the CSV at the top, with a BOM
+    and ", " separators; loaded from the top folder."""
+    make_celeba(tmp_path / "img_align_celeba")  # -> img_align_celeba/img_align_celeba/*.jpg
+    values = np.eye(3, 40, dtype=bool)
+    write_celeba_attributes(tmp_path / "list_attr_celeba.csv", values)
+    table = tmp_path / "list_attr_celeba.csv"
+    table.write_text("\ufeff" + table.read_text().replace(",", ", "), encoding="utf-8")
+    data = load_dataset("celeba", str(tmp_path), workers=1)
+    assert len(data) == 3 and isinstance(data, LabeledDataset)
+    np.testing.assert_array_equal(data.factors, values.astype(int))
+
+
 def test_celeba_attribute_table_that_does_not_fit_is_a_one_line_error(tmp_path: Path) -> None:
     make_celeba(tmp_path)
     table = tmp_path / "list_attr_celeba.txt"
@@ -392,6 +423,7 @@ def test_celeba_attribute_table_that_does_not_fit_is_a_one_line_error(tmp_path: 
         ({"count": 5}, "says 5 images, the table has 3"),
         ({"values": ok[:2], "count": 2}, "no attributes for 1 image.*000003.jpg"),
         ({"names": CELEBA_NAMES[:39]}, "has 40 values for 39 names"),
+        ({"names": CELEBA_NAMES[:39] + ["Bald"]}, "names are missing or repeated"),
     ]:
         write_celeba_attributes(table, kwargs.pop("values", ok), **kwargs)
         with pytest.raises(DataError, match=message) as err:
@@ -443,9 +475,16 @@ def test_folder_reads_images_upright_and_16_bit_and_skips_other_files(tmp_path: 
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
     Image.fromarray(ramp).save(root / "ramp.png")
     assert Image.open(root / "ramp.png").mode.startswith("I")  # really 16-bit on disk
+    small = np.full((32, 32), 200, np.int32)  # a 32-bit integer image of 8-bit values
+    Image.fromarray(small, "I").save(root / "wide.tif")
+    assert Image.open(root / "wide.tif").mode == "I"
     data = load_dataset("folder", str(root), img_size=32, workers=1)
-    assert len(data) == 2  # photo.jpg, ramp.png; not notes.pdf
-    photo, grey = data.numpy_images(np.arange(2)).astype(float)
+    assert len(data) == 3  # photo.jpg, ramp.png, wide.tif; not notes.pdf
+    photo, grey, wide = data.numpy_images(np.arange(3)).astype(float)
+    assert wide.min() == wide.max() == 200  # kept: not taken for 16-bit data
+    exts = images.image_extensions()
+    assert {".png", ".jpg", ".tif", ".webp", ".mpo"} <= exts
+    assert not {".pdf", ".eps", ".h5", ".txt"} & exts
     assert photo[:, 2:14, 2:14].min() > 200 and photo[:, 2:14, 18:30].max() < 50  # upright
     ramp_row = grey[0].mean(axis=0)  # left to right: dark to bright, not clipped to white
     assert ramp_row[0] < 20 and ramp_row[-1] > 235 and 100 < ramp_row.mean() < 155

@@ -195,6 +195,27 @@ def test_val_loss_scores_every_step_by_the_settled_objective(tiny_data, tmp_path
     for r in (r for r in _log(run) if "val/loss" in r):  # recon + gamma * |kl - C|, C = c_fin
         assert r["val/capacity"] == pytest.approx(7.0) and r["capacity"] < 0.1
         assert r["val/loss"] >= r["val/recon"] + 10 * abs(r["val/kl"] - 7) - 1e-3 * r["val/loss"]
+    from disvae.evaluation import evaluate
+
+    held_out = evaluate(run, data=tiny_data, device="cpu")["losses"]  # `disvae evaluate` alike
+    assert held_out["capacity"] == pytest.approx(7.0)
+
+
+def test_a_best_loss_scored_the_old_way_is_not_compared_on_resume(tiny_data, tmp_path):
+    """A checkpoint from before settled scoring (no "best_val_kind") holds a best val/loss of
+    another objective: the resumed run does not compare with it, so best.safetensors moves on."""
+    base = ["log_every=5", "checkpoint_every=10", "val_every=5", "val_images=64"]
+    run = train(_cfg("betaH", "steps=10", *base), tmp_path / "r", data=tiny_data, progress=False)
+    last = run / runs.CHECKPOINTS / "step_000000010.safetensors"
+    tensors, meta = ckpt.load_state(last)
+    meta.pop("best_val_kind", None)
+    meta["best_val"] = -1.0  # lower than any real loss: kept, nothing could beat it again
+    ckpt.save_state(last, tensors, meta)
+    cfg = C.apply_overrides(runs.read_config(run), ["steps=20"])
+    train(cfg, run, data=tiny_data, resume=True, progress=False)
+    val = {r["step"]: r["val/loss"] for r in _log(run) if "val/loss" in r and r["step"] > 10}
+    best = ckpt.load_state(run / runs.BEST)[1]
+    assert best["step"] == min(val, key=val.get) and best["val_loss"] == min(val.values())
 
 
 # ---------------------------------------------------------------------- precision and compile

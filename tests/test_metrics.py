@@ -307,3 +307,4 @@ def test_labelled_points_are_drawn_without_replacement():
     compute_metrics(Stub(), data, "mig", n_samples=900, n_test=200, seed=0)
     index = data.asked[-1]
     assert len(index) == 1100 and index.min() >= 0 and index.max() < n
+    assert len(np.unique(index)) < n  # more points than images: some drawn twice

@@ -262,6 +262,7 @@ def test_encode_cli_and_its_one_line_errors(run, capsys, tmp_path):
     from disvae import cli
 
     before = {p.name for p in run.iterdir()}
+    (tmp_path / "dir.npz").mkdir()
     assert cli.main(["encode", str(run), "--split", "val", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "(val)" in out and "at step 30" in out and "written to" in out
@@ -273,6 +274,7 @@ def test_encode_cli_and_its_one_line_errors(run, capsys, tmp_path):
         (["-o", str(tmp_path / "no" / "codes.npz")], "is not a directory"),
         (["--weights", "best"], "best.safetensors"),
         (["--split", "test"], "invalid choice"),
+        (["-o", str(tmp_path / "dir.npz")], "it is a directory"),
     ]:
         assert cli.main(["encode", str(run), "--device", "cpu", *argv]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()

@@ -87,6 +87,7 @@ def evaluate(
     from disvae.data.batching import split_indices
     from disvae.models.discriminator import Discriminator
     from disvae.training.checkpoint import load_module_state
+    from disvae.training.validation import settled_step
     from disvae.utils import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -104,8 +105,10 @@ def evaluate(
         load_module_state("disc", disc, tensors, str(run_dir))
         disc.to(dev).eval()
     t0 = time.perf_counter()
+    # The objective with its schedules settled, as `val/loss` during training: a run stopped
+    # inside a warm-up or a capacity ramp is scored by the objective it was heading for.
     losses = heldout_losses(
-        model.to(dev), data, val_idx, cfg.loss, meta["step"],
+        model.to(dev), data, val_idx, cfg.loss, settled_step(cfg.loss, meta["step"]),
         dataset_size=len(train_idx), discriminator=disc, batch_size=batch_size,
     )  # fmt: skip
     result = {
@@ -528,6 +531,8 @@ def check_codes_path(path: str | Path) -> Path:
         raise UserError(f"codes are written as .npz: give a path ending in .npz, not {str(path)!r}")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {str(path)!r}: {str(path.parent)!r} is not a directory")
+    if path.is_dir():
+        raise UserError(f"cannot write {str(path)!r}: it is a directory; give a file name")
     return path
 
 

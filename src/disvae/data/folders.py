@@ -89,6 +89,8 @@ def load_celeba(
     with the 40 binary attributes as factors when ``list_attr_celeba.txt`` (or Kaggle's
     ``list_attr_celeba.csv``) lies beside that folder or in its ``Anno/``."""
     root = _under(path, "img_align_celeba")
+    if (root / "img_align_celeba").is_dir() and not any(root.glob("*.jpg")):
+        root = root / "img_align_celeba"  # Kaggle's copy: img_align_celeba/img_align_celeba/
     files = sorted(root.glob("*.jpg")) if root.is_dir() else []
     if not files:
         raise DataError(
@@ -109,8 +111,9 @@ CELEBA_ATTRIBUTES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
 
 
 def celeba_attributes_file(root: Path) -> Path | None:
-    """CelebA's attribute table in ``root`` (beside ``img_align_celeba/``) or ``root/Anno``."""
-    for folder in (root, root / "Anno"):
+    """CelebA's attribute table in ``root`` (beside ``img_align_celeba/``), ``root/Anno``, or
+    one folder up (Kaggle's copy nests ``img_align_celeba/img_align_celeba/``)."""
+    for folder in (root, root / "Anno", root.parent):
         for name in CELEBA_ATTRIBUTES:
             if (folder / name).is_file():
                 return folder / name
@@ -130,11 +133,11 @@ def read_celeba_attributes(file: Path, images: list[str]) -> tuple[list[str], np
         )
 
     try:
-        lines = file.read_text(encoding="utf-8", errors="strict").splitlines()
+        lines = file.read_text(encoding="utf-8-sig", errors="strict").splitlines()  # -sig: a BOM
     except (OSError, UnicodeDecodeError) as err:
         raise fail(f"cannot be read ({err})") from None
     if file.suffix == ".csv":
-        rows = [line.split(",") for line in lines if line.strip()]
+        rows = [[cell.strip() for cell in line.split(",")] for line in lines if line.strip()]
         if not rows or rows[0][0] != "image_id":
             raise fail("the first line is not 'image_id,' and the attribute names")
         names, body = rows[0][1:], rows[1:]
@@ -144,6 +147,8 @@ def read_celeba_attributes(file: Path, images: list[str]) -> tuple[list[str], np
         names, body = lines[1].split(), [line.split() for line in lines[2:] if line.strip()]
         if len(body) != int(lines[0]):
             raise fail(f"the first line says {int(lines[0])} images, the table has {len(body)}")
+    if len(set(names)) != len(names) or not names:
+        raise fail("its attribute names are missing or repeated")
     table: dict[str, list[str]] = {}
     for row in body:
         if len(row) != len(names) + 1:

@@ -30,18 +30,28 @@ Crop = int | tuple[int, int, int, int] | None
 CHUNK = 256  # images per chunk handed to the cache writer
 
 
-# Raster image formats (Pillow also registers documents and scientific containers, e.g. .pdf,
-# .h5, .fits, that it cannot open without other software: a folder's PDF is not an image).
-IMAGE_EXTENSIONS = frozenset(
-    ".png .jpg .jpeg .jpe .jfif .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .jp2 .j2k "
-    ".qoi".split()
-)
+# Formats Pillow registers that are not pictures to train on, or that it cannot decode by
+# itself: PostScript (needs Ghostscript), the stubs of scientific containers (BUFR, GRIB, HDF5),
+# MPEG (identified, not decoded), WMF (Windows only), IPTC metadata. Save-only formats (PDF,
+# Palm) are left out anyway: Pillow has no opener for them.
+NOT_IMAGES = frozenset({"EPS", "BUFR", "GRIB", "HDF5", "MPEG", "WMF", "IPTC"})
+
+
+def image_extensions() -> set[str]:
+    """The file extensions (lower case, with the dot) of formats this Pillow opens as images,
+    plugins such as pillow-heif included."""
+    Image.init()
+    return {
+        ext.lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if (fmt in Image.OPEN or fmt == "MPO") and fmt not in NOT_IMAGES  # MPO: a JPEG
+    }
 
 
 def image_files(root: Path, pattern: str = "**/*") -> list[Path]:
-    """Image files (`IMAGE_EXTENSIONS` that this Pillow reads) under ``root`` matching
-    ``pattern``, sorted; other files are skipped."""
-    exts = {e.lower() for e in Image.registered_extensions()} & IMAGE_EXTENSIONS
+    """Image files (`image_extensions`) under ``root`` matching ``pattern``, sorted; other
+    files are skipped."""
+    exts = image_extensions()
     return sorted(p for p in root.glob(pattern) if p.suffix.lower() in exts and p.is_file())
 
 
@@ -69,12 +79,15 @@ def to_array(img: Image.Image, size: int) -> np.ndarray:
 
 def _upright_8bit(im: Image.Image) -> Image.Image:
     """``im`` as it is meant to be seen: turned by its EXIF orientation (a phone's photo is
-    stored sideways with a tag saying so), and 16- or 32-bit greyscale (16-bit PNGs, TIFFs)
-    scaled to 8 bits (Pillow's own conversion would clip every value above 255 to white)."""
+    stored sideways with a tag saying so), and 16-bit greyscale (16-bit PNGs, TIFFs) scaled to
+    8 bits (Pillow's own conversion would clip every value above 255 to white). A 32-bit
+    integer image is taken as 16-bit data when a value exceeds 255, else kept as it is."""
     im = ImageOps.exif_transpose(im) or im
-    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (16-bit data opened as 32-bit ints)
+    if im.mode.startswith("I;16"):  # 16-bit greyscale: the top 8 bits
+        return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    if im.mode == "I":  # 32-bit ints: 16-bit data when above 255, else 8-bit values as they are
         arr = np.asarray(im).astype(np.int64)
-        arr = np.clip(arr, 0, 65535) >> 8
+        arr = np.clip(arr, 0, 65535) >> 8 if arr.max(initial=0) > 255 else np.clip(arr, 0, 255)
         return Image.fromarray(arr.astype(np.uint8), "L")
     return im
 

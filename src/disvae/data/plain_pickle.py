@@ -74,7 +74,7 @@ _GET = {"GET", "BINGET", "LONG_BINGET"}
 def read(data: bytes) -> Any:
     """The plain value pickled in ``data``; `PickleDataError` for anything else or broken."""
     try:
-        return _resolve(_interpret(data), 0)
+        return _Resolver().resolve(_interpret(data), 0)
     except PickleDataError:
         raise
     except Exception as err:  # noqa: BLE001 - malformed input: genops' and our own checks
@@ -190,47 +190,71 @@ def _dict(value: Any) -> dict:
     return value
 
 
-def _resolve(value: Any, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise PickleDataError(f"data nested deeper than {MAX_DEPTH} levels (or a cycle)")
-    if value is None or isinstance(value, bool | int | float | str | bytes):
-        return value
-    if isinstance(value, list):
-        return [_resolve(v, depth + 1) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_resolve(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return {_resolve(k, depth + 1): _resolve(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, _Global):
-        raise PickleDataError(f"a reference to {value}, not data")
-    return _call(value, depth)
+class _Resolver:
+    """Turns the interpreted tree into values. Each object is resolved once (by identity), so a
+    pickle that refers to one list many times (``x = [y, y]``, ``y = [z, z]``, ...: a few bytes)
+    costs its size, not 2 to the power of its depth; an object met again while it is being
+    resolved is a cycle, which plain data has none of."""
 
+    def __init__(self) -> None:
+        self.done: dict[int, Any] = {}
+        self.open: set[int] = set()
+        self.keep: list[Any] = []  # the resolved objects stay alive: their ids stay theirs
 
-def _call(call: _Call, depth: int) -> Any:
-    """The value of one of the few calls plain data is pickled with; any other is refused."""
-    f = call.func
-    if (f.module, f.name) not in _KNOWN:
-        raise PickleDataError(
-            f"refused {f}: only numbers, strings, containers and numpy arrays are read from a "
-            "data file"
-        )
-    args = _resolve(call.args, depth + 1) if not _is_reconstruct(f) else call.args
-    state = _resolve(call.state, depth + 1) if call.state is not None else None
-    if (f.module, f.name) == ("_codecs", "encode") and state is None:
-        # Python 3 bytes at protocol 2 and below: encode(text, "latin1")
-        if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
-            return args[0].encode("latin-1")
-    elif (f.module, f.name) == ("numpy", "dtype"):
-        return _dtype(args, state)
-    elif _is_reconstruct(f):
-        return _reconstructed(call.args, state)
-    elif f.module in _NUMERIC and f.name == "_frombuffer" and state is None:
-        if len(args) == 4 and isinstance(args[0], bytes) and isinstance(args[1], np.dtype):
-            return _array(args[0], args[1], args[2], args[3] == "F")
-    elif f.module in _MULTIARRAY and f.name == "scalar" and state is None:
-        if len(args) == 2 and isinstance(args[0], np.dtype) and isinstance(args[1], bytes):
-            return _array(args[1], args[0], (), False)[()]
-    raise PickleDataError(f"{f} with arguments that are not those of plain data")
+    def resolve(self, value: Any, depth: int) -> Any:
+        if value is None or isinstance(value, bool | int | float | str | bytes):
+            return value
+        if depth > MAX_DEPTH:
+            raise PickleDataError(f"data nested deeper than {MAX_DEPTH} levels")
+        key = id(value)
+        if key in self.done:
+            return self.done[key]
+        if key in self.open:
+            raise PickleDataError("a container that contains itself (a cycle), not plain data")
+        self.open.add(key)
+        out = self._value(value, depth)
+        self.open.discard(key)
+        self.done[key] = out
+        self.keep.append(value)
+        return out
+
+    def _value(self, value: Any, depth: int) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v, depth + 1) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.resolve(v, depth + 1) for v in value)
+        if isinstance(value, dict):
+            d = depth + 1
+            return {self.resolve(k, d): self.resolve(v, d) for k, v in value.items()}
+        if isinstance(value, _Global):
+            raise PickleDataError(f"a reference to {value}, not data")
+        return self._call(value, depth)
+
+    def _call(self, call: _Call, depth: int) -> Any:
+        """The value of one of the few calls plain data is pickled with; any other is refused."""
+        f = call.func
+        if (f.module, f.name) not in _KNOWN:
+            raise PickleDataError(
+                f"refused {f}: only numbers, strings, containers and numpy arrays are read from "
+                "a data file"
+            )
+        args = call.args if _is_reconstruct(f) else self.resolve(call.args, depth + 1)
+        state = self.resolve(call.state, depth + 1) if call.state is not None else None
+        if (f.module, f.name) == ("_codecs", "encode") and state is None:
+            # Python 3 bytes at protocol 2 and below: encode(text, "latin1")
+            if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+                return args[0].encode("latin-1")
+        elif (f.module, f.name) == ("numpy", "dtype"):
+            return _dtype(args, state)
+        elif _is_reconstruct(f):
+            return _reconstructed(call.args, state)
+        elif f.module in _NUMERIC and f.name == "_frombuffer" and state is None:
+            if len(args) == 4 and isinstance(args[0], bytes) and isinstance(args[1], np.dtype):
+                return _array(args[0], args[1], args[2], args[3] == "F")
+        elif f.module in _MULTIARRAY and f.name == "scalar" and state is None:
+            if len(args) == 2 and isinstance(args[0], np.dtype) and isinstance(args[1], bytes):
+                return _array(args[1], args[0], (), False)[()]
+        raise PickleDataError(f"{f} with arguments that are not those of plain data")
 
 
 def _is_reconstruct(f: _Global) -> bool:

@@ -32,6 +32,9 @@ class TrainerState:
             "n_skipped": self.n_skipped,
             "lr_scale": self.lr_scale,
             "best_val": self.best_val,
+            # how best_val was scored: "settled" (`validation.settled_step`); checkpoints
+            # without it scored each step by its own schedules, not comparable
+            "best_val_kind": "settled",
         }
         if self.disc is not None:
             tensors.update(ckpt.module_state("disc", self.disc))
@@ -90,7 +93,10 @@ class TrainerState:
         self.n_summed = meta["n_summed"]
         self.n_skipped = meta.get("n_skipped", 0)
         self.lr_scale = meta.get("lr_scale", 1.0)
-        self.best_val = meta.get("best_val")
+        # A best held-out loss scored otherwise (older checkpoints) is not compared with this
+        # run's: the next validation writes best.safetensors afresh.
+        settled = meta.get("best_val_kind") == "settled"
+        self.best_val = meta.get("best_val") if settled else None
         if self.guard is not None:
             self.guard.reset()
         if self.graph is not None:  # the optimizers' state tensors were replaced
