@@ -213,6 +213,24 @@ def test_import_disvae_is_light_and_reaches_its_subpackages():
     ]
 
 
+def test_a_changed_preprocessing_is_recorded_and_warned_about(tmp_path, capsys):
+    """config.json records the loader's preprocessing version; reading the run with another
+    version (here: the run says 0) warns in one line, and the run is still read."""
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "2", "-q"]) == 0
+    record = json.loads((run / "config.json").read_text())
+    assert record["preprocessing"] == 1
+    assert main(["encode", str(run), "--split", "val", "-q"]) == 0
+    assert "preprocess" not in capsys.readouterr().err  # the same version: no warning
+    record["preprocessing"] = 0
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["encode", str(run), "--split", "val", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "as version 0 of its loader" in err[0] and "version 1" in err[0]
+    assert main(["plot", str(run), "kl", "-q"]) == 0
+    assert "as version 0 of its loader" in capsys.readouterr().err
+
+
 def test_warnings_and_unwritable_files_are_one_line(tmp_path, capsys, monkeypatch):
     run = tmp_path / "r"
     assert main(["train", "--out", str(run), *TINY, "--steps", "4", "--checkpoint-every", "2"]) == 0

@@ -75,6 +75,9 @@ def test_mnist_pads_to_32_and_keeps_labels(tmp_path: Path, gz: bool) -> None:
     np.testing.assert_array_equal(raw[:, 0, 2:30, 2:30], imgs)  # padding is lossless
     assert raw[:, :, :2].max() == 0 and raw[:, :, :, 30:].max() == 0
     assert data.factor_names == ("digit",) and data.n_classes == (10,)
+    from disvae.data import idx
+
+    assert data.preprocessing == idx._VERSION > 1  # recorded with a run (pad before resize)
     np.testing.assert_array_equal(data.factors[:, 0], np.arange(24) % 10)
     assert load_dataset("mnist", str(tmp_path), img_size=28).image_shape == (1, 28, 28)
     assert load_dataset("fashion", str(tmp_path), img_size=64).factor_names == ("class",)

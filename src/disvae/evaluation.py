@@ -72,6 +72,7 @@ def _open_run(
     dev = pick_device(device)
     if data is None:
         data = load_data(cfg.data)
+    runs.check_preprocessing(run_dir, data)
     data.to(dev)
     return model, cfg, tensors, meta, data, dev
 

@@ -251,6 +251,29 @@ def load_run_state(
     return model, cfg, tensors, meta
 
 
+def check_preprocessing(run_dir: str | Path, data: Any) -> bool:
+    """Warn when ``data`` was prepared by another version of its loader's preprocessing than
+    the run trained on (config.json's ``preprocessing``; runs from before it was recorded:
+    version 1). Returns whether the versions agree."""
+    import warnings
+
+    try:
+        trained = json.loads((Path(run_dir) / CONFIG).read_text()).get("preprocessing", 1)
+    except (OSError, ValueError, AttributeError):
+        return True  # read_config reports a missing or damaged config.json on its own
+    now = getattr(data, "preprocessing", 1)
+    if trained == now:
+        return True
+    warnings.warn(
+        f"{str(run_dir)!r} trained on {data.name} as version {trained} of its loader prepared "
+        f"it; this disvae prepares it with version {now} (docs/data.md), so the images differ "
+        "somewhat from those it was trained on",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return False
+
+
 def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
     """The image shape recorded in config.json (saved by the trainer)."""
     d = json.loads((Path(run_dir) / CONFIG).read_text())

@@ -49,6 +49,9 @@ class ArrayDataset:
     # Where the images came from (set by the file loaders; shown by `disvae data info`).
     files: tuple[str, ...] = ()
     cache_file: str | None = None
+    # The version of the loader's preprocessing (crop, resize, padding, orientation...) that
+    # made these images; a run records it, and reading the run later warns if it changed.
+    preprocessing: int = 1
 
     def __init__(self, images: np.ndarray | torch.Tensor, info: DatasetInfo, packed: bool) -> None:
         c, h, w = info.image_shape

@@ -130,8 +130,10 @@ def cached_source(
     return cached(path, shape, produce, f"{name}: preprocessing {shape[0]} images")
 
 
-def with_source(dataset: Any, files: Sequence[Path], images: np.ndarray) -> Any:
-    """Record on ``dataset`` the source ``files`` and the cache file behind ``images``."""
+def with_source(dataset: Any, files: Sequence[Path], images: np.ndarray, version: int = 1) -> Any:
+    """Record on ``dataset`` the source ``files``, the cache file behind ``images`` and the
+    ``version`` of the preprocessing that made them (`ArrayDataset.preprocessing`)."""
     dataset.files = tuple(str(f) for f in files)
+    dataset.preprocessing = int(version)
     dataset.cache_file = str(images.filename) if isinstance(images, np.memmap) else None
     return dataset

@@ -118,4 +118,4 @@ def load_cifar10(
     images = cached_source("cifar10", files, shape, produce, v=_VERSION)
     info = DatasetInfo("cifar10", (3, size, size), "gaussian")
     ds = LabeledDataset(images, info, False, ("class",), labels[:, None], (True,))
-    return with_source(ds, files, images)
+    return with_source(ds, files, images, _VERSION)

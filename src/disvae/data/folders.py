@@ -65,7 +65,7 @@ def files_dataset(
 
     images = cached_source(name, files, shape, produce, crop=crop, v=_VERSION)
     ds = ArrayDataset(images, DatasetInfo(name, shape[1:], rec_dist), packed=False)
-    return with_source(ds, files, images)
+    return with_source(ds, files, images, _VERSION)
 
 
 _REMEDY = {
@@ -104,6 +104,7 @@ def load_celeba(
     names, values = read_celeba_attributes(table, [f.name for f in files])
     labelled = LabeledDataset(data._images, data.info, False, names, values, [True] * len(names))
     labelled.files, labelled.cache_file = (*data.files, str(table)), data.cache_file
+    labelled.preprocessing = data.preprocessing
     return labelled
 
 

@@ -143,7 +143,7 @@ def load_idx(name: str, path: str | None, img_size: int | None = None) -> Labele
     info = DatasetInfo(name, (1, size, size), "bernoulli")
     factor = SOURCES[name][1]
     ds = LabeledDataset(images, info, False, (factor,), labels[:, None], (True,))
-    return with_source(ds, files, images)
+    return with_source(ds, files, images, _VERSION)
 
 
 @DATASETS.register("mnist")

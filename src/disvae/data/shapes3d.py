@@ -113,4 +113,4 @@ def load_shapes3d(
     images = cached_source("shapes3d", [file], shape, lambda: _chunks(file, size), v=_VERSION)
     info = DatasetInfo("shapes3d", (3, size, size), "bernoulli")
     ds = GridDataset(images, info, False, FACTOR_NAMES, values)
-    return with_source(ds, [file], images)
+    return with_source(ds, [file], images, _VERSION)

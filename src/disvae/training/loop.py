@@ -484,6 +484,8 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         runs.check_out_dir(out, overwrite)
     if data is None:
         data = load_data(cfg.data)
+    if resume and dist.main:  # (before config.json records this version)
+        runs.check_preprocessing(out, data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
     with runs.RunLock(out, create=not resume) if dist.main else nullcontext():
         if not resume and dist.main:
@@ -505,6 +507,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record = runs.config_record(cfg)
         record["image_shape"] = list(data.image_shape)
         record["patches"] = list(getattr(data.info, "patches", ()))
+        record["preprocessing"] = getattr(data, "preprocessing", 1)
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
         record["speed"] = trainer.forward.speed()  # what "auto" became on this device

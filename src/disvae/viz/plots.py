@@ -165,6 +165,7 @@ def open_run(run_dir: str | Path, data: Any = None, load_data: bool = True) -> R
                 "dataset %r not loaded (%s); figures that need images are skipped", cfg.data.name, e
             )
     if data is not None:
+        runs.check_preprocessing(run_dir, data)
         view.data = data
         _, view.val_idx = split_indices(
             len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
