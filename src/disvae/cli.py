@@ -479,9 +479,10 @@ def _print_summary(run: Path, seconds: float) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from disvae import runs
     from disvae.evaluation import evaluate, evaluate_metrics
 
-    data = _run_data(args)
+    data = runs.data_at(args.run, args.data_path or None)
     if args.metrics is not None:
         bar = None
         if not args.no_progress and sys.stderr.isatty():
@@ -521,19 +522,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_data(args: argparse.Namespace):
-    """The run's dataset from ``--data-path`` when given, else None (the run's own path)."""
-    if not args.data_path:
-        return None
-    import dataclasses
-
-    from disvae import runs
-    from disvae.data import load_data
-
-    cfg = runs.read_config(args.run)
-    return load_data(dataclasses.replace(cfg.data, path=args.data_path))
-
-
 def cmd_encode(args: argparse.Namespace) -> int:
     from disvae import runs
     from disvae.evaluation import CODES_FILE, check_codes_path, encode_run, write_codes
@@ -548,7 +536,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         codes = encode_run(
-            args.run, split=args.split, weights=args.weights, data=_run_data(args),
+            args.run, split=args.split, weights=args.weights,
+            data=runs.data_at(args.run, args.data_path or None),
             batch_size=args.batch_size, device=args.device, amp=args.amp,
             progress=bar.update if bar is not None else None,
         )  # fmt: skip

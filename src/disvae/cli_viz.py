@@ -184,19 +184,8 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     return p
 
 
-def _data_for(run: str, data_path: str | None):
-    """The run's dataset loaded from ``--data-path`` (None: let the run find its own)."""
-    if data_path is None:
-        return None
-    import dataclasses
-
-    from disvae import runs
-    from disvae.data import load_data
-
-    return load_data(dataclasses.replace(runs.read_config(run).data, path=data_path))
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
+    from disvae import runs
     from disvae.viz.plots import PlotOptions, plot_run
 
     opts = PlotOptions(
@@ -209,9 +198,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         max_traversal=args.max_traversal,
         posterior=args.posterior,
     )
-    paths = plot_run(
-        args.run, args.plots, opts, out_dir=args.out_dir, data=_data_for(args.run, args.data_path)
-    )
+    data = runs.data_at(args.run, args.data_path)
+    paths = plot_run(args.run, args.plots, opts, out_dir=args.out_dir, data=data)
     if not paths:
         raise UserError("no plot could be made; see the warnings above")
     if not args.quiet:
@@ -221,6 +209,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from disvae import runs
     from disvae.report import ReportOptions, build_report
     from disvae.sweep.state import is_sweep_dir
 
@@ -239,7 +228,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         explorer_steps=args.slider_steps,
         seed=args.seed,
     )
-    data = _data_for(args.runs[0], args.data_path)
+    data = runs.data_at(args.runs[0], args.data_path)
     path = build_report(args.runs, args.out, opts, data=data)
     if not args.quiet:
         size = path.stat().st_size / 1e6

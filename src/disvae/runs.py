@@ -251,16 +251,25 @@ def load_run_state(
     return model, cfg, tensors, meta
 
 
+def data_at(run_dir: str | Path, data_path: str | None) -> Any:
+    """The run's dataset loaded from ``data_path`` (its config otherwise as saved), for a
+    dataset that has moved since training; None when ``data_path`` is None (the run's own)."""
+    if data_path is None:
+        return None
+    import dataclasses
+
+    from disvae.data import load_data
+
+    return load_data(dataclasses.replace(read_config(run_dir).data, path=data_path))
+
+
 def check_preprocessing(run_dir: str | Path, data: Any) -> bool:
     """Warn when ``data`` was prepared by another version of its loader's preprocessing than
     the run trained on (config.json's ``preprocessing``; runs from before it was recorded:
     version 1). Returns whether the versions agree."""
     import warnings
 
-    try:
-        trained = json.loads((Path(run_dir) / CONFIG).read_text()).get("preprocessing", 1)
-    except (OSError, ValueError, AttributeError):
-        return True  # read_config reports a missing or damaged config.json on its own
+    trained = _run_record(run_dir)[1].get("preprocessing", 1)
     now = getattr(data, "preprocessing", 1)
     if trained == now:
         return True

@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
-MAX_DEPTH = 32  # nesting of containers and records (a cycle would otherwise never end)
+MAX_DEPTH = 32  # nesting of containers and records (plain data needs a few levels)
 
 _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
-# dtypes of plain numeric data, by their kind and size (no objects, no structured types)
+# the only calls plain data is pickled with (numpy 1 and 2 name their module differently)
 _KNOWN = {("_codecs", "encode"), ("numpy", "dtype"),
           *((m, n) for m in _MULTIARRAY for n in ("_reconstruct", "scalar")),
           *((m, "_frombuffer") for m in _NUMERIC)}  # fmt: skip
+# dtypes of plain numeric data, by their kind and size (no objects, no structured types)
 _KINDS = {"b": {1}, "u": {1, 2, 4, 8}, "i": {1, 2, 4, 8}, "f": {2, 4, 8}}
 
 
@@ -197,9 +198,9 @@ class _Resolver:
     resolved is a cycle, which plain data has none of."""
 
     def __init__(self) -> None:
+        # by id: every interpreted object stays alive (reachable from the root) meanwhile
         self.done: dict[int, Any] = {}
         self.open: set[int] = set()
-        self.keep: list[Any] = []  # the resolved objects stay alive: their ids stay theirs
 
     def resolve(self, value: Any, depth: int) -> Any:
         if value is None or isinstance(value, bool | int | float | str | bytes):
@@ -215,7 +216,6 @@ class _Resolver:
         out = self._value(value, depth)
         self.open.discard(key)
         self.done[key] = out
-        self.keep.append(value)
         return out
 
     def _value(self, value: Any, depth: int) -> Any:
