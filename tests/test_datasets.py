@@ -339,11 +339,18 @@ def make_celeba(root: Path, n: int = 3) -> None:
         Image.fromarray(img).save(root / "img_align_celeba" / f"{i + 1:06d}.jpg", quality=95)
 
 
-def make_chairs(root: Path, n: int = 3) -> None:
+def chairs_name(view: int) -> str:
+    """The published name of view ``view`` (0..61): 31 azimuths of 360/31 degrees (rounded
+    down) at elevation 20, then the same at elevation 30; distance 96."""
+    elevation, azimuth = 20 + 10 * (view // 31), (view % 31) * 360 // 31
+    return f"image_{view + 1:03d}_p{elevation:03d}_t{azimuth:03d}_r096.png"
+
+
+def make_chairs(root: Path, n: int = 3, name=chairs_name) -> None:
     for i, img in enumerate(blobs(n, 600, 600, 3)):
         d = root / "rendered_chairs" / f"chair_{i % 2}" / "renders"
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(d / f"image_{i:03d}.png")
+        Image.fromarray(img).save(d / name(i * 7 % 62))
 
 
 def make_folder(root: Path, n: int = 4) -> None:
@@ -369,6 +376,30 @@ def test_celeba_chairs_and_folder_shapes(tmp_path: Path) -> None:
     data = load_dataset("folder", str(tmp_path / "f"), img_size=32, workers=1)
     assert data.image_shape == (3, 32, 32) and len(data) == 4
     assert data.numpy_images(np.arange(4)).dtype == np.uint8
+
+
+def test_chairs_pose_is_read_from_the_file_names(tmp_path: Path) -> None:
+    """image_<view>_p<elevation>_t<azimuth>_r<distance>.png: elevation and azimuth are the
+    factors, classes in the order of their values; a name off the pattern: no factors."""
+    from disvae.data import describe
+    from disvae.evaluation import factor_kind
+
+    make_chairs(tmp_path / "a", n=6)  # views 0, 7, 14, 21, 28, 35 of chairs 0 and 1
+    data = load_dataset("chairs", str(tmp_path / "a"), workers=1)
+    assert isinstance(data, LabeledDataset) and factor_kind(data) == "labels"
+    assert data.factor_names == ("elevation", "azimuth") and len(data) == 6
+    # sorted paths: chair_0 has views 0, 14, 28 (file names sort by view), chair_1 7, 21, 35
+    views = [0, 14, 28, 7, 21, 35]
+    elevation = [20 + 10 * (v // 31) for v in views]
+    azimuth = [(v % 31) * 360 // 31 for v in views]  # 0, 162, 325, 81, 243, 46
+    np.testing.assert_array_equal(data.factor_values_raw, np.c_[elevation, azimuth])
+    np.testing.assert_array_equal(data.factors[:, 0], [0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(data.factors[:, 1], [0, 3, 5, 2, 4, 1])
+    assert describe("chairs", str(tmp_path / "a"))["factors"] == {"elevation": 2, "azimuth": 6}
+    make_chairs(tmp_path / "b", n=3, name=lambda v: f"view_{v}.png")
+    with pytest.warns(UserWarning, match=r"'view_0.png' is not named image_<view>_p<elevation>"):
+        data = load_dataset("chairs", str(tmp_path / "b"), workers=1)
+    assert not isinstance(data, LabeledDataset) and len(data) == 3
 
 
 CELEBA_NAMES = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald",

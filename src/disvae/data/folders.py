@@ -14,7 +14,13 @@ written to the uint8 cache; later runs memory-map the cache and never decode aga
 - ``chairs``: the 3D Chairs renders of Aubry et al. 2014,
   ``rendered_chairs/<chair>/renders/*.png``, 86,366 PNGs of 600x600 on a plain background
   (https://www.di.ens.fr/willow/research/seeing3Dchairs/). Converted to greyscale and resized to
-  64x64, one channel, as disentangling-vae's Chairs dataset (``img_size = (1, 64, 64)``).
+  64x64, one channel, as disentangling-vae's Chairs dataset (``img_size = (1, 64, 64)``). Each
+  chair is rendered from 62 viewpoints, 31 azimuths by 2 elevations (20 and 30 degrees) at one
+  distance (Aubry et al. 2014; Dosovitskiy et al. 2015, "Learning to Generate Chairs"), written
+  in the file names, ``image_<view>_p<elevation>_t<azimuth>_r<distance>.png``: elevation and
+  azimuth are the factors (classes: their distinct values), so the metrics on codes apply to the
+  pose. The chair itself (1,393 models of 62 images) is not a factor: too many classes of too
+  few images for the metrics' classifiers.
 - ``folder``: every file PIL can read under ``path``, recursively, any size or format; the
   largest centred square is cut and resized to ``img_size`` (default 64), RGB.
 
@@ -24,6 +30,8 @@ on CelebA and Chairs (pass ``--rec-dist gaussian`` for a Gaussian).
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +176,8 @@ def read_celeba_attributes(file: Path, images: list[str]) -> tuple[list[str], np
 def load_chairs(
     path: str | None, img_size: int | None = None, workers: int | None = None
 ) -> ArrayDataset:
-    """3D Chairs from ``path`` (the folder holding ``rendered_chairs/``, or that folder)."""
+    """3D Chairs from ``path`` (the folder holding ``rendered_chairs/``, or that folder), with
+    the elevation and azimuth of each render as its factors (`chairs_pose`)."""
     root = _under(path, "rendered_chairs")
     files = sorted(root.glob("*/renders/*.png")) if root.is_dir() else []
     if not files:
@@ -176,7 +185,37 @@ def load_chairs(
             f"3D Chairs: no rendered_chairs/*/renders/*.png under {str(root)!r}; expected the "
             f"extracted rendered_chairs.tar from {CHAIRS_URL}"
         )
-    return files_dataset("chairs", files, img_size or DEFAULT_SIZE, 1, None, workers)
+    data = files_dataset("chairs", files, img_size or DEFAULT_SIZE, 1, None, workers)
+    pose = chairs_pose(files)
+    if pose is None:
+        return data
+    labelled = LabeledDataset(data._images, data.info, False, CHAIRS_FACTORS, pose, (True, True))
+    labelled.files, labelled.cache_file = data.files, data.cache_file
+    labelled.preprocessing = data.preprocessing
+    return labelled
+
+
+CHAIRS_FACTORS = ("elevation", "azimuth")
+_CHAIRS_VIEW = re.compile(r"image_\d+_p(\d+)_t(\d+)_r\d+\.png")
+
+
+def chairs_pose(files: list[Path]) -> np.ndarray | None:
+    """Elevation and azimuth in degrees, ``(N, 2)``, of 3D Chairs renders, read from their names
+    (``image_031_p020_t348_r096.png``: elevation 20, azimuth 348); None, with a warning, when a
+    name does not follow that pattern (the images then load without factors)."""
+    pose = np.zeros((len(files), 2))
+    for i, file in enumerate(files):
+        match = _CHAIRS_VIEW.fullmatch(file.name)
+        if match is None:
+            warnings.warn(
+                f"3D Chairs: {file.name!r} is not named image_<view>_p<elevation>_t<azimuth>_"
+                "r<distance>.png as the published renders are; loading the images without their "
+                "pose factors",
+                stacklevel=3,
+            )
+            return None
+        pose[i] = int(match[1]), int(match[2])
+    return pose
 
 
 @DATASETS.register("folder")
