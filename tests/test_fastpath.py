@@ -128,10 +128,15 @@ def test_cosine_schedule_and_deferred_check_resume_exactly(tiny_data, tmp_path, 
 
     monkeypatch.setattr(Trainer, "train_step", stop_at_17)
     part = train(_cfg("vae", *extra), tmp_path / "p", data=tiny_data, progress=False)
-    assert not (part / runs.MODEL).exists() and _log(part)[-1]["step"] == 17
+    # stopped with a checkpoint at 17; no log line of its own (log_every 5): steps 16 and 17
+    # are in the checkpoint's sums and go into the resumed run's line of step 20
+    assert not (part / runs.MODEL).exists() and _log(part)[-1]["step"] == 15
+    assert ckpt.list_checkpoints(part / runs.CHECKPOINTS)[-1][0] == 17
     monkeypatch.undo()
     train(runs.read_config(part), part, data=tiny_data, resume=True, progress=False)
     assert (whole / runs.MODEL).read_bytes() == (part / runs.MODEL).read_bytes()
+    strip = lambda log: [{k: v for k, v in r.items() if k != "img_per_s"} for r in log]  # noqa: E731
+    assert strip(_log(whole)) == strip(_log(part))
     last = lr_factor(29, "cosine", total_steps=30, warmup=3, floor=0.1)
     assert _log(whole)[-1]["lr"] == pytest.approx(1e-3 * last)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from disvae.training.checkpoint import list_checkpoints
 
 TESTS = Path(__file__).resolve().parent
 RUNNER = (
@@ -63,7 +66,11 @@ def test_sigkill_and_sigterm_at_random_moments_then_resume_is_exact(tmp_path):
         interruptions.append((target, sig.name, code))
         if sig == signal.SIGTERM:
             # stopped with a checkpoint, and not a success: 128 + SIGTERM
-            assert code == 128 + signal.SIGTERM and "stopped" in proc.stdout.read()
+            assert code == 128 + signal.SIGTERM
+            # the summary names the step of its checkpoint, not of the last log line
+            said = re.search(r"stopped at step (\d+)", proc.stdout.read())
+            newest = list_checkpoints(run / "checkpoints")[-1][0]
+            assert said and int(said[1]) == newest, said
         argv = ["train", "--resume", str(run), "--no-progress", "-q"]
     proc = _start(argv, env)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()

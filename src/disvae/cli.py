@@ -470,8 +470,16 @@ def _print_summary(run: Path, seconds: float) -> None:
     last = json.loads(lines[-1]) if lines else {}
     done = (run / runs.MODEL).is_file()
     terms = "  ".join(f"{k}={last[k]:.4g}" for k in ("loss", "recon", "kl") if k in last)
+    step = last.get("step", 0)
+    if not done:  # stopped after its checkpoint, which may be past the last log line
+        from disvae.training.checkpoint import list_checkpoints
+
+        saved = list_checkpoints(run / runs.CHECKPOINTS)
+        if saved and saved[-1][0] != step:
+            terms = f"(logged at step {step}: {terms})" if terms else ""
+            step = saved[-1][0]
     state = "finished" if done else "stopped"
-    print(f"run {run}: {state} at step {last.get('step', 0)} in {seconds:.0f}s  {terms}")
+    print(f"run {run}: {state} at step {step} in {seconds:.0f}s  {terms}")
     if done:
         print(f"held-out losses: disvae evaluate {run}")
     else:

@@ -321,7 +321,10 @@ class Trainer(TrainerState, NonFiniteHandling):
                     last, stop = self.step == self.total_steps, self._stop_requested
                     evaluate = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or last)
                     val = bool(cfg.val_every) and (self.step % cfg.val_every == 0 or last)
-                    log_now = self.step % cfg.log_every == 0 or last or stop or evaluate or val
+                    # A stop (Ctrl-C, SIGTERM) writes no log line of its own: the steps since
+                    # the last line travel in the checkpoint's sums, and the resumed run logs
+                    # them at the next regular step, as an uninterrupted run does.
+                    log_now = self.step % cfg.log_every == 0 or last or evaluate or val
                     save_now = self.step % cfg.checkpoint_every == 0 or last or stop
                     if (log_now or save_now) and self.flush_deferred():  # rolled back
                         bar.n = self.step
