@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,12 @@ import torch
 from disvae.data import DATASETS, ArrayDataset, DatasetInfo
 
 TINY_N = 2048
+
+# ``amp = "auto"`` means bf16 on a CPU with bf16 units (`accel.cpu_has_bf16`) and fp32 on others:
+# the tests, whose tolerances compare fp32 runs, run fp32 on every CI machine (child processes
+# too; set for the session, so that no test's ``monkeypatch.undo()`` lifts it). The bf16 path is
+# tested where a test asks for it (``amp=bf16``, or this variable set to 1 in that test).
+os.environ["DISVAE_CPU_BF16"] = "0"
 
 
 def make_tiny_dsprites(n: int = TINY_N, seed: int = 0) -> ArrayDataset:

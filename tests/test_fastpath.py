@@ -251,6 +251,27 @@ def test_amp_and_channels_last_are_close_to_fp32_eager(setting, rtol, tiny_data,
     assert fast != ref or "amp=bf16" not in setting  # bf16 really ran
 
 
+def test_auto_amp_is_bf16_on_a_cpu_with_bf16_units(tiny_data, tmp_path, monkeypatch):
+    """``amp = "auto"``: bf16 where the CPU multiplies bf16 in hardware (decided by
+    `accel.cpu_has_bf16`, which DISVAE_CPU_BF16 overrides), fp32 elsewhere; an explicit
+    ``amp`` wins either way. The run records what "auto" became."""
+    cpu = torch.device("cpu")
+    for flag, auto in (("1", torch.bfloat16), ("0", None)):
+        monkeypatch.setenv("DISVAE_CPU_BF16", flag)
+        assert accel.cpu_has_bf16() == (flag == "1")
+        assert accel.resolve(C.resolve(_cfg("vae")).train, cpu).amp_dtype == auto
+        assert accel.resolve(C.resolve(_cfg("vae", 'amp="none"')).train, cpu).amp_dtype is None
+        assert accel.resolve(C.resolve(_cfg("vae", "amp=bf16")).train, cpu).amp_dtype is not None
+    monkeypatch.delenv("DISVAE_CPU_BF16")
+    probes = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert accel.cpu_has_bf16() == probes  # this machine's own answer
+    monkeypatch.setenv("DISVAE_CPU_BF16", "1")
+    run = train(_cfg("vae", "steps=4"), tmp_path / "r", data=tiny_data, progress=False)
+    assert json.loads((run / runs.CONFIG).read_text())["speed"]["amp"] == "bf16"
+    ref = _losses(_cfg("vae", 'amp="none"'), tiny_data, tmp_path, 3)
+    assert _losses(_cfg("vae"), tiny_data, tmp_path, 3) == pytest.approx(ref, rel=2e-2)
+
+
 def test_compile_path_is_close_to_eager(tiny_data, tmp_path, monkeypatch):
     # The dynamo + AOTAutograd path of torch.compile without inductor's C++ code generation
     # (70 s for this model on two cores; a tiny model goes through inductor below).
