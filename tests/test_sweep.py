@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from importlib import resources
 
@@ -271,6 +272,18 @@ def test_spearman_matrix_known_answer():
     m = spearman_matrix(rows, ["a", "b", "c", "d"])
     assert m[0][1] == pytest.approx(1.0) and m[0][2] == pytest.approx(-1.0)
     assert m[0][3] is None  # a constant metric has no rank correlation
+
+
+def test_float_cells_read_back_as_floats():
+    """A loss that happens to be integral (2882.0) is written "2882.0", not "2882", so the
+    column keeps one type; ints stay ints, 6 significant digits, nan and inf survive."""
+    from disvae.sweep.results import _cell, _parse
+
+    cells = [2882.0, -3.0, 0.1234567, 1e21, float("nan"), float("-inf"), 7, "betaH"]
+    back = [_parse(str(_cell(v))) for v in cells]
+    assert [type(b) for b in back] == [float] * 6 + [int, str]
+    assert back[:4] == [2882.0, -3.0, 0.123457, 1e21] and math.isnan(back[4])
+    assert back[5] == -math.inf and back[6:] == [7, "betaH"]
 
 
 def test_results_written_before_anything_runs(tmp_path):

@@ -123,8 +123,9 @@ def _scalar(v: Any) -> bool:
 def _cell(v: Any) -> Any:
     if v is None:
         return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
+    if isinstance(v, float):  # 6 significant digits; "2882.0", not "2882", reads back a float
+        text = f"{v:.6g}"
+        return text if any(c in text for c in ".ein") else text + ".0"
     return v
 
 

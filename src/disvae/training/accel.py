@@ -4,7 +4,8 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
 
 - **bf16 autocast** (``amp = "auto"``: on CUDA with bf16 support, and on CPUs with bf16 units,
   `cpu_has_bf16`): the model's forward runs under `torch.autocast`; its outputs are cast back
-  to float32, so every loss term is computed in fp32 (the reductions over 4,096 pixels are where bf16's 8 bits of mantissa would hurt).
+  to float32, so every loss term is computed in fp32 (the reductions over 4,096 pixels are
+  where bf16's 8 bits of mantissa would hurt).
 - **channels-last** (``channels_last = None``: on CUDA and the CPU): NHWC convolutions, for the
   tensor cores and for oneDNN on the CPU (+15% training and 2.7x encoding speed on 2 cores,
   where NCHW convolutions spend their time in page faults of layout reorders).
