@@ -251,6 +251,21 @@ def test_amp_and_channels_last_are_close_to_fp32_eager(setting, rtol, tiny_data,
     assert fast != ref or "amp=bf16" not in setting  # bf16 really ran
 
 
+def test_factor_vae_discriminator_runs_under_the_runs_autocast(tiny_data, tmp_path):
+    """FactorVAE's discriminator (as costly as the VAE) computes in bf16 with amp=bf16, in both
+    of its uses (the VAE's TC term and its own loss); its weights, their gradients and the
+    logits the losses see stay float32."""
+    for amp, inner in (("amp=bf16", torch.bfloat16), ('amp="none"', torch.float32)):
+        t = Trainer(C.resolve(_cfg("factor", amp)), tmp_path / amp, tiny_data)
+        seen = []
+        t.disc.net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        logits = t.ctx.discriminator(torch.randn(4, t.disc.latent_dim))
+        t.train_step()
+        assert seen == [inner] * 3 and logits.dtype == torch.float32  # the call, then 2 uses
+        assert all(p.dtype == p.grad.dtype == torch.float32 for p in t.disc.parameters())
+        assert not any(k.startswith("module") for k in t.disc.state_dict())
+
+
 def test_auto_amp_is_bf16_on_a_cpu_with_bf16_units(tiny_data, tmp_path, monkeypatch):
     """``amp = "auto"``: bf16 where the CPU multiplies bf16 in hardware (decided by
     `accel.cpu_has_bf16`, which DISVAE_CPU_BF16 overrides), fp32 elsewhere; an explicit

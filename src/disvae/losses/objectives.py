@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from disvae.config import LossConfig
 from disvae.losses.schedules import capacity, warmup
@@ -58,7 +58,7 @@ class LossContext:
     FactorVAE discriminator."""
 
     dataset_size: int
-    discriminator: nn.Module | None = None
+    discriminator: Callable[[Tensor], Tensor] | None = None  # codes (B, D) -> logits (B, 2)
 
 
 # ``step`` is the 0-based optimisation step: an int, or a 0-d float tensor on the batch's device
@@ -170,7 +170,7 @@ def btcvae(out: VAEOutput, x: Tensor, step: Step, cfg: LossConfig, ctx: LossCont
 
 
 def discriminator_loss(
-    discriminator: nn.Module,
+    discriminator: Callable[[Tensor], Tensor],
     z: Tensor,
     z_other: Tensor,
     generator: torch.Generator | None = None,

@@ -92,7 +92,9 @@ class Trainer(TrainerState, NonFiniteHandling):
         steps_per_epoch = len(self.train_idx) / (self.batches_per_step * cfg.train.batch_size)
         self.lr_factor = schedules.for_run(cfg.train, self.total_steps, steps_per_epoch)
         self.guard = accel.DeferredGuard(self.device) if self.accel.deferred_nan_check else None
-        self.ctx = LossContext(dataset_size=len(self.train_idx), discriminator=self.disc)
+        # The discriminator's forward under the run's autocast (the weights stay self.disc's).
+        self.disc_forward = None if self.disc is None else accel.Autocast(self.disc, self.accel)
+        self.ctx = LossContext(dataset_size=len(self.train_idx), discriminator=self.disc_forward)
         self.data.to(self.device)
         self.graph = self._step_graph() if self.accel.cuda_graph else None
         self.step = 0
@@ -147,7 +149,7 @@ class Trainer(TrainerState, NonFiniteHandling):
             with torch.no_grad():
                 mu, logvar = self.forward.encode(batch())
                 z_other = self.dist.gather(self.model.sample(mu, logvar, self.noise()))
-            d = discriminator_loss(self.disc, out.z, z_other, rows=self.dist.share)
+            d = discriminator_loss(self.disc_forward, out.z, z_other, rows=self.dist.share)
             ok = self._update(self.disc_opt, self.disc, d, "disc_grad_norm", ok)
             if ok is False:
                 return None
