@@ -258,7 +258,7 @@ def test_factor_vae_discriminator_runs_under_the_runs_autocast(tiny_data, tmp_pa
     for amp, inner in (("amp=bf16", torch.bfloat16), ('amp="none"', torch.float32)):
         t = Trainer(C.resolve(_cfg("factor", amp)), tmp_path / amp, tiny_data)
         seen = []
-        t.disc.net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        t.disc.net[0].register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
         logits = t.ctx.discriminator(torch.randn(4, t.disc.latent_dim))
         t.train_step()
         assert seen == [inner] * 3 and logits.dtype == torch.float32  # the call, then 2 uses
