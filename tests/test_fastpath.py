@@ -259,7 +259,7 @@ def test_factor_vae_discriminator_runs_under_the_runs_autocast(tiny_data, tmp_pa
         t = Trainer(C.resolve(_cfg("factor", amp)), tmp_path / amp, tiny_data)
         seen = []
         t.disc.net[0].register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
-        logits = t.ctx.discriminator(torch.randn(4, t.disc.latent_dim))
+        logits = t.ctx.discriminator(torch.randn(4, t.disc.latent_dim, device=t.device))
         t.train_step()
         assert seen == [inner] * 3 and logits.dtype == torch.float32  # the call, then 2 uses
         assert all(p.dtype == p.grad.dtype == torch.float32 for p in t.disc.parameters())
