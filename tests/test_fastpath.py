@@ -266,7 +266,7 @@ def test_factor_vae_discriminator_runs_under_the_runs_autocast(tiny_data, tmp_pa
         assert not any(k.startswith("module") for k in t.disc.state_dict())
 
 
-def test_auto_amp_is_bf16_on_a_cpu_with_bf16_units(tiny_data, tmp_path, monkeypatch):
+def test_auto_amp_is_bf16_on_a_cpu_with_bf16_units(tiny_data, tmp_path, monkeypatch, caplog):
     """``amp = "auto"``: bf16 where the CPU multiplies bf16 in hardware (decided by
     `accel.cpu_has_bf16`, which DISVAE_CPU_BF16 overrides), fp32 elsewhere; an explicit
     ``amp`` wins either way. The run records what "auto" became."""
@@ -281,8 +281,11 @@ def test_auto_amp_is_bf16_on_a_cpu_with_bf16_units(tiny_data, tmp_path, monkeypa
     probes = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert accel.cpu_has_bf16() == probes  # this machine's own answer
     monkeypatch.setenv("DISVAE_CPU_BF16", "1")
-    run = train(_cfg("vae", "steps=4"), tmp_path / "r", data=tiny_data, progress=False)
+    with caplog.at_level(logging.INFO, logger="disvae.training.loop"):
+        run = train(_cfg("vae", "steps=4"), tmp_path / "r", data=tiny_data, progress=False)
     assert json.loads((run / runs.CONFIG).read_text())["speed"]["amp"] == "bf16"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training vae")]
+    assert len(said) == 1 and said[0].endswith(", bf16 autocast)"), said  # the user is told
     ref = _losses(_cfg("vae", 'amp="none"'), tiny_data, tmp_path, 3)
     assert _losses(_cfg("vae"), tiny_data, tmp_path, 3) == pytest.approx(ref, rel=2e-2)
 

@@ -524,6 +524,10 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
                 atomic_write_json(out / runs.CONFIG, {**record, "speed": trainer.forward.speed()})
 
             trainer.forward.on_fall_back = fell_back
-        log.info("training %s for %d steps into %s", cfg.loss.name, trainer.total_steps, out)
+        precision = "bf16 autocast" if trainer.accel.amp_dtype is not None else "fp32"
+        log.info(
+            "training %s for %d steps into %s (%s, %s)",
+            cfg.loss.name, trainer.total_steps, out, trainer.device, precision,
+        )  # fmt: skip
         trainer.run(progress)
     return out
