@@ -19,7 +19,7 @@ import torch
 from disvae import config as C
 from disvae import runs
 from disvae.cli import main
-from disvae.training import accel, train
+from disvae.training import accel, runtime, train
 from disvae.training import checkpoint as ckpt
 from disvae.training.loop import NonFiniteError, Trainer
 from disvae.training.schedules import lr_factor
@@ -132,6 +132,7 @@ def test_cosine_schedule_and_deferred_check_resume_exactly(tiny_data, tmp_path, 
     # are in the checkpoint's sums and go into the resumed run's line of step 20
     assert not (part / runs.MODEL).exists() and _log(part)[-1]["step"] == 15
     assert ckpt.list_checkpoints(part / runs.CHECKPOINTS)[-1][0] == 17
+    assert runtime.last_stop_step == 17  # what the CLI's summary names
     monkeypatch.undo()
     train(runs.read_config(part), part, data=tiny_data, resume=True, progress=False)
     assert (whole / runs.MODEL).read_bytes() == (part / runs.MODEL).read_bytes()
@@ -259,9 +260,11 @@ def test_factor_vae_discriminator_runs_under_the_runs_autocast(tiny_data, tmp_pa
         t = Trainer(C.resolve(_cfg("factor", amp)), tmp_path / amp, tiny_data)
         seen = []
         t.disc.net[0].register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        t.disc.net[-1].register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
         logits = t.ctx.discriminator(torch.randn(4, t.disc.latent_dim, device=t.device))
         t.train_step()
-        assert seen == [inner] * 3 and logits.dtype == torch.float32  # the call, then 2 uses
+        # first and last layer of each call (this one, then 2 uses): the output layer in fp32
+        assert seen == [inner, torch.float32] * 3 and logits.dtype == torch.float32
         assert all(p.dtype == p.grad.dtype == torch.float32 for p in t.disc.parameters())
         assert not any(k.startswith("module") for k in t.disc.state_dict())
 

@@ -213,7 +213,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("speed")
     g.add_argument(
         "--amp", choices=AMP_MODES,
-        help="bf16 autocast of the forward pass; losses stay fp32 (auto: bf16 on CUDA)",
+        help="bf16 autocast of the forward pass; losses stay fp32 (auto: bf16 on CUDA and on "
+        "CPUs with bf16 units, AVX512-BF16 or AMX; DISVAE_CPU_BF16=0 keeps fp32 there)",
     )  # fmt: skip
     g.add_argument(
         "--compile", action=argparse.BooleanOptionalAction,
@@ -279,7 +280,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--amp", choices=AMP_MODES, default="auto",
         help="precision of the metrics' encoding: auto is bf16 autocast on a CUDA GPU with bf16 "
-        "support, fp32 elsewhere",
+        "support and on a CPU with bf16 units, fp32 elsewhere",
     )  # fmt: skip
     p.add_argument("--data-path", help="where the dataset is, if not where training found it")
     _add_common(p)
@@ -309,7 +310,8 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument(
         "--amp", choices=AMP_MODES, default="auto",
-        help="auto is bf16 autocast on a CUDA GPU with bf16 support, fp32 elsewhere",
+        help="auto is bf16 autocast on a CUDA GPU with bf16 support and on a CPU with bf16 "
+        "units, fp32 elsewhere",
     )  # fmt: skip
     p.add_argument("--data-path", help="where the dataset is, if not where training found it")
     _add_common(p)
@@ -398,7 +400,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from disvae import runs
     from disvae.training import runtime, train
 
-    runtime.last_stop_signal = None
+    runtime.last_stop_signal = runtime.last_stop_step = None
     t0 = time.perf_counter()
     run = train(
         cfg,
@@ -463,6 +465,7 @@ def _print_summary(run: Path, seconds: float) -> None:
     import json
 
     from disvae import runs
+    from disvae.training import runtime
 
     lines = (
         (run / runs.TRAIN_LOG).read_text().splitlines() if (run / runs.TRAIN_LOG).exists() else []
@@ -471,13 +474,11 @@ def _print_summary(run: Path, seconds: float) -> None:
     done = (run / runs.MODEL).is_file()
     terms = "  ".join(f"{k}={last[k]:.4g}" for k in ("loss", "recon", "kl") if k in last)
     step = last.get("step", 0)
-    if not done:  # stopped after its checkpoint, which may be past the last log line
-        from disvae.training.checkpoint import list_checkpoints
-
-        saved = list_checkpoints(run / runs.CHECKPOINTS)
-        if saved and saved[-1][0] != step:
-            terms = f"(logged at step {step}: {terms})" if terms else ""
-            step = saved[-1][0]
+    stopped_at = runtime.last_stop_step
+    if not done and stopped_at is not None and stopped_at != step:
+        # stopped with a checkpoint at a step past the last log line (no line of its own)
+        terms = f"(logged at step {step}: {terms})" if terms else ""
+        step = stopped_at
     state = "finished" if done else "stopped"
     print(f"run {run}: {state} at step {step} in {seconds:.0f}s  {terms}")
     if done:

@@ -115,7 +115,8 @@ class TrainConfig:
     grad_clip: float | None = None  # maximal global gradient norm (VAE and discriminator)
     val_every: int = 0  # steps between held-out losses (val/*) and best.safetensors (0: never)
     val_images: int | None = 5000  # held-out images used by val_every (None: all)
-    # Speed (training/accel.py): bf16 autocast (auto: on CUDA), NHWC (None: CUDA and CPU), compile.
+    # Speed (training/accel.py): bf16 autocast (auto: CUDA, CPUs with bf16 units), NHWC (None: CUDA
+    # and CPU), compile.
     amp: str = "auto"  # auto | none | bf16
     channels_last: bool | None = None
     compile: bool = False

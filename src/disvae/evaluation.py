@@ -193,7 +193,8 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 def encode_amp(amp: str, device: torch.device) -> str:
     """What ``amp`` ("auto", "none" or "bf16") means for encoding on ``device``: "auto" as in
-    training (`disvae.training.accel.auto_amp`: bf16 on a CUDA GPU with bf16 support)."""
+    training (`disvae.training.accel.auto_amp`: bf16 on a CUDA GPU with bf16 support and on a
+    CPU with bf16 units)."""
     from disvae.training.accel import auto_amp
 
     if amp not in C.AMP_MODES:

@@ -6,6 +6,7 @@ layer to 2 logits: class 0 "sample of q(z)" (joint), class 1 "sample of prod_d q
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 HIDDEN = 1000
@@ -33,5 +34,9 @@ class Discriminator(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, z: Tensor) -> Tensor:
-        """Logits (B, 2) for codes z (B, latent_dim)."""
-        return self.net(z)
+        """Logits (B, 2) for codes z (B, latent_dim). Under autocast (bf16) the hidden layers
+        compute in bf16 and the output layer in float32: the TC estimate is a difference of the
+        two logits, which bf16's 8-bit mantissa would round (to 1/16 at a logit of 8)."""
+        hidden = self.net[:-1](z)
+        with torch.autocast(z.device.type, enabled=False):
+            return self.net[-1](hidden.float())

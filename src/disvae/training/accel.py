@@ -270,9 +270,9 @@ class ModelForward:
 class Autocast:
     """``module(z)`` under the run's autocast, its output in float32: FactorVAE's discriminator,
     an MLP of 5 million weights whose forward and backward cost a step about as much as the
-    VAE's (at 128 codes on 2 Zen 4 cores: 32 ms in fp32, 16 ms in bf16). The weights stay fp32
-    and the losses are computed from float32 logits. Not a module: the caller's keeps its
-    parameters and state_dict."""
+    VAE's (at 128 codes on 2 Zen 4 cores: 32 ms in fp32, 16 ms in bf16). The weights stay fp32;
+    the discriminator computes its output layer in float32 itself (`Discriminator.forward`).
+    Not a module: the caller's keeps its parameters and state_dict."""
 
     def __init__(self, module: torch.nn.Module, accel: Accel) -> None:
         self.module, self.accel = module, accel

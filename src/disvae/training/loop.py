@@ -343,6 +343,8 @@ class Trainer(TrainerState, NonFiniteHandling):
                         self.snapshot()
                     if save_now:
                         self.save_checkpoint()
+                if self._stop_requested:
+                    runtime.last_stop_step = self.step
         finally:
             bar.close()
             if writer is not None:

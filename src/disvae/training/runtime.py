@@ -36,8 +36,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# The signal that last stopped a training in this process (the CLI's exit status: 128 + it).
+# The signal that last stopped a training in this process (the CLI's exit status: 128 + it),
+# and the step it stopped at (checkpointed there; the CLI's summary names it).
 last_stop_signal: int | None = None
+last_stop_step: int | None = None
 
 
 @contextmanager
