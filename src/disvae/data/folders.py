@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +111,21 @@ def load_celeba(
     if table is None:
         return data
     names, values = read_celeba_attributes(table, [f.name for f in files])
-    labelled = LabeledDataset(data._images, data.info, False, names, values, [True] * len(names))
-    labelled.files, labelled.cache_file = (*data.files, str(table)), data.cache_file
-    labelled.preprocessing = data.preprocessing
+    return _with_factors(data, names, values, [True] * len(names), source=table)
+
+
+def _with_factors(
+    data: ArrayDataset,
+    names: Sequence[str],
+    values: np.ndarray,
+    categorical: Sequence[bool],
+    source: Path | None = None,
+) -> LabeledDataset:
+    """``data`` (from `files_dataset`) as a `LabeledDataset` of the same images, cache and
+    preprocessing version; ``source``, the file the factors come from, joins its sources."""
+    labelled = LabeledDataset(data._images, data.info, False, names, values, categorical)
+    labelled.files = (*data.files, *([str(source)] if source is not None else []))
+    labelled.cache_file, labelled.preprocessing = data.cache_file, data.preprocessing
     return labelled
 
 
@@ -187,12 +200,7 @@ def load_chairs(
         )
     data = files_dataset("chairs", files, img_size or DEFAULT_SIZE, 1, None, workers)
     pose = chairs_pose(files)
-    if pose is None:
-        return data
-    labelled = LabeledDataset(data._images, data.info, False, CHAIRS_FACTORS, pose, (True, True))
-    labelled.files, labelled.cache_file = data.files, data.cache_file
-    labelled.preprocessing = data.preprocessing
-    return labelled
+    return data if pose is None else _with_factors(data, CHAIRS_FACTORS, pose, (True, True))
 
 
 CHAIRS_FACTORS = ("elevation", "azimuth")
