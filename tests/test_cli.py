@@ -250,3 +250,13 @@ def test_warnings_and_unwritable_files_are_one_line(tmp_path, capsys, monkeypatc
     assert main(["evaluate", str(run)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "permission denied on" in lines[0] and "eval_losses.json" in lines[0]
+
+
+def test_a_bad_cpu_bf16_override_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    """DISVAE_CPU_BF16 takes 0 or 1; anything else used to fall back to detection in silence."""
+    monkeypatch.setenv("DISVAE_CPU_BF16", "yes")
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "DISVAE_CPU_BF16='yes'" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not run.exists()  # nothing written before the settings were checked

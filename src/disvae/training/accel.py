@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from disvae.config import TrainConfig
+from disvae.errors import UserError
 from disvae.models.vae import VAEOutput
 from disvae.training.adam import FusedAdam, Optimizer
 
@@ -87,8 +88,13 @@ def cpu_has_bf16() -> bool:
     Sapphire Rapids), where oneDNN's bf16 convolutions beat fp32: on 2 Zen 4 cores a batch-64
     Burgess training step is 1.3x and encoding 1.9x as fast. Elsewhere bf16 is emulated, about
     20x slower than fp32 (measured on an AVX2 CPU). ``DISVAE_CPU_BF16=0`` (or 1) overrides."""
-    forced = os.environ.get("DISVAE_CPU_BF16")
-    if forced in ("0", "1"):
+    forced = os.environ.get("DISVAE_CPU_BF16", "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise UserError(
+                f"DISVAE_CPU_BF16={forced!r}: use 1 (bf16 autocast on this CPU), 0 (fp32), or "
+                "unset it to let disvae detect bf16 units"
+            )
         return forced == "1"
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
