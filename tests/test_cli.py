@@ -141,13 +141,34 @@ def test_overwrite_replaces_a_run(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["loss"]["name"] == "betaH"
     # Everything derived from the old model goes with it (a report must not show its metrics);
     # the user's own files stay.
-    for name in ("metrics.json", "report.html", "plots/kl.png", "notes.txt"):
+    for name in ("metrics.json", "report.html", "codes.npz", "plots/kl.png", "notes.txt"):
         (run / name).parent.mkdir(exist_ok=True)
         (run / name).write_text("old")
     assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "5",
                  "--loss", "vae"]) == 0  # fmt: skip
     left = {p.name for p in run.iterdir()}
-    assert "notes.txt" in left and not left & {"metrics.json", "report.html", "plots"}
+    assert "notes.txt" in left
+    assert not left & {"metrics.json", "report.html", "codes.npz", "plots"}
+
+
+@pytest.mark.parametrize("bad", [
+    ["--subset", "10"],  # too few images for the batch
+    ["--val-every", "2", "--val-fraction", "0"],  # no held-out split
+    ["--device", "cuda:7"],  # no such device here
+])  # fmt: skip
+def test_overwrite_with_a_refused_setting_keeps_the_finished_run(tmp_path, capsys, bad):
+    """The settings are checked against the data and the device before --overwrite removes
+    anything: a refused one leaves the finished run byte for byte."""
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "3", "--loss", "vae"]) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "3", *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    assert main(["evaluate", str(run)]) == 0
 
 
 def test_overwrite_refuses_a_directory_of_another_tool(tmp_path, capsys):

@@ -117,7 +117,7 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
 
 # Everything a run and the commands on it write (evaluate --metrics, plot, report), which
 # --overwrite removes: files, then directories. Other files in the directory are left alone.
-_PRODUCT_FILES = (*_RUN_FILES, "metrics.json", "report.html", "training.gif")
+_PRODUCT_FILES = (*_RUN_FILES, "metrics.json", "codes.npz", "report.html", "training.gif")
 _PRODUCT_DIRS = (CHECKPOINTS, "training_frames", "plots")
 
 

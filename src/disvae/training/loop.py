@@ -495,10 +495,13 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         runs.check_preprocessing(out, data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
     with runs.RunLock(out, create=not resume) if dist.main else nullcontext():
+        # The trainer checks the settings against the data and the device (and writes nothing):
+        # built before --overwrite removes the previous run, so that a refused setting leaves
+        # that run as it was.
+        trainer = Trainer(cfg, out, data, dist)
         if not resume and dist.main:
             runs.prepare_out_dir(out, overwrite)
         dist.barrier()  # the run directory is ready for every rank
-        trainer = Trainer(cfg, out, data, dist)
         if resume:
             trainer.restore()
             if trainer.step > trainer.total_steps:
