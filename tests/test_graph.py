@@ -7,6 +7,7 @@ API. On a GPU the last tests record real graphs."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import warnings
@@ -232,6 +233,7 @@ class _FakeCuda:
     def __init__(self, fail_capture: bool = False):
         self.fail_capture, self.replays, self.captures, self.side = fail_capture, 0, 0, 0
         self.capturing = False
+        self.capture_streams = []  # the stream each capture recorded on
         fake = self
 
         class Graph:
@@ -249,6 +251,7 @@ class _FakeCuda:
         def capture(g, pool=None, stream=None, capture_error_mode="global"):
             # As CUDA does: ending a capture that an op broke fails too, with a vaguer error.
             fake.captures += 1
+            fake.capture_streams.append(stream)
             fake.capturing = True
             try:
                 yield
@@ -297,6 +300,31 @@ def test_a_failed_recording_stops_with_a_clear_error(monkeypatch):
     with pytest.raises(graph.GraphRecordingError, match="not permitted when stream is capturing"):
         g()
     assert fake.captures == 1 and fake.replays == 0 and not g.captured
+    assert gc.isenabled()  # switched off for the capture only
+
+
+def test_recording_runs_without_the_garbage_collector_on_the_warm_up_stream(monkeypatch):
+    """A collection inside a capture could free an earlier graph or CUDA tensors (not allowed
+    while recording), and a new stream per recording would leave cuBLAS a workspace each: the
+    collector is off while the body records, and every recording uses the warm-up stream."""
+    fake = _FakeCuda()
+    for name, value in fake.api.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    seen = []  # (capturing, gc on) at each call of the body
+
+    def body():
+        seen.append((fake.capturing, gc.isenabled()))
+        return {"loss": torch.tensor(0.0)}
+
+    g = graph.StepGraph(body, torch.device("cuda"))
+    assert gc.isenabled()
+    [g() for _ in range(5)]
+    g.reset()
+    [g() for _ in range(5)]
+    assert seen == [(False, True)] * 3 + [(True, False)] + [(False, True)] * 3 + [(True, False)]
+    assert gc.isenabled()
+    assert len(fake.capture_streams) == 2 and fake.capture_streams[0] is g._side
+    assert fake.capture_streams[1] is g._side
 
 
 def test_a_recording_error_names_the_operation_not_the_capture(monkeypatch):

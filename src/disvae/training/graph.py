@@ -34,6 +34,7 @@ runs uncaptured every time, with the same buffers (what the CPU tests exercise).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import torch
@@ -102,10 +103,20 @@ class StepGraph:
     def _record(self) -> Terms:
         graph = torch.cuda.CUDAGraph()
         main = torch.cuda.current_stream(self.device)
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        # The garbage collector must not run inside the capture: a cycle it frees there may
+        # hold an earlier graph (after a restore) or CUDA tensors, whose release is not allowed
+        # while recording. PyTorch no longer collects before a capture by default
+        # (torch.compiler.config.force_cudagraph_gc): we do.
+        gc.collect()
+        gc_was_on = gc.isenabled()
+        gc.disable()
         try:
-            # thread_local: another thread's CUDA call (none is expected) does not break it
-            with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device),
-                                  capture_error_mode="thread_local"):  # fmt: skip
+            # Recorded on the warm-up stream: a new stream per recording would leave cuBLAS a
+            # new workspace each time. thread_local: another thread's CUDA call (none is
+            # expected) does not break the capture.
+            with torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
                 out = self.body()
         except Exception as e:  # noqa: BLE001 - any failure: a clear stop
             torch.cuda.set_stream(main)  # the capture's context may not have restored it
@@ -116,6 +127,9 @@ class StepGraph:
                 f"{what}); the last checkpoint is kept: resume it without the graph, "
                 "`disvae train --resume RUN --no-cuda-graph`"
             ) from e
+        finally:
+            if gc_was_on:
+                gc.enable()
         self._graph, self._out = graph, out
         self.captures += 1
         graph.replay()
