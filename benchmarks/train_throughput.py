@@ -30,6 +30,7 @@ eager mode, NCHW, plain Adam. On CUDA every timing starts and ends with a synchr
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ import torch
 from disvae import config as C
 from disvae.data import load_dataset
 from disvae.losses import compute_loss
+from disvae.training.graph import GraphRecordingError
 from disvae.training.logs import NullWriter
 from disvae.training.loop import Trainer
 
@@ -269,29 +271,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.objectives.split(","):
             for batch in map(int, args.batch_sizes.split(",")):
-                t = _trainer(name, batch, 1, data, args, Path(tmp))
-                if not shown:
-                    print("trainer settings:", t.accel.describe())
-                    shown = True
-                plain_child = None if args.no_plain else PlainChild(name, batch, args)
-                runs: dict[str, list[float]] = {c: [] for c in cols}
                 try:
-                    for _ in range(args.reps):
-                        runs["limit"].append(time_limit(t, args.steps))
-                        runs["disvae"].append(time_trainer(t, args.steps))
-                        if plain_child is not None:
-                            runs["plain"].append(time_plain(t, args.steps, packed))
-                            runs["plain*"].append(plain_child.rep())
-                finally:
-                    if plain_child is not None:
-                        plain_child.close()
-                nan = float("nan")
-                med = {k: statistics.median(v) if v else nan for k, v in runs.items()}
-                spread = {k: (max(v) - min(v)) / 2 if v else nan for k, v in runs.items()}
-                row = "".join(f"{med[k]:>6.0f}±{spread[k]:<3.0f}" for k in cols)
-                print(f"{name:<9}{batch:>6}{row}{med['disvae'] / med['limit']:>14.3f}"
-                      f"{med['disvae'] / med['plain']:>14.3f}"
-                      f"{med['disvae'] / med['plain*']:>15.3f}", flush=True)  # fmt: skip
+                    shown = _row(name, batch, data, packed, args, Path(tmp), cols, shown)
+                except GraphRecordingError as e:
+                    # the process cannot go on with CUDA after a failed capture (graph.py)
+                    print(f"{name:<9}{batch:>6}  failed: {e}; the remaining rows are not run")
+                    return
+                except Exception as e:  # noqa: BLE001 - one row's failure (say, out of memory)
+                    first = (str(e).strip().splitlines() or [""])[0][:200]
+                    print(f"{name:<9}{batch:>6}  failed: {type(e).__name__}: {first}", flush=True)
+                gc.collect()  # the row's trainer (its graph, its buffers) before the next one
+
+
+def _row(name, batch, data, packed, args, tmp: Path, cols, shown: bool) -> bool:
+    """Times one objective at one batch size and prints its row; True once the settings line
+    has been printed."""
+    t = _trainer(name, batch, 1, data, args, tmp)
+    if not shown:
+        print("trainer settings:", t.accel.describe())
+    plain_child = None if args.no_plain else PlainChild(name, batch, args)
+    runs: dict[str, list[float]] = {c: [] for c in cols}
+    try:
+        for _ in range(args.reps):
+            runs["limit"].append(time_limit(t, args.steps))
+            runs["disvae"].append(time_trainer(t, args.steps))
+            if plain_child is not None:
+                runs["plain"].append(time_plain(t, args.steps, packed))
+                runs["plain*"].append(plain_child.rep())
+    finally:
+        if plain_child is not None:
+            plain_child.close()
+    nan = float("nan")
+    med = {k: statistics.median(v) if v else nan for k, v in runs.items()}
+    spread = {k: (max(v) - min(v)) / 2 if v else nan for k, v in runs.items()}
+    row = "".join(f"{med[k]:>6.0f}±{spread[k]:<3.0f}" for k in cols)
+    print(f"{name:<9}{batch:>6}{row}{med['disvae'] / med['limit']:>14.3f}"
+          f"{med['disvae'] / med['plain']:>14.3f}"
+          f"{med['disvae'] / med['plain*']:>15.3f}", flush=True)  # fmt: skip
+    return True
 
 
 if __name__ == "__main__":
