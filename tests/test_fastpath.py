@@ -284,23 +284,27 @@ def test_auto_amp_is_bf16_on_a_cpu_with_bf16_units(tiny_data, tmp_path, monkeypa
     probes = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert accel.cpu_has_bf16() == probes  # this machine's own answer
     monkeypatch.setenv("DISVAE_CPU_BF16", "1")
+    on_cpu = 'device="cpu"'  # (a GPU machine too: this is the CPU's rule)
     with caplog.at_level(logging.INFO, logger="disvae.training.loop"):
-        run = train(_cfg("vae", "steps=4"), tmp_path / "r", data=tiny_data, progress=False)
+        run = train(_cfg("vae", on_cpu, "steps=4"), tmp_path / "r", data=tiny_data, progress=False)
     assert json.loads((run / runs.CONFIG).read_text())["speed"]["amp"] == "bf16"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training vae")]
-    assert len(said) == 1 and said[0].endswith(", bf16 autocast)"), said  # the user is told
-    ref = _losses(_cfg("vae", 'amp="none"'), tiny_data, tmp_path, 3)
-    assert _losses(_cfg("vae"), tiny_data, tmp_path, 3) == pytest.approx(ref, rel=2e-2)
+    assert len(said) == 1 and said[0].endswith("(cpu, bf16 autocast)"), said  # the user is told
+    ref = _losses(_cfg("vae", on_cpu, 'amp="none"'), tiny_data, tmp_path, 3)
+    assert _losses(_cfg("vae", on_cpu), tiny_data, tmp_path, 3) == pytest.approx(ref, rel=2e-2)
 
 
 def test_compile_path_is_close_to_eager(tiny_data, tmp_path, monkeypatch):
     # The dynamo + AOTAutograd path of torch.compile without inductor's C++ code generation
     # (70 s for this model on two cores; a tiny model goes through inductor below).
+    # On the CPU in fp32 on every machine: a GPU's TF32 and cuDNN's choice of algorithm would
+    # differ from eager by more than the compiled graph does.
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    ref = _losses(_cfg("betaH"), tiny_data, tmp_path, 3)
+    fp32 = ('device="cpu"', 'amp="none"')
+    ref = _losses(_cfg("betaH", *fp32), tiny_data, tmp_path, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback happened
-        got = _losses(_cfg("betaH", "compile=true"), tiny_data, tmp_path, 3)
+        got = _losses(_cfg("betaH", *fp32, "compile=true"), tiny_data, tmp_path, 3)
     assert got == pytest.approx(ref, rel=1e-5)
 
 
@@ -597,6 +601,8 @@ def test_tuned_allocator_reuses_big_buffers_instead_of_faulting_them_in_again():
     if not applied:
         pytest.skip("not glibc")
     untouched, plain = faults("0")
+    if untouched == 0 and plain == 0:
+        pytest.skip("this kernel reports no minor page faults (a sandbox such as gVisor)")
     # 5 x 64 MB = 81,920 pages of 4 KB: glibc maps each buffer anew and faults every page in;
     # tuned, the heap keeps the pages and the same buffer comes back already resident.
     assert untouched == 0 and plain > 60_000
