@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import string
 import zipfile
 
@@ -260,3 +261,23 @@ def test_non_finite_weights_stop_every_rank_before_the_checkpoint_barrier(
     with pytest.raises(NonFiniteError, match="weights became non-finite by step 0"):
         t.save_checkpoint()
     assert not (out / runs.CHECKPOINTS).exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or os.name != "posix", reason="POSIX modes")
+def test_a_runs_files_get_the_mode_a_plain_write_gives_not_a_private_one(tmp_path):
+    """The atomic writes go through a private temporary file (0600); what they leave must be
+    readable as any file the user writes there (config.json, weights, checkpoints, metrics)."""
+    from disvae.utils import atomic_write_bytes
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    want = plain.stat().st_mode & 0o777
+    if want == 0o600:
+        pytest.skip("umask 077: a private file is what a plain write gives")
+    run = train(_cfg("steps=3", "checkpoint_every=2"), tmp_path / "r", progress=False)
+    written = [run / runs.CONFIG, run / runs.MODEL, *(run / runs.CHECKPOINTS).iterdir()]
+    assert len(written) >= 3
+    for path in written:
+        assert path.stat().st_mode & 0o777 == want, path
+    atomic_write_bytes(plain, b"again")  # over an existing file, too
+    assert plain.stat().st_mode & 0o777 == want and plain.read_bytes() == b"again"
