@@ -209,7 +209,7 @@ def test_resume_refuses_to_change_the_run(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
     assert "cannot change train.lr when resuming" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
-    assert "not a disvae run" in capsys.readouterr().err
+    assert "none' does not exist; pass a run directory" in capsys.readouterr().err
 
 
 def test_evaluate_a_directory_that_is_not_a_run(tmp_path, capsys):

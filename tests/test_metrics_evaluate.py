@@ -281,4 +281,4 @@ def test_encode_cli_and_its_one_line_errors(run, capsys, tmp_path):
         assert message in err[-1], (argv, err)
     assert not (tmp_path / "codes.txt").exists()
     assert cli.main(["encode", str(tmp_path / "nothing")]) == 2
-    assert "is not a disvae run" in capsys.readouterr().err
+    assert "nothing' does not exist" in capsys.readouterr().err

@@ -222,13 +222,16 @@ def test_plot_rgb_run_with_posterior_traversals(tmp_path):
 
 @pytest.mark.parametrize(
     "argv",
-    [["{run}", "nonsense"], ["{run}", "data-samples", "--idcs", "99999"], ["{missing}", "samples"]],
-)
+    [["{run}", "nonsense"], ["{run}", "data-samples", "--idcs", "99999"], ["{missing}", "samples"],
+     # a prior traversal reads no image, and `all` skips what fails: the index is checked first
+     ["{run}", "traversals", "--idcs", "99999"], ["{run}", "all", "--idcs", "3", "99999"]],
+)  # fmt: skip
 def test_plot_bad_input_is_a_user_error(tmp_path, argv):
     run = make_run(tmp_path / "r")
     argv = [a.format(run=run, missing=tmp_path / "nope") for a in argv]
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="nonsense|99999 is out of range|does not exist"):
         _plot(argv)
+    assert not (run / "plots").exists()
     with pytest.raises(UserError):
         viz.PlotOptions(upsample=0)
 

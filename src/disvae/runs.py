@@ -40,6 +40,9 @@ def _run_record(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(path, record)`` of ``run_dir/config.json`` when it has a run's structure (a JSON
     object with the config's sections); `UserError` otherwise."""
     path = Path(run_dir) / CONFIG
+    if not Path(run_dir).exists():
+        raise UserError(f"{str(run_dir)!r} does not exist; pass a run directory (`disvae train "
+                        "--out RUN` writes one)")  # fmt: skip
     if not path.is_file():
         raise UserError(f"{str(run_dir)!r} is not a disvae run (no {CONFIG}); pass a run directory")
     try:

@@ -123,14 +123,21 @@ class RunView:
             self._cell = (int(shown.shape[-2]), int(shown.shape[-1]))
         return self._cell
 
+    def check_idcs(self, idcs: Sequence[int]) -> None:
+        """`UserError` for an index past the dataset's end (when the dataset is loaded)."""
+        bad = [i for i in idcs if self.data is not None and i >= len(self.data)]
+        if bad:
+            raise UserError(
+                f"--idcs {bad[0]} is out of range: the dataset has {len(self.data)} images "
+                f"(indices 0 to {len(self.data) - 1})"
+            )
+
     def images(self, idcs: Sequence[int] = (), n: int = 0, seed: int = 0) -> np.ndarray:
         """Float images (N, C, H, W): the dataset images at ``idcs``, then random validation
         images (drawn with ``seed``) up to ``n`` in all."""
         if self.data is None:
             raise UserError(f"the dataset of {self.name!r} could not be loaded; see the warning")
-        bad = [i for i in idcs if i >= len(self.data)]
-        if bad:
-            raise UserError(f"--idcs {bad[0]} is out of range: the dataset has {len(self.data)}")
+        self.check_idcs(idcs)
         pool = self.val_idx if len(self.val_idx) else np.arange(len(self.data))
         extra = max(0, n - len(idcs))
         rng = np.random.default_rng(seed)
@@ -320,6 +327,9 @@ def plot_run(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out-dir {str(out)!r} is a file; pass a directory (new or existing)")
     view = open_run(run_dir, data=data)
+    # Before any plot: with `all` a bad index would only skip the plots that read images, and
+    # a traversal from the prior does not read them at all.
+    view.check_idcs(opts.idcs)
     written = []
     for name in wanted:
         try:
