@@ -4,6 +4,7 @@ grid with factors."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_unknown_or_factorless_metrics_are_user_errors():
     assert resolve_metric_names("all", False) == ["unsupervised"]
 
 
-def test_labelled_dataset_gets_the_metrics_on_codes(run):
+def test_labelled_dataset_gets_the_metrics_on_codes(run, caplog):
     from disvae.data.ground_truth import LabeledDataset
 
     grid = small_grid()
@@ -83,8 +84,17 @@ def test_labelled_dataset_gets_the_metrics_on_codes(run):
     )  # fmt: skip
     with pytest.raises(UserError, match="full factor grid"):
         resolve_metric_names("beta_vae", "labels")
-    res = evaluate_metrics(run, "all", data=labelled, device="cpu", **KW)
+    with caplog.at_level(logging.WARNING, logger="disvae.evaluation"):
+        res = evaluate_metrics(run, "all", data=labelled, device="cpu", **KW)
     assert "beta_vae" not in res["metrics"] and "factor_vae" not in res["metrics"]
+    # More points than images: said, not silent (the train and test sets share images).
+    said = [r.getMessage() for r in caplog.records if "with replacement" in r.getMessage()]
+    n = KW["n_samples"] + KW["n_test"]
+    assert n > len(labelled) and len(said) == 1 and f"from a dataset of {len(labelled)}" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="disvae.evaluation"):
+        evaluate_metrics(run, "mig", data=labelled, device="cpu", n_samples=300, n_test=100)
+    assert not [r for r in caplog.records if "with replacement" in r.getMessage()]
     # The labels are the grid's classes, so MIG estimates the same quantity from other draws.
     on_grid = evaluate_metrics(run, "mig", data=grid, device="cpu", **KW)["metrics"]["mig"]
     assert res["metrics"]["mig"] == pytest.approx(on_grid, abs=0.1)

@@ -345,7 +345,15 @@ def compute_metrics(
         classes = data.sample_factors(n_points, rng)
         index, factors = data.index_of(classes), classes
     else:
-        index = rng.choice(len(data), n_points, replace=n_points > len(data))  # distinct images
+        replace = n_points > len(data)  # distinct images when there are enough
+        if replace:
+            log.warning(
+                "the metrics ask for %d images (--n-samples %d + --n-test %d) from a dataset of "
+                "%d: drawn with replacement, so the training and test sets share images; lower "
+                "them for held-out scores",
+                n_points, n_samples, n_test, len(data),
+            )  # fmt: skip
+        index = rng.choice(len(data), n_points, replace=replace)
         factors = data.factors_of(index) if kind == "labels" else None
     model = inference_copy(model)
     mu, logvar, err = _encode_points(model, data, index, rec, batch_size, tick, amp)
