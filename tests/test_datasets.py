@@ -725,3 +725,27 @@ def test_short_training_run_lowers_the_loss(name, tmp_path, monkeypatch) -> None
     first, last = log[0], log[-1]
     assert last["step"] == 20 and last["recon"] < 0.9 * first["recon"], (first, last)
     assert load_data(runs.read_config(run).data).image_shape[1:] == (size, size)
+
+
+def test_a_run_resumes_from_data_that_moved_but_not_from_other_data(tmp_path: Path, capsys):
+    from disvae import cli
+
+    make_mnist(tmp_path / "a")
+    run = tmp_path / "run"
+    common = ["--batch-size", "8", "--no-progress", "--log-every", "2", "--checkpoint-every", "2"]
+    assert cli.main(["train", "--dataset", "mnist", "--data-path", str(tmp_path / "a"),
+                     "--loss", "vae", "--steps", "2", "--out", str(run), *common]) == 0  # fmt: skip
+    (tmp_path / "a").rename(tmp_path / "b")  # the data moved
+    assert cli.main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 2
+    assert "--data-path" in capsys.readouterr().err  # where it was: a clear error
+    assert cli.main(["train", "--resume", str(run), "--steps", "4", "--no-progress",
+                     "--data-path", str(tmp_path / "b"), "--workers", "1"]) == 0  # fmt: skip
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["path"] == str(tmp_path / "b") and saved["total_steps"] == 4
+    make_mnist(tmp_path / "c", n_train=30)  # another dataset: more images
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--steps", "6", "--no-progress",
+                     "--data-path", str(tmp_path / "c")]) == 2  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the cache's progress)
+    assert "disvae: error:" in last and "not what it trained on (n_train 31, the run's 22)" in last
+    assert json.loads((run / "config.json").read_text())["total_steps"] == 4  # left as it was

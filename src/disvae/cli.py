@@ -41,13 +41,14 @@ FLAG_KEYS = {
     "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
     "deterministic": "train.deterministic", "cuda_graph": "train.cuda_graph",
 }  # fmt: skip
-# What may change when a run is resumed (everything else would make it a different run).
-RESUMABLE_KEYS = {"train.steps", "train.epochs", "train.device", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
-                  "train.eval_every", "train.eval_metrics", "train.val_every",
-                  "train.val_images", "train.amp", "train.compile", "train.compile_mode",
-                  "train.channels_last", "train.nan_check", "train.deterministic",
-                  "train.cuda_graph"}  # fmt: skip
+# What may change when a run is resumed (everything else would make it a different run). The
+# data may move (data.path: the trainer checks that it holds the same images' shape and count).
+RESUMABLE_KEYS = {"data.path", "data.workers", "train.steps", "train.epochs", "train.device",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                  "train.snapshot_every", "train.eval_every", "train.eval_metrics",
+                  "train.val_every", "train.val_images", "train.amp", "train.compile",
+                  "train.compile_mode", "train.channels_last", "train.nan_check",
+                  "train.deterministic", "train.cuda_graph"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:

@@ -286,6 +286,20 @@ def check_preprocessing(run_dir: str | Path, data: Any) -> bool:
     return False
 
 
+def check_same_data(run_dir: str | Path, image_shape: Any, n_train: int, n_val: int) -> None:
+    """`UserError` when the data a resume loaded (its --data-path may have moved) is not the
+    data the run trained on: other image shapes or another number of images (config.json's
+    ``image_shape``, ``n_train`` and ``n_val``; a value missing there is not checked)."""
+    record = _run_record(run_dir)[1]
+    now = {"image_shape": list(image_shape), "n_train": n_train, "n_val": n_val}
+    for key, value in now.items():
+        if key in record and record[key] != value:
+            raise UserError(
+                f"the data loaded for {str(run_dir)!r} is not what it trained on ({key} "
+                f"{value}, the run's {record[key]}); point --data-path at the same dataset"
+            )
+
+
 def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
     """The image shape recorded in config.json (saved by the trainer)."""
     d = json.loads((Path(run_dir) / CONFIG).read_text())

@@ -503,6 +503,8 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
             runs.prepare_out_dir(out, overwrite)
         dist.barrier()  # the run directory is ready for every rank
         if resume:
+            runs.check_same_data(out, data.image_shape, len(trainer.train_idx),
+                                 len(trainer.val_idx))  # fmt: skip
             trainer.restore()
             if trainer.step > trainer.total_steps:
                 raise UserError(
