@@ -281,3 +281,21 @@ def test_a_bad_cpu_bf16_override_is_one_line_and_exit_2(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "DISVAE_CPU_BF16='yes'" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not run.exists()  # nothing written before the settings were checked
+
+
+def test_quiet_work_commands_print_nothing_and_still_write_their_files(tmp_path, capsys):
+    """-q: only warnings and errors; without it each command says what it did."""
+    run = tmp_path / "r"
+    for argv in (
+        ["train", "--out", str(run), *TINY, "--steps", "3", "--loss", "vae"],
+        ["evaluate", str(run)],
+        ["evaluate", str(run), "--metrics", "all", "--n-samples", "200", "--n-test", "50"],
+        ["encode", str(run)],
+    ):
+        assert main([*argv, "-q"]) == 0, (argv, capsys.readouterr().err)
+        out, err = capsys.readouterr()
+        assert out == "" and err == "", (argv, out, err)
+    for name in ("train_log.jsonl", "eval_losses.json", "metrics.json", "codes.npz"):
+        assert (run / name).is_file(), name
+    assert main(["evaluate", str(run)]) == 0  # not quiet: the losses and where they went
+    assert "written to" in capsys.readouterr().out

@@ -408,10 +408,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         out,
         resume=hasattr(args, "resume"),
         overwrite=getattr(args, "overwrite", False),
-        progress=False if getattr(args, "no_progress", False) else None,
+        progress=False if _quiet(args) or getattr(args, "no_progress", False) else None,
     )
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
-    if main_rank:
+    if main_rank and not _quiet(args):
         _print_summary(run, time.perf_counter() - t0)
     stopped_by = runtime.last_stop_signal
     if stopped_by is None or (main_rank and (run / runs.MODEL).is_file()):
@@ -458,6 +458,14 @@ def _toml(value: object) -> str:
     return "none" if value is None else json.dumps(value)
 
 
+def _quiet(args: argparse.Namespace) -> bool:
+    """-q/--quiet: a command that does work (train, evaluate, encode, sweep, plot, report) shows
+    no progress bar and prints nothing on stdout, only warnings and errors on stderr; what it
+    wrote is in its files. A query (--list-presets, data info, sweep --status or --dry-run)
+    still prints its answer."""
+    return bool(getattr(args, "quiet", False))
+
+
 def _default_out(cfg) -> str:
     return f"runs/{cfg.loss.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -493,9 +501,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from disvae.evaluation import evaluate, evaluate_metrics
 
     data = runs.data_at(args.run, args.data_path or None)
+    say = (lambda *a: None) if _quiet(args) else print
     if args.metrics is not None:
         bar = None
-        if not args.no_progress and sys.stderr.isatty():
+        if not (args.no_progress or _quiet(args)) and sys.stderr.isatty():
             from tqdm import tqdm
 
             bar = tqdm(desc="encode", unit="img", leave=False)
@@ -515,20 +524,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-        print(_metrics_table(result))
-        print(f"written to {Path(args.run) / 'metrics.json'}")
+        say(_metrics_table(result))
+        say(f"written to {Path(args.run) / 'metrics.json'}")
         return 0
     result = evaluate(args.run, data=data, batch_size=args.batch_size or 1000, device=args.device)
-    print(
+    say(
         f"held-out losses of {args.run} at step {result['step']} "
         f"({result['n_images']} images, {result['seconds']}s):"
     )
     for k, v in result["losses"].items():
         if isinstance(v, list):
-            print(f"  {k:<12} " + " ".join(f"{x:.3f}" for x in v))
+            say(f"  {k:<12} " + " ".join(f"{x:.3f}" for x in v))
         else:
-            print(f"  {k:<12} {v:.4f}")
-    print(f"written to {Path(args.run) / 'eval_losses.json'}")
+            say(f"  {k:<12} {v:.4f}")
+    say(f"written to {Path(args.run) / 'eval_losses.json'}")
     return 0
 
 
@@ -539,7 +548,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     runs.read_config(args.run)  # a run at all? (its one-line error first)
     out = check_codes_path(args.out or Path(args.run) / CODES_FILE)  # before minutes of encoding
     bar = None
-    if not args.no_progress and sys.stderr.isatty():
+    if not (args.no_progress or _quiet(args)) and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(desc="encode", unit="img", leave=False)
@@ -557,10 +566,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     write_codes(codes, out)
     n, d = codes["mu"].shape
     factors = ", ".join(codes["factor_names"]) if "factor_names" in codes else "none"
-    print(
-        f"encoded {n} images ({args.split}) of {args.run} at step {int(codes['step'])} in "
-        f"{time.perf_counter() - t0:.1f}s: {d} latents; factors: {factors}\nwritten to {out}"
-    )
+    if not _quiet(args):
+        print(
+            f"encoded {n} images ({args.split}) of {args.run} at step {int(codes['step'])} in "
+            f"{time.perf_counter() - t0:.1f}s: {d} latents; factors: {factors}\nwritten to {out}"
+        )
     return 0
 
 

@@ -57,11 +57,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     summary = SW.run_sweep(
         args.sweep, args.out, workers=args.workers, backend=args.backend, address=args.address,
         overrides=args.overrides, retry_failed=args.retry_failed, cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run, progress=False if args.no_progress else None,
+        gpus_per_run=args.gpus_per_run,
+        progress=False if args.no_progress or args.quiet else None,
     )  # fmt: skip
     counts = ", ".join(f"{summary.count(s)} {s}" for s in ("done", "failed", "pending"))
-    print(f"sweep {summary.out}: ran {len(summary.ran)} in {summary.seconds:.0f}s; {counts}")
-    print(f"results: {summary.out / 'sweep_results.csv'}; page: disvae report {summary.out}")
+    if not args.quiet:  # (the failures still say so on stderr, and in the exit code)
+        print(f"sweep {summary.out}: ran {len(summary.ran)} in {summary.seconds:.0f}s; {counts}")
+        print(f"results: {summary.out / 'sweep_results.csv'}; page: disvae report {summary.out}")
     return 0 if summary.count("failed") == 0 else 1
 
 
