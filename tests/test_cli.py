@@ -126,7 +126,9 @@ def test_out_that_is_not_writable_or_not_empty(tmp_path, capsys):
     full.mkdir()
     (full / "notes.txt").write_text("mine")
     assert main(["train", "--out", str(full), *TINY, "--steps", "2"]) == 2
-    assert "is not empty" in capsys.readouterr().err
+    err = capsys.readouterr().err  # (no --resume offered: there is no run to continue)
+    assert "is not empty and is not a disvae run: choose another --out" in err
+    assert "--resume" not in err
     assert main(["train", "--out", str(full), "--overwrite", *TINY, "--steps", "2"]) == 2
     assert "not a disvae run" in capsys.readouterr().err
     assert (full / "notes.txt").read_text() == "mine"
@@ -136,6 +138,7 @@ def test_overwrite_replaces_a_run(tmp_path, capsys):
     run = tmp_path / "r"
     assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 0
     assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 2
+    assert f"holds a run already; pass --resume {run} to continue" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--overwrite", *TINY, "--steps", "5",
                  "--loss", "betaH"]) == 0  # fmt: skip
     assert json.loads((run / "config.json").read_text())["loss"]["name"] == "betaH"

@@ -86,18 +86,19 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; choose a directory")
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"--out {str(out)!r} is not empty; pass --resume {out} to continue it, "
-                "--overwrite to replace it, or choose another --out"
-            )
         try:  # a run's structure is enough: a run with a damaged value may be replaced
             _run_record(out)
         except UserError:
             raise UserError(
-                f"--out {str(out)!r} is not empty and is not a disvae run; --overwrite only "
-                "replaces runs, choose another --out"
+                f"--out {str(out)!r} is not empty and is not a disvae run"
+                + ("; --overwrite only replaces runs" if overwrite else "")
+                + ": choose another --out (a new or empty directory)"
             ) from None
+        if not overwrite:
+            raise UserError(
+                f"--out {str(out)!r} holds a run already; pass --resume {out} to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
     return out
 
 
