@@ -302,3 +302,14 @@ def test_quiet_work_commands_print_nothing_and_still_write_their_files(tmp_path,
         assert (run / name).is_file(), name
     assert main(["evaluate", str(run)]) == 0  # not quiet: the losses and where they went
     assert "written to" in capsys.readouterr().out
+
+
+def test_resume_without_a_usable_checkpoint_says_what_to_do(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "4", "--loss", "vae"]) == 0
+    for path in (run / "checkpoints").iterdir():
+        path.write_bytes(path.read_bytes()[:64])  # every one torn
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "8"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no usable checkpoint" in last and f"--out {run} --overwrite" in last

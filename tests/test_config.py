@@ -55,8 +55,8 @@ def test_steps_and_epochs_a_later_source_replaces_the_other(tmp_path):
     assert C.apply_overrides(preset, ["steps=none"]).train.epochs == 100.0
     both = tmp_path / "both.toml"
     both.write_text("[train]\nsteps = 10\nepochs = 2.0\n")
-    with pytest.raises(UserError, match="give train.steps or train.epochs, not both"):
-        C.resolve(C.load_file(both))
+    with pytest.raises(UserError, match="both.toml: give train.steps or train.epochs, not both"):
+        C.resolve(C.load_file(both))  # (the file is named: it is the one to fix)
 
 
 def test_set_parses_toml_values_and_resolves_short_keys():

@@ -200,6 +200,8 @@ def _update(cfg: RunConfig, section: str, values: dict[str, Any], source: str) -
             raise UserError(f"{source}: unknown key {section}.{key}; valid keys: {valid}")
         checked[key] = _check_type(value, hints[key], f"{section}.{key}", source)
     if section == "train":
+        if checked.get("steps") is not None and checked.get("epochs") is not None:
+            raise UserError(f"{source}: give train.steps or train.epochs, not both")
         # The length of training is steps or epochs: a later source giving one replaces an
         # earlier one's other (a preset's epochs, then --steps); one source giving both errs.
         for key, other in (("steps", "epochs"), ("epochs", "steps")):

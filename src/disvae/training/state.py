@@ -77,7 +77,11 @@ class TrainerState:
         """Continue from the newest good checkpoint of `self.out`."""
         latest = ckpt.load_latest(self.out / runs.CHECKPOINTS)
         if latest is None:
-            raise UserError(f"--resume {str(self.out)!r}: no usable checkpoint to resume from")
+            raise UserError(
+                f"--resume {str(self.out)!r}: no usable checkpoint to resume from (none in "
+                f"{runs.CHECKPOINTS}/ passed its check); train it anew with `disvae train "
+                f"--out {self.out} --overwrite` and the run's settings"
+            )
         tensors, meta, path = latest
         ckpt.load_module_state("model", self.model, tensors, str(path))
         accel.keep_optimizer_flags(meta["opt"]["param_groups"], self.opt)
