@@ -326,8 +326,11 @@ def test_shapes3d_grid_factors_and_errors(tmp_path, monkeypatch) -> None:
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="not a readable HDF5"):
         load_dataset("shapes3d", str(tmp_path / "junk.h5"))
-    with pytest.raises(DataError, match="nowhere not found; download 3dshapes.h5"):
+    with pytest.raises(DataError, match="nowhere' not found; download 3dshapes.h5"):
         load_dataset("shapes3d", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path.parent)  # (no 3dshapes.h5 there)
+    with pytest.raises(DataError, match="no --data-path given.*pass --data-path"):
+        load_dataset("shapes3d", None)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -602,7 +605,7 @@ def test_stacked_patches_along_channels(tmp_path: Path, fmt: str, capsys) -> Non
 
 
 def test_stacked_index_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="index file .*index.json not found.*docs/data.md"):
+    with pytest.raises(DataError, match="index file .*index.json' not found;.*docs/data.md"):
         load_dataset("stacked", str(tmp_path))
     make_stacked(tmp_path)
     index = json.loads((tmp_path / "index.json").read_text())

@@ -42,7 +42,11 @@ def h5_path(path: str | None) -> Path:
     if file.is_dir():
         file = file / FILE_NAME
     if not file.is_file():
-        raise DataError(f"Shapes3D file {file} not found; download {FILE_NAME} from {URL}")
+        where = " (no --data-path given: looked in the current directory)" if not path else ""
+        raise DataError(
+            f"Shapes3D file {str(file)!r} not found{where}; download {FILE_NAME} from {URL} and "
+            "pass --data-path to it or to its folder"
+        )
     return file
 
 

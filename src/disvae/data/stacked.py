@@ -133,7 +133,8 @@ def read_index(path: str | None) -> Index:
     if file.is_dir():
         file = next((file / n for n in INDEX_NAMES if (file / n).is_file()), file / INDEX_NAMES[0])
     if not file.is_file():
-        raise DataError(f"stacked dataset: index file {file} not found; {_SPEC}")
+        where = " (no --data-path given: looked in the current directory)" if not path else ""
+        raise DataError(f"stacked dataset: index file {str(file)!r} not found{where}; {_SPEC}")
     index = parse_csv(file) if file.suffix.lower() == ".csv" else parse_json(file)
     if not index.patches:
         raise index.fail("it names no patches")
