@@ -292,3 +292,18 @@ def test_encode_cli_and_its_one_line_errors(run, capsys, tmp_path):
     assert not (tmp_path / "codes.txt").exists()
     assert cli.main(["encode", str(tmp_path / "nothing")]) == 2
     assert "nothing' does not exist" in capsys.readouterr().err
+
+
+def test_metrics_are_logged_as_name_value_pairs_not_python_dicts(run, caplog):
+    from disvae.evaluation import format_metrics
+
+    values = {"dci": {"completeness": 0.51234, "per_factor": [0.1, 0.2]}, "mig": 0.2}
+    assert format_metrics(values) == "dci/completeness 0.5123, mig 0.2000"
+    with caplog.at_level(logging.INFO, logger="disvae.evaluation"):
+        res = evaluate_metrics(run, "modularity", data=small_grid(), device="cpu", **KW)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("modularity/")]
+    m = res["metrics"]["modularity"]
+    assert said == [
+        f"modularity/modularity {m['modularity']:.4f}, modularity/explicitness "
+        f"{m['explicitness']:.4f} ({res['protocol']['seconds']['modularity']:.1f}s)"
+    ]

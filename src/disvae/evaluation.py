@@ -374,7 +374,7 @@ def compute_metrics(
         t0 = time.perf_counter()
         values[name] = METRICS.get(name).compute(ctx)
         seconds[name] = round(time.perf_counter() - t0, 3)
-        log.info("%s: %s (%.1fs)", name, values[name], seconds[name])
+        log.info("%s (%.1fs)", format_metrics({name: values[name]}), seconds[name])
         if progress:
             progress(name, 0)
     protocol = dict(params, metrics=names, points_encoded=int(n_points + cache.n_encoded),
@@ -428,6 +428,12 @@ def flatten_metrics(values: dict[str, Any]) -> dict[str, float]:
         elif np.isscalar(v):
             flat[k] = float(v)
     return flat
+
+
+def format_metrics(values: dict[str, Any]) -> str:
+    """``{"dci": {"completeness": 0.51234, ...}, "mig": 0.2}`` -> ``"dci/completeness 0.5123,
+    ..., mig 0.2000"``: one log line (lists, such as per-factor scores, are left out)."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in flatten_metrics(values).items())
 
 
 def evaluate_metrics(

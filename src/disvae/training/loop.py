@@ -383,7 +383,7 @@ class Trainer(TrainerState, NonFiniteHandling):
     def metrics(self) -> dict[str, float]:
         """Disentanglement metrics of the current model (``eval_every``), as ``metrics/NAME``,
         computed from their own seeded generators without moving the global RNGs."""
-        from disvae.evaluation import metrics_during_training
+        from disvae.evaluation import format_metrics, metrics_during_training
 
         cfg = self.cfg.train
         if not self.dist.main:  # rank 0 alone evaluates and logs
@@ -394,7 +394,10 @@ class Trainer(TrainerState, NonFiniteHandling):
                 self.model, self.data, cfg.eval_metrics, rng_seed=cfg.seed,
                 n_samples=cfg.eval_samples,
             )  # fmt: skip
-        log.info("metrics at step %d in %.1fs: %s", self.step, time.perf_counter() - t0, values)
+        log.info(
+            "metrics at step %d in %.1fs: %s", self.step, time.perf_counter() - t0,
+            format_metrics(values),
+        )  # fmt: skip
         return {f"metrics/{k}": v for k, v in values.items()}
 
     def validate(self) -> dict[str, Any]:
