@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from html.parser import HTMLParser
@@ -14,12 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from disvae import config as C
+from disvae import runs
 from disvae.cli_viz import add_report_parser
 from disvae.errors import UserError
-from disvae.report import ReportOptions, build_report
-from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS
+from disvae.evaluation import evaluate
+from disvae.report import ReportOptions, build_report, render_report
+from disvae.report.content import RunContent, display_names, read_eval_losses, run_status
+from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS, _heldout_body
+from disvae.training import train
+from disvae.training.loop import Trainer
 from disvae.viz.images import read_png
+from disvae.viz.plots import open_run
 from test_viz import make_run
 
 SMALL = ReportOptions(n_cols=3, n_frames=4, explorer_steps=5, explorer_images=2)
@@ -142,6 +152,168 @@ def test_report_options_refuse_what_the_cli_refuses():
                 {"explorer_steps": 1}):  # fmt: skip
         with pytest.raises(UserError):
             ReportOptions(**bad)
+
+
+# ---------------------------------------------------------------------- status, held-out losses
+
+
+def _train(out: Path, data, *extra: str) -> Path:
+    cfg = C.apply_overrides(
+        C.RunConfig(),
+        ["dataset=dsprites_tiny", "batch_size=16", "latent_dim=3", "steps=10", "log_every=3",
+         "checkpoint_every=4", "snapshot_every=0", *extra],
+    )  # fmt: skip
+    return train(cfg, out, data=data, progress=False)
+
+
+def _status(run: Path) -> str:
+    view = open_run(run, load_data=False)
+    return run_status(view, view.train_log())
+
+
+def _section(html: str, key: str) -> str:
+    return re.search(rf'<section id="{key}">(.*?)</section>', html, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A real 10-step run (checkpoints at 4, 8 and 10; log lines at 3, 6, 9 and 10)."""
+    return _train(tmp_path_factory.mktemp("trained") / "t", None)  # dsprites_tiny: conftest
+
+
+def test_status_of_a_finished_a_training_and_an_unfinished_run(trained, tmp_path):
+    assert _status(trained) == "finished"
+    with runs.RunLock(trained, create=False):  # as a trainer holds it while it trains
+        assert _status(trained) == "training (step 10 of 10)"
+    assert _status(trained) == "finished"  # the lock file stays; nobody holds it
+    run = shutil.copytree(trained, tmp_path / "u")
+    (run / runs.MODEL).unlink()
+    assert _status(run) == f"stopped at step 10 of 10; resume: disvae train --resume {run}"
+    # Killed after the log line of step 10 but before its checkpoint: resumable from step 4.
+    for step in (8, 10):
+        (run / runs.CHECKPOINTS / f"step_{step:09d}.safetensors").unlink()
+    assert _status(run) == (
+        "stopped at step 4 of 10 (its newest checkpoint; it logged step 10, then crashed or was "
+        f"killed); resume: disvae train --resume {run}"
+    )
+    (run / runs.EVAL_LOSSES).write_text("{")  # damaged: left out, with a note
+    html = build_report([run], options=SMALL).read_text()
+    summary = _section(html, "summary")
+    assert "stopped at step 4 of 10 (its newest checkpoint" in summary
+    assert "training (checkpoint)" not in html
+    assert "eval_losses.json is damaged" in summary
+    assert "No eval_losses.json yet" in _section(html, "heldout")
+
+
+def test_status_of_a_run_stopped_by_a_signal_and_of_one_stopped_by_nans(
+    tiny_data, tmp_path, monkeypatch
+):
+    step = Trainer.train_step
+
+    def sigterm_at_6(self):
+        if self.step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: stop after this step
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", sigterm_at_6)
+    run = _train(tmp_path / "s", tiny_data)
+    assert not (run / runs.MODEL).exists()
+    assert _status(run) == f"stopped at step 7 of 10; resume: disvae train --resume {run}"
+
+    def nan_from_5(self):
+        if self.step >= 5:
+            with torch.no_grad():
+                for p in self.model.decoder.parameters():
+                    p.fill_(float("nan"))
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", nan_from_5)
+    with pytest.raises(UserError, match="not finite"):
+        _train(tmp_path / "n", tiny_data, "nan_patience=2", "nan_rollbacks=1")
+    assert _status(tmp_path / "n") == (
+        "stopped at step 4 of 10 after non-finite losses (1 update skipped by step 6, the last "
+        f"logged line); resume: disvae train --resume {tmp_path / 'n'}, or train anew with a "
+        "lower --lr"
+    )
+
+
+def test_held_out_losses_appear_in_the_report_and_side_by_side(trained, tiny_data, tmp_path):
+    run = shutil.copytree(trained, tmp_path / "e")
+    result = evaluate(run, data=tiny_data, device="cpu")
+    html = render_report([run], SMALL, data=tiny_data)
+    heldout = _section(html, "heldout")
+    for term in ("loss", "recon", "kl"):
+        value = result["losses"][term]
+        assert f'<td>{term}</td><td class="num">{value:.4g}</td>' in heldout, term
+    assert f"on {result['n_images']} held-out images (the val split)" in heldout
+    assert result["n_images"] == 205 and "with the weights of step 10." in heldout
+    # Side by side with a run whose file is damaged: its column says so, nothing fails.
+    other = make_run(tmp_path / "none", latent_dim=3)
+    (other / runs.EVAL_LOSSES).write_text('{"step": 10, "losses": {"recon": "x"}}')
+    compare = _section(render_report([run, other], SMALL, data=tiny_data), "heldout")
+    recon = result["losses"]["recon"]
+    assert f'<td>recon</td><td class="num">{recon:.4g}</td><td>—</td>' in compare
+    # Losses of older weights than those shown say so.
+    stale = RunContent("e", [], {}, eval_losses={**result, "step": 8}, step=10)
+    assert "with the weights of step 8; the weights shown here are step 10" in _heldout_body(stale)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"{not json", b"\xff\xfe", b"[1, 2]", b'{"losses": [1]}', b'{"losses": {"recon": "x"}}',
+     b'{"losses": {"kl": true, "kl_per_dim": []}}'],
+)  # fmt: skip
+def test_a_damaged_eval_losses_file_is_left_out_with_a_note(tmp_path, text):
+    (tmp_path / runs.EVAL_LOSSES).write_bytes(text)
+    doc, note = read_eval_losses(tmp_path)
+    assert doc is None and note.startswith("eval_losses.json is damaged")
+    assert f"`disvae evaluate {tmp_path}` writes it again" in note
+    (tmp_path / runs.EVAL_LOSSES).write_text('{"losses": {"kl": 1.5, "bad": "x", "d": [1, 2]}}')
+    assert read_eval_losses(tmp_path) == ({"losses": {"kl": 1.5, "d": [1, 2]}}, None)
+
+
+def _sweep(root: Path) -> Path:
+    """A sweep directory's skeleton with two run slots a and b (runs made by `make_run`)."""
+    (root / "runs").mkdir(parents=True)
+    (root / "sweep.toml").write_text("")
+    for name in ("a", "b"):
+        (root / "runs" / name).mkdir()
+        (root / "runs" / name / "spec.json").write_text("{}")
+        make_run(root / "runs" / name / "run", latent_dim=3)
+    return root
+
+
+def test_a_sweep_directory_among_runs_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where compare.html would go
+    sweep, run = _sweep(tmp_path / "sw"), make_run(tmp_path / "r", latent_dim=3)
+    err = _report_err([str(sweep), str(run)], capsys)
+    assert (
+        f"{str(sweep)!r} is a sweep directory, not a run: `disvae report {sweep}` with no " in err
+    )
+    assert f"pass their run directories ({sweep}/runs/NAME/run)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    err = _report_err([str(run), str(sweep / "runs" / "a")], capsys)
+    assert (
+        f"is a sweep's run slot; pass its run directory {str(sweep / 'runs' / 'a' / 'run')!r}"
+        in err
+    )
+    err = _report_err([str(run), str(tmp_path / "r" / ".." / "r")], capsys)
+    assert "again; pass each run once" in err and err.count("\n") == 1
+    assert not (tmp_path / "compare.html").exists()
+    # The sweep's page alone takes none of a run report's options (it would ignore them).
+    for flags in (["-c", "3"], ["--data-path", str(tmp_path)], ["--slider-steps", "5"]):
+        err = _report_err([str(sweep), *flags], capsys)
+        assert "applies to a run's report, not to a sweep's page" in err, flags
+    assert not (sweep / "report.html").exists()
+    # Runs of sweeps are named by their slot (every run directory of a sweep is called "run").
+    other = _sweep(tmp_path / "sw2")
+    paths = [
+        sweep / "runs" / "a" / "run",
+        sweep / "runs" / "b" / "run",
+        other / "runs" / "a" / "run",
+    ]
+    assert display_names(paths) == ["sw/a", "b", "sw2/a"]
+    assert display_names([run, tmp_path / "sw" / "runs" / "a"]) == ["r", "a"]
 
 
 # ---------------------------------------------------------------------- in a real browser

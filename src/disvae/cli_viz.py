@@ -216,6 +216,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.runs) == 1 and is_sweep_dir(args.runs[0]):  # a sweep: its own page
         from disvae.sweep.page import build_sweep_report
 
+        # The sweep's page draws no images: the run report's options would do nothing.
+        given = [flag for flag, value, default in (
+            ("--data-path", args.data_path, None), ("-c/--cols", args.cols, 7),
+            ("-t/--max-traversal", args.max_traversal, 2.0),
+            ("--slider-steps", args.slider_steps, 21), ("-s/--seed", args.seed, 0),
+        ) if value != default]  # fmt: skip
+        if given:
+            raise UserError(
+                f"{given[0]} applies to a run's report, not to a sweep's page; leave it out, or "
+                f"pass a run of the sweep ({args.runs[0]}/runs/NAME/run)"
+            )
+
         path = build_sweep_report(args.runs[0], args.out)
         if not args.quiet:
             print(f"wrote {path}")

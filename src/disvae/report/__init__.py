@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from disvae.errors import UserError
-from disvae.report.content import ReportOptions, RunContent, check_run_dir, run_content
+from disvae.report.content import (
+    ReportOptions,
+    RunContent,
+    check_run_dir,
+    display_names,
+    run_content,
+)
 from disvae.report.html import compare_page, single_page
 
 log = logging.getLogger(__name__)
@@ -43,11 +49,19 @@ def render_report(
     paths = [Path(p) for p in run_dirs]
     for p in paths:
         check_run_dir(p)
+    resolved = [p.resolve() for p in paths]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            first = paths[resolved.index(r)]
+            raise UserError(
+                f"{str(paths[i])!r} is the run {str(first)!r} again; pass each run once"
+            )
     single = len(paths) == 1
     contents = []
-    for p in paths:
+    for p, name in zip(paths, display_names(paths), strict=True):
         log.info("collecting %s", p)
         contents.append(run_content(open_run(p, data=data), opts, explorer=single))
+        contents[-1].name = name
     return single_page(contents[0]) if single else compare_page(contents)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +70,8 @@ class RunContent:
     kl: list[float] | None = None
     explorer: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    eval_losses: dict[str, Any] | None = None  # `read_eval_losses`
+    step: int = 0  # the step of the weights shown
 
 
 def data_uri(payload: bytes, mime: str) -> str:
@@ -106,17 +110,126 @@ def read_metrics(run_dir) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) else None
 
 
-def _facts(view: RunView) -> list[tuple[str, str]]:
+def read_eval_losses(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(document, note)`` of ``RUN/eval_losses.json`` (written by `disvae evaluate`): the
+    document with ``losses`` kept to its numbers and lists of numbers, or None and a note saying
+    why the file is left out (None and None when there is no file)."""
+    path = run_dir / runs.EVAL_LOSSES
+    if not path.is_file():
+        return None, None
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        doc = None
+    losses = doc.get("losses") if isinstance(doc, dict) else None
+    kept = {k: v for k, v in losses.items() if _numbers(v)} if isinstance(losses, dict) else {}
+    if not kept:
+        return None, (
+            f"{runs.EVAL_LOSSES} is damaged (not the held-out losses `disvae evaluate` writes) "
+            f"and is left out; `disvae evaluate {shlex.quote(str(run_dir))}` writes it again."
+        )
+    return {**doc, "losses": kept}, None
+
+
+def _numbers(v: Any) -> bool:
+    """A number (not a bool) or a non-empty list of numbers."""
+    if isinstance(v, list):
+        return bool(v) and all(_numbers(x) and not isinstance(x, list) for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def lock_held(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock (`runs.RunLock`: a trainer is in it now).
+
+    Probes with a shared non-blocking ``flock`` on a read-only descriptor, dropped at once (as
+    `disvae.sweep.state.SlotLock.busy` does); without ``flock`` (Windows) it says False."""
+    import os
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock
+        return False
+    try:
+        fd = os.open(run_dir / runs.LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (drops the probe's lock too)
+    return False
+
+
+def _sweep_slot(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(sweep directory, slot state)`` when ``run_dir`` is a run of a sweep
+    (``OUT/runs/NAME/run``); None otherwise."""
+    from disvae.sweep import state as S
+
+    slot = run_dir.resolve().parent
+    if run_dir.resolve().name != S.RUN or not (slot / S.SPEC).is_file():
+        return None
+    return slot.parent.parent, S.read_state(slot)
+
+
+def run_status(view: RunView, records: list[dict[str, Any]]) -> str:
+    """What the run is doing: ``finished``; ``training (step N of M)`` while a trainer holds its
+    lock; otherwise ``stopped at step N of M`` (N: its newest checkpoint) with how to resume,
+    and what the files say of why: a log past that checkpoint (crashed, killed or failed after
+    it), updates skipped for non-finite losses in the last log line, a sweep's error."""
+    from disvae.training.checkpoint import list_checkpoints
+
+    run_dir = view.run_dir
+    total = view.record.get("total_steps")
+    total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
+    of = f" of {total}" if total else ""
+    saved = list_checkpoints(run_dir / runs.CHECKPOINTS)
+    ckpt = saved[-1][0] if saved else None
+    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
+    logged = max(steps, default=None)
+    if lock_held(run_dir):
+        now = max(s for s in (ckpt, logged, view.step) if s is not None)
+        return f"training (step {now}{of})"
+    if (run_dir / runs.MODEL).is_file() and (total is None or view.step >= total):
+        return "finished"
+    at = ckpt if ckpt is not None else view.step
+    sweep = _sweep_slot(run_dir)
+    failed = sweep is not None and sweep[1].get("status") == "failed"
+    if sweep is not None:
+        again = f"disvae sweep {shlex.quote(str(sweep[0]))}" + (" --retry-failed" if failed else "")
+        resume = f"continue it with its sweep: {again}"
+    else:
+        resume = f"resume: disvae train --resume {shlex.quote(str(run_dir))}"
+    skipped = records[-1].get("skipped") if records else None
+    if isinstance(skipped, int) and not isinstance(skipped, bool) and skipped > 0:
+        why = (
+            f" after non-finite losses ({skipped} update{'s' if skipped > 1 else ''} skipped by "
+            f"step {records[-1]['step']}, the last logged line)"
+        )
+        resume += ", or train anew with a lower --lr"
+    elif logged is not None and logged > at:
+        why = f" (its newest checkpoint; it logged step {logged}, then crashed or was killed)"
+    else:
+        why = ""
+    text = f"stopped at step {at}{of}{why}; {resume}"
+    if failed and sweep[1].get("error"):
+        text += f"; the sweep's error: {sweep[1]['error']}"
+    return text
+
+
+def _facts(view: RunView, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     rec = view.record
     total = rec.get("total_steps")
-    status = "finished" if (view.run_dir / runs.MODEL).is_file() else "training (checkpoint)"
     return [
         ("dataset", str(rec.get("data", {}).get("name"))),
         ("objective", str(rec.get("loss", {}).get("name"))),
         ("latent dims", str(view.model.latent_dim)),
         ("image shape", "×".join(str(s) for s in rec.get("image_shape", []))),
         ("step", f"{view.step} / {total}" if total else str(view.step)),
-        ("status", status),
+        ("status", run_status(view, records)),
         ("train / val images", f"{rec.get('n_train')} / {rec.get('n_val')}"),
         ("git commit", str(rec.get("git_commit") or "unknown")),
     ]
@@ -125,9 +238,13 @@ def _facts(view: RunView) -> list[tuple[str, str]]:
 def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> RunContent:
     """Every figure and table of one run's report."""
     check_sizes(view, opts)
-    c = RunContent(view.name, _facts(view), view.record, read_metrics(view.run_dir))
-    m, cols = view.model, opts.n_cols
     records = view.train_log()
+    c = RunContent(view.name, _facts(view, records), view.record, read_metrics(view.run_dir))
+    c.step = view.step
+    c.eval_losses, damaged = read_eval_losses(view.run_dir)
+    if damaged:
+        c.notes.append(damaged)
+    m, cols = view.model, opts.n_cols
     if records:
         c.figures["losses"] = png_uri(curves.figure_to_array(curves.loss_curves(records)))
     else:
@@ -229,8 +346,43 @@ def explorer_data(view: RunView, opts: ReportOptions) -> dict[str, Any]:
     }
 
 
-def check_run_dir(path) -> None:
-    """Refuse anything that is not a run directory, with one line."""
+def check_run_dir(path: Path) -> None:
+    """Refuse anything that is not a run directory, with one line (a sweep directory or a
+    sweep's run slot with what to pass instead)."""
+    from disvae.sweep import state as S
+
+    if not path.exists():
+        raise UserError(f"{str(path)!r} does not exist; pass a run directory")
     if not path.is_dir():
         raise UserError(f"{str(path)!r} is not a directory; pass a run directory")
+    if S.is_sweep_dir(path):
+        runs_of = shlex.quote(str(path / S.RUNS / "NAME" / S.RUN))
+        raise UserError(
+            f"{str(path)!r} is a sweep directory, not a run: `disvae report "
+            f"{shlex.quote(str(path))}` with no other directory writes the sweep's page; to "
+            f"compare its runs, pass their run directories ({runs_of})"
+        )
+    if (path / S.SPEC).is_file() and (path / S.RUN).is_dir():
+        raise UserError(
+            f"{str(path)!r} is a sweep's run slot; pass its run directory {str(path / S.RUN)!r}"
+        )
     runs.read_config(path)
+
+
+def display_names(paths: list[Path]) -> list[str]:
+    """A distinct name per run directory for the page: the directory's name (a sweep's run,
+    ``OUT/runs/NAME/run``, is NAME), with the name of the directory above in front where names
+    repeat (a sweep's: OUT), and the path as given where they still do."""
+    chains = []
+    for p in paths:
+        r = p.resolve()
+        chains.append(
+            (r.parent.name, r.parent.parent.parent.name)
+            if _sweep_slot(r)
+            else (r.name, r.parent.name)
+        )
+    names = [own for own, _ in chains]
+    for attempt in (lambda i: f"{chains[i][1]}/{chains[i][0]}", lambda i: str(paths[i])):
+        dupes = {n for n in names if names.count(n) > 1}
+        names = [attempt(i) if n in dupes else n for i, n in enumerate(names)]
+    return names

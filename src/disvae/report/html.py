@@ -13,6 +13,7 @@ from disvae.report.content import RunContent, flatten
 SINGLE_SECTIONS = (
     ("summary", "Summary"),
     ("metrics", "Metrics"),
+    ("heldout", "Held-out losses"),
     ("losses", "Loss curves"),
     ("kl", "KL per dimension"),
     ("reconstructions", "Reconstructions"),
@@ -26,6 +27,7 @@ SINGLE_SECTIONS = (
 COMPARE_SECTIONS = (
     ("runs", "Runs"),
     ("metrics", "Metrics"),
+    ("heldout", "Held-out losses"),
     ("kl", "KL per dimension"),
     ("traversals", "Traversals"),
     ("reconstructions", "Reconstructions"),
@@ -95,6 +97,36 @@ def _metrics_body(c: RunContent) -> str:
     return _table(["metric", "value"], _metrics_rows(c.metrics)) + extra
 
 
+def _heldout_body(c: RunContent) -> str:
+    """The table of ``RUN/eval_losses.json``: each loss term on the held-out images."""
+    e = c.eval_losses
+    if not e:
+        return (
+            '<p class="note">No eval_losses.json yet: <code>disvae evaluate RUN</code> computes '
+            "the losses on the held-out images.</p>"
+        )
+    split, n, step = e.get("split"), e.get("n_images"), e.get("step")
+    said = "Computed by <code>disvae evaluate</code>"
+    if isinstance(n, int) and not isinstance(n, bool):
+        said += f" on {n} held-out images"
+    if isinstance(split, str) and split:
+        said += f" (the {escape(split)} split)"
+    if isinstance(step, int) and not isinstance(step, bool):
+        said += f" with the weights of step {step}"
+        if step != c.step:
+            said += (
+                f"; the weights shown here are step {c.step}: run <code>disvae evaluate RUN"
+                "</code> again to update them"
+            )
+    rows = [(k, v) for k, v in e["losses"].items()]
+    return _table(["term", "mean per image"], rows) + f'<p class="note">{said}.</p>'
+
+
+def _heldout_scalars(c: RunContent) -> dict[str, Any]:
+    losses = c.eval_losses["losses"] if c.eval_losses else {}
+    return {k: v for k, v in losses.items() if not isinstance(v, list)}
+
+
 def _kl_body(c: RunContent) -> str:
     if c.kl is None:
         return '<p class="note">No KL available yet.</p>'
@@ -154,6 +186,7 @@ def single_page(c: RunContent) -> str:
         + ("<h3>Versions</h3>" + _table(["package", "version"], list(versions.items()))
            if versions else ""),
         "metrics": _metrics_body(c),
+        "heldout": _heldout_body(c),
         "losses": _img(f.get("losses"), "loss curves", "fig"),
         "kl": _kl_body(c),
         "reconstructions": '<p class="note">Rows of originals, each above its reconstruction '
@@ -200,11 +233,17 @@ def compare_page(contents: Sequence[RunContent]) -> str:
     metric_keys = list(dict.fromkeys(k for c in contents for k, _ in _metrics_rows(c.metrics)))
     per_run = [dict(_metrics_rows(c.metrics)) for c in contents]
     metric_rows = [[k, *[r.get(k, "—") for r in per_run]] for k in metric_keys]
+    heldout = [_heldout_scalars(c) for c in contents]
+    terms = list(dict.fromkeys(k for h in heldout for k in h))
+    heldout_rows = [[k, *[h.get(k, "—") for h in heldout]] for k in terms]
     diff = _config_diff(contents)
     bodies = {
         "runs": _table(["run", *[k for k, _ in contents[0].facts[:6]]], facts),
         "metrics": _table(["metric", *names], metric_rows) if metric_rows
         else '<p class="note">No run has a metrics.json yet.</p>',
+        "heldout": _table(["term", *names], heldout_rows) if heldout_rows
+        else '<p class="note">No run has an eval_losses.json yet (<code>disvae evaluate RUN'
+        "</code>).</p>",
         "kl": _side_by_side(contents, "kl", "fig"),
         "traversals": _side_by_side(contents, "traversals"),
         "reconstructions": _side_by_side(contents, "reconstruct"),
