@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,21 @@ def test_curves_and_kl_bars_render():
     assert viz.figure_to_array(bars).shape[2] == 3
 
 
+def test_kl_bar_labels_show_small_and_large_values_readably():
+    fig = viz.kl_bars([0.0031, 1234.4, 0.5, 12.345, 0.0, 0.0123])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["z1", "z3", "z2", "z5", "z0", "z4"]
+    assert [t.get_text() for t in ax.texts] == ["1234", "12.3", "0.5", "0.0123", "<0.01", "0"]
+    fmt = viz.curves.format_kl
+    assert [fmt(v) for v in (99.96, 2.0, 1.234567, -0.5, float("nan"))] == [
+        "100", "2", "1.23", "-0.5", "nan"
+    ]  # fmt: skip
+    # The traversal figures' row labels print the KL the same way.
+    kl = np.array([0.004, 0.0, 3.0])
+    assert viz.traversal.row_labels([2, 0, 1], kl) == ["z2 KL 3", "z0 KL <0.01", "z1 KL 0"]
+    assert viz.traversal.row_labels([1], None) == ["z1"]
+
+
 # ---------------------------------------------------------------------- GIFs
 
 
@@ -162,7 +178,8 @@ def test_traversal_gifs_have_the_requested_frames_and_loop():
     bases = np.zeros((3, 4), np.float32)
     grid, per = viz.traversal_gifs(model, bases, n_frames=12, max_traversal=2.0)
     assert len(grid) == 12 and set(per) == {0, 1, 2, 3}
-    assert grid[0].shape == (4 * 18 + 2, 3 * 18 + 2, 1)
+    assert grid[0].shape[0] == 4 * 18 + 2 and grid[0].shape[1] > 3 * 18 + 2  # + row labels
+    assert per[0][0].shape == (18 + 2, 3 * 18 + 2, 1)
     for frames in (grid, per[0]):
         with Image.open(io.BytesIO(viz.gif_bytes(frames, fps=10))) as im:
             assert im.n_frames == 12
@@ -170,6 +187,31 @@ def test_traversal_gifs_have_the_requested_frames_and_loop():
     # -m .. m and back: the first and middle frames are the extremes, the animation is periodic.
     assert not np.array_equal(per[0][0], per[0][6])
     assert np.array_equal(per[0][3], per[0][9])
+
+
+def test_traversal_gif_grid_has_the_row_labels_of_the_static_figure():
+    model = one_latent_model(1)
+    kl = np.array([0.1, 0.0, 3.0, 0.004])
+    grid, per = viz.traversal_gifs(
+        model, np.zeros((3, 4), np.float32), kl=kl, n_frames=4, upsample=2
+    )
+    cell = (16 + 2) * 2
+    bare = (4 * cell + 4, 3 * cell + 4)  # the grid of 4 rows by 3 bases, without labels
+    label_w = grid[0].shape[1] - bare[1]
+    assert grid[0].shape[0] == bare[0] and label_w > 20  # wider by the label strip only
+    assert per[2][0].shape == (cell + 4, bare[1], 1)  # one latent a file: no labels
+    # The strip is the static traversals' own (same labels, same rows), on every frame.
+    static = viz.traversals(model, kl=kl, n_cols=3, upsample=2)
+    assert static.shape == grid[0].shape
+    strip = static[:, :label_w]
+    assert all(np.array_equal(f[:, :label_w], strip) for f in grid)
+    assert not np.array_equal(grid[0][:, label_w:], grid[2][:, label_w:])  # the grid moves
+    for r in range(4):  # every row's band holds dark text on the white strip
+        band = strip[4 + r * cell : 4 + (r + 1) * cell]
+        assert (band < 100).sum() > 20 and band.max() == 255
+    assert (strip[:4] == 255).all()  # above the first row: blank
+    unlabelled = viz.traversal_gifs(model, np.zeros((3, 4), np.float32), n_frames=4, upsample=2)
+    assert not np.array_equal(unlabelled[0][0][:, :label_w], strip)  # no KL: other labels
 
 
 def test_training_frames_assemble_into_a_gif(tmp_path):
@@ -315,3 +357,46 @@ def test_posterize_keeps_16_levels_within_half_a_step():
     assert out.dtype == np.uint8 and len(np.unique(out)) == 16
     assert np.abs(out.astype(int) - picture).max() <= 9  # half of a 17-grey step, rounded
     assert out.min() == 0 and out.max() == 255
+
+
+def test_non_finite_images_convert_deterministically_without_a_warning():
+    from disvae.viz.images import gif_bytes, make_grid, to_uint8
+
+    x = np.array([np.nan, np.inf, -np.inf, 0.5, 2.0, -1.0, 0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" would raise
+        for dtype in (np.float64, np.float32, np.float16):
+            assert to_uint8(x.astype(dtype)).tolist() == [0, 255, 0, 128, 255, 0, 0, 255]
+        batch = np.full((2, 1, 4, 4), np.nan, np.float32)  # a model whose weights went NaN
+        batch[1, 0, 0, 0] = np.inf
+        grid = make_grid(batch, n_cols=2)
+        gif_bytes([grid, grid])
+    assert grid.shape == (4 + 4, 2 * 6 + 2, 1)
+    assert (grid[2:6, 2:6] == 0).all() and grid[2, 8] == 255 and (grid[2, 9:12] == 0).all()
+    assert grid[0, 0] == viz.images.PAD_VALUE
+
+
+def test_format_table_fits_its_columns_to_the_longest_entry():
+    from disvae.cli_format import format_table
+
+    rows = [
+        ("mig", "0.1234", "(0.1s)"),
+        ("modularity/explicitness", "0.9876", "(12.3s)"),
+        ("unsupervised/gaussian_total_correlation", "12345.6789", "(0.0s)"),
+        ("dci/disentanglement", "-0.5000", "(103.2s)"),
+    ]
+    lines = format_table(rows)
+    assert lines[0] == "  mig" + " " * 36 + "      0.1234    (0.1s)"
+    assert lines[2] == "  unsupervised/gaussian_total_correlation  12345.6789    (0.0s)"
+    assert len({len(line) for line in lines}) == 1  # right-aligned last column: all as wide
+    name_w = len(rows[2][0])
+    for line, (name, value, secs) in zip(lines, rows, strict=True):
+        assert line[2:].startswith(name) and line[2 + len(name) : 2 + name_w + 2].strip() == ""
+        assert line[: 2 + name_w + 2 + 10].endswith(value)  # numbers end in one column
+        assert line.endswith(secs)
+    # Left-aligned columns start at one offset; short rows and no trailing spaces.
+    assert format_table([("a", "x", 1), ("bbb", "yy")], align="<<", indent="", gap=1) == [
+        "a   x  1",
+        "bbb yy",
+    ]
+    assert format_table([]) == []

@@ -7,6 +7,7 @@ these functions never changes the backend of a user's notebook.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,25 @@ def loss_curves(records: Sequence[Mapping[str, Any]], title: str = ""):
     return fig
 
 
+def format_kl(value: float) -> str:
+    """A KL value (nats) as a short label: 3 significant digits (``0.0123``, ``1.5``, ``12.3``),
+    whole nats from 100 up (``1234``), ``<0.01`` for the small positive values of collapsed
+    dimensions (which 2 fixed decimals would show as ``0.00``), ``0`` for exactly zero."""
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    if 0 < v < 0.01:
+        return "<0.01"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.3g}"
+
+
 def kl_bars(kl: Sequence[float], title: str = "KL per latent dimension"):
-    """Bars of the per-dimension KL (nats), sorted largest first, labelled z<index>.
+    """Bars of the per-dimension KL (nats), sorted largest first, labelled z<index>, each with
+    its value on top (see `format_kl`).
 
     Args:
         kl: per-dimension KL, shape (D,).
@@ -114,7 +132,7 @@ def kl_bars(kl: Sequence[float], title: str = "KL per latent dimension"):
     fig = _figure(max(4.0, 0.45 * len(kl) + 1.5), 3.0)
     ax = fig.subplots()
     bars = ax.bar(range(len(kl)), kl[order], color="#3b6ea8")
-    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.bar_label(bars, labels=[format_kl(v) for v in kl[order]], fontsize=7)
     ax.set_xticks(range(len(kl)), [f"z{d}" for d in order], fontsize=8)
     ax.set_ylabel("KL (nats)")
     ax.set_title(title, fontsize=10)

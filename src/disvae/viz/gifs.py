@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from disvae.viz import images as I
-from disvae.viz.traversal import decode, kl_order, traversal_images, triangle_wave
+from disvae.viz.traversal import (
+    decode,
+    kl_order,
+    label_grids,
+    row_labels,
+    traversal_images,
+    triangle_wave,
+)
 
 TRAINING_FRAMES = "training_frames"
 TRAINING_GIF = "training.gif"
@@ -85,14 +92,17 @@ def traversal_gifs(
 
     Returns:
         ``(grid_frames, per_latent)``: ``n_frames`` pictures whose rows are the latents
-        (largest KL first) and whose columns are the bases; and for each latent index d the
-        ``n_frames`` pictures of its row alone.
+        (largest KL first), labelled on the left as in `disvae.viz.traversals` (``z<d>``, and
+        its KL when ``kl`` is given), and whose columns are the bases; and for each latent
+        index d the ``n_frames`` pictures of its row alone (unlabelled: one latent a file).
     """
     dims = kl_order(kl, model.latent_dim)[: n_rows or model.latent_dim]
     anim = traversal_animation(
         model, bases, dims=dims, n_frames=n_frames, max_traversal=max_traversal
     )
-    grid = animation_frames(anim, upsample)
+    grid = label_grids(
+        animation_frames(anim, upsample), row_labels(dims, kl), anim.shape[-2], upsample
+    )
     per_latent = {
         int(d): animation_frames(anim[:, i : i + 1], upsample) for i, d in enumerate(dims)
     }

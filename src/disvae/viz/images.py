@@ -17,10 +17,15 @@ PAD_VALUE = 128  # mid-grey between cells: visible on black (dSprites) and on wh
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] (any shape) to uint8 0..255; uint8 input is returned unchanged."""
+    """Float images in [0, 1] (any shape) to uint8 0..255; uint8 input is returned unchanged.
+
+    Values outside [0, 1] are clipped; non-finite ones (a model whose weights diverged) are
+    mapped without a warning: NaN to 0 (black), +inf to 255 and -inf to 0.
+    """
     if images.dtype == np.uint8:
         return images
-    return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    finite = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+    return (np.clip(finite, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def tile_patches(images: np.ndarray, n_patches: int) -> np.ndarray:
@@ -94,18 +99,33 @@ def label_rows(
     Returns:
         uint8 ``(H, width + W, C)``: a white strip with black text, then the picture.
     """
+    strip = label_strip(picture.shape[0], picture.shape[2], labels, row_height, pad, width)
+    return np.concatenate([strip, picture], axis=1)
+
+
+def label_strip(
+    height: int, channels: int, labels: Sequence[str], row_height: int, pad: int, width: int = 0
+) -> np.ndarray:
+    """The strip of row labels that `label_rows` puts left of a grid ``height`` pixels high.
+
+    Drawn once, it can be put beside every frame of an animation of that grid (the frames
+    then all have the same width).
+
+    Returns:
+        uint8 ``(height, width, channels)``: white, with each label in black, vertically
+        centred on its row.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     if not width:
         width = 8 + max((int(font.getlength(t)) for t in labels), default=0)
-    strip = Image.new("L", (width, picture.shape[0]), 255)
+    strip = Image.new("L", (width, height), 255)
     draw = ImageDraw.Draw(strip)
     for i, text in enumerate(labels):
         top = pad + i * row_height + row_height // 2 - 6
         draw.text((4, top), text, fill=0, font=font)
-    strip_arr = np.asarray(strip)[:, :, None].repeat(picture.shape[2], axis=2)
-    return np.concatenate([strip_arr, picture], axis=1)
+    return np.asarray(strip)[:, :, None].repeat(channels, axis=2)
 
 
 def caption(picture: np.ndarray, text: str) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from disvae.viz import images as I
+from disvae.viz.curves import format_kl
 
 
 def traversal_range(max_traversal: float) -> float:
@@ -90,6 +91,24 @@ def kl_order(kl: np.ndarray | None, latent_dim: int) -> np.ndarray:
     return np.argsort(-np.asarray(kl), kind="stable")
 
 
+def row_labels(dims: Sequence[int], kl: np.ndarray | None) -> list[str]:
+    """Labels of traversal rows: ``z<d>``, with ``KL <value>`` (see `format_kl`) when ``kl``
+    (D,) is given."""
+    return [f"z{d}" + (f" KL {format_kl(kl[d])}" if kl is not None else "") for d in dims]
+
+
+def label_grids(
+    pictures: Sequence[np.ndarray], labels: Sequence[str], cell_height: int, upsample: int = 1
+) -> list[np.ndarray]:
+    """Pictures of one grid layout (a still, or the frames of an animation; `make_grid` with
+    its padding of 2, cells ``cell_height`` high, then upsampled) with ``labels`` beside the
+    rows: the same strip of labels, drawn once, left of each picture."""
+    h, _, c = pictures[0].shape
+    row_height, pad = (cell_height + 2) * upsample, 2 * upsample
+    strip = I.label_strip(h, c, labels, row_height=row_height, pad=pad)
+    return [np.concatenate([strip, p], axis=1) for p in pictures]
+
+
 def traversal_images(
     model: torch.nn.Module,
     base: np.ndarray | None = None,
@@ -152,7 +171,7 @@ def traversals(
     order = kl_order(kl, model.latent_dim)[: n_rows or model.latent_dim]
     imgs = traversal_images(model, base, dims=order, n_cols=n_cols, max_traversal=max_traversal)
     c, h, w = imgs.shape[2:]
-    labels = [f"z{d}" + (f" KL {kl[d]:.2f}" if kl is not None else "") for d in order]
+    labels = row_labels(order, kl)
     rows = []
     for _, ref in reference:
         ref = np.asarray(ref, np.float32)[:n_cols]
@@ -161,8 +180,7 @@ def traversals(
     cells = np.concatenate([*rows, imgs.reshape(-1, c, h, w)])
     labels = [name for name, _ in reference] + labels
     grid = I.upsample(I.make_grid(cells, n_cols), upsample)
-    pad = 2 * upsample
-    return I.label_rows(grid, labels, row_height=(h + 2) * upsample, pad=pad)
+    return label_grids([grid], labels, h, upsample)[0]
 
 
 def triangle_wave(max_traversal: float, n_frames: int) -> np.ndarray:
