@@ -532,11 +532,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"held-out losses of {args.run} at step {result['step']} "
         f"({result['n_images']} images, {result['seconds']}s):"
     )
-    for k, v in result["losses"].items():
-        if isinstance(v, list):
-            say(f"  {k:<12} " + " ".join(f"{x:.3f}" for x in v))
-        else:
-            say(f"  {k:<12} {v:.4f}")
+    from disvae.cli_format import format_table
+
+    rows = [
+        (k, " ".join(f"{x:.3f}" for x in v) if isinstance(v, list) else f"{v:.4f}")
+        for k, v in result["losses"].items()
+    ]
+    for line in format_table(rows, "<<"):  # (a per-dimension list starts where a value does)
+        say(line)
     say(f"written to {Path(args.run) / 'eval_losses.json'}")
     return 0
 
@@ -576,6 +579,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _metrics_table(result: dict) -> str:
     """The metrics of `evaluate_metrics` as an aligned two-column table with timings."""
+    from disvae.cli_format import format_table
     from disvae.evaluation import flatten_metrics
 
     p = result["protocol"]
@@ -583,10 +587,11 @@ def _metrics_table(result: dict) -> str:
         f"metrics at step {result['step']} ({p['n_train']} + {p['n_test']} points, seed "
         f"{p['seed']}, {p['points_encoded']} images encoded, {p['total_seconds']}s):"
     ]
-    for k, v in flatten_metrics(result["metrics"]).items():
-        secs = p["seconds"].get(k.split("/")[0], 0.0)
-        lines.append(f"  {k:<34} {v:8.4f}   ({secs:.1f}s)")
-    return "\n".join(lines)
+    rows = [
+        (k, f"{v:.4f}", f"({p['seconds'].get(k.split('/')[0], 0.0):.1f}s)")
+        for k, v in flatten_metrics(result["metrics"]).items()
+    ]
+    return "\n".join(lines + format_table(rows, "<>>"))
 
 
 # ---------------------------------------------------------------------- entry point
