@@ -400,3 +400,17 @@ def test_format_table_fits_its_columns_to_the_longest_entry():
         "bbb yy",
     ]
     assert format_table([]) == []
+
+
+def test_loss_curves_need_only_the_log_and_a_damaged_eval_file_falls_back_to_it(tmp_path):
+    run = make_run(tmp_path / "r")
+    (run / runs.MODEL).unlink()  # no weights at all (no checkpoint either)
+    [path] = viz.plot_run(run, ["losses"])
+    assert path.name == "losses.png" and viz.images.read_png(path).std() > 0
+    with pytest.raises(UserError, match="no weights yet"):
+        viz.plot_run(run, ["kl"])
+    run = make_run(tmp_path / "r2")
+    (run / runs.EVAL_LOSSES).write_text('{"losses": {"kl_per_dim": "x"}')  # torn and wrong
+    view = viz.plots.open_run(run, load_data=False)
+    assert view.kl_source == "train log, step 20"  # the last logged line's KL
+    np.testing.assert_allclose(view.kl, [2.0] * 4)

@@ -188,8 +188,13 @@ def _run_kl(view: RunView) -> tuple[np.ndarray | None, str]:
         return T.kl_per_dim(*T.encode(view.model, x)), f"{len(x)} validation images"
     path = view.run_dir / runs.EVAL_LOSSES
     if path.is_file():
-        kl = json.loads(path.read_text()).get("losses", {}).get("kl_per_dim")
-        if kl:
+        try:  # a damaged file is passed over: the train log has the KL too
+            doc = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):
+            doc = None
+        losses = doc.get("losses") if isinstance(doc, dict) else None
+        kl = losses.get("kl_per_dim") if isinstance(losses, dict) else None
+        if isinstance(kl, list) and kl and all(isinstance(v, (int, float)) for v in kl):
             return np.asarray(kl, float), runs.EVAL_LOSSES
     records = [r for r in view.train_log() if r.get("kl_per_dim")]
     if records:
@@ -206,8 +211,14 @@ def _bases(view: RunView, opts: PlotOptions, n: int) -> np.ndarray:
     return T.encode(view.model, view.images(opts.idcs, n, opts.seed)[:n])[0]
 
 
+GRID_PLOTS = ("samples", "data-samples", "reconstruct", "traversals", "reconstruct-traverse",
+              "gif-traversals")  # fmt: skip
+
+
 def _grid_rows(view: RunView, name: str, opts: PlotOptions) -> int | None:
     """Image rows of a plot's grid (None: a figure of fixed size)."""
+    if name not in GRID_PLOTS:
+        return None
     d = view.model.latent_dim
     shown = min(opts.rows or d, d)
     per_row = -(-len(opts.idcs) // opts.cols)  # rows that --idcs alone fill
@@ -326,7 +337,12 @@ def plot_run(
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out-dir {str(out)!r} is a file; pass a directory (new or existing)")
-    view = open_run(run_dir, data=data)
+    if wanted == ["losses"]:  # the curves read the log alone: no weights, no dataset
+        runs.read_config(run_dir)
+        record = json.loads((Path(run_dir) / runs.CONFIG).read_text())
+        view = RunView(Path(run_dir), None, record, 0)  # type: ignore[arg-type]
+    else:
+        view = open_run(run_dir, data=data)
     # Before any plot: with `all` a bad index would only skip the plots that read images, and
     # a traversal from the prior does not read them at all.
     view.check_idcs(opts.idcs)
