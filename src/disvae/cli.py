@@ -411,7 +411,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if _quiet(args) or getattr(args, "no_progress", False) else None,
     )
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
-    if main_rank and not _quiet(args):
+    # -q keeps the summary of a run that stopped unfinished (where it stopped, how to go on)
+    if main_rank and (not _quiet(args) or not (run / runs.MODEL).is_file()):
         _print_summary(run, time.perf_counter() - t0)
     stopped_by = runtime.last_stop_signal
     if stopped_by is None or (main_rank and (run / runs.MODEL).is_file()):
@@ -462,7 +463,8 @@ def _quiet(args: argparse.Namespace) -> bool:
     """-q/--quiet: a command that does work (train, evaluate, encode, sweep, plot, report) shows
     no progress bar and prints nothing on stdout, only warnings and errors on stderr; what it
     wrote is in its files. A query (--list-presets, data info, sweep --status or --dry-run)
-    still prints its answer."""
+    still prints its answer, and a training stopped before its end still says where and how
+    to continue."""
     return bool(getattr(args, "quiet", False))
 
 
