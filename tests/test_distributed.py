@@ -105,6 +105,21 @@ def test_batch_that_does_not_divide_is_a_clear_error(mnist, tmp_path):
     assert "must divide among the 2 processes" in r.stderr
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_a_refusal_of_rank_0_alone_stops_every_rank_with_one_line(mnist, tmp_path):
+    """The run directory's checks happen on rank 0 (an --out that holds a run, the run's lock):
+    the other ranks learn of its refusal and stop with one line too, not on a closed socket."""
+    run = tmp_path / "r"
+    assert _train(_args(mnist, run, 2)).returncode == 0
+    before = sorted(p.name for p in run.iterdir())
+    r = _train(_args(mnist, run, 2), procs=2)
+    assert r.returncode != 0
+    assert "holds a run already" in r.stderr
+    assert "rank 0 refused the run" in r.stderr  # rank 1's line
+    assert "Connection closed" not in r.stderr and "gloo" not in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_shares_cover_the_batch_without_overlap():
     batch = torch.arange(12)
     parts = [Dist(rank=r, world=3).share(batch) for r in range(3)]

@@ -479,8 +479,24 @@ def train(
         distributed.shutdown(dist)
 
 
+def _on_main(dist: distributed.Dist, device: torch.device, check: Callable[[], Any]) -> None:
+    """Run ``check`` (a step on the run directory that rank 0 alone takes) on rank 0, and tell
+    every rank whether it refused: a `UserError` there stops every rank with one line, instead
+    of leaving the others to fail on a closed connection."""
+    refused = None
+    if dist.main:
+        try:
+            check()
+        except UserError as e:
+            refused = e
+    if not dist.main_says(refused is None, device):
+        if refused is not None:
+            raise refused
+        raise UserError("rank 0 refused the run (its error says why); every process stops")
+
+
 def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) -> Path:
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
     from disvae.data import load_data
 
@@ -488,22 +504,25 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
     # likelihood is not known yet; a scale alone implies a non-Bernoulli one).
     C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
     distributed.check_batch(dist, cfg.train.batch_size)
+    device = pick_device(distributed.device_for(dist, cfg.train.device))  # (for the agreements)
     if resume:
         runs.read_config(out)  # a clear error when `out` is not a run
-    elif dist.main:
-        runs.check_out_dir(out, overwrite)
+    else:
+        _on_main(dist, device, lambda: runs.check_out_dir(out, overwrite))
     if data is None:
         data = load_data(cfg.data)
     if resume and dist.main:  # (before config.json records this version)
         runs.check_preprocessing(out, data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
-    with runs.RunLock(out, create=not resume) if dist.main else nullcontext():
+    with ExitStack() as held:
+        lock = runs.RunLock(out, create=not resume)
+        _on_main(dist, device, lambda: held.enter_context(lock))  # rank 0 holds the run
         # The trainer checks the settings against the data and the device (and writes nothing):
         # built before --overwrite removes the previous run, so that a refused setting leaves
         # that run as it was.
         trainer = Trainer(cfg, out, data, dist)
-        if not resume and dist.main:
-            runs.prepare_out_dir(out, overwrite)
+        if not resume:
+            _on_main(dist, device, lambda: runs.prepare_out_dir(out, overwrite))
         dist.barrier()  # the run directory is ready for every rank
         if resume:
             runs.check_same_data(out, data.image_shape, len(trainer.train_idx),
