@@ -215,6 +215,58 @@ def test_killed_sweep_resumes_only_the_runs_it_had_not_finished(tiny_sweep, tmp_
     _assert_complete(read_results(out))
 
 
+def test_sigterm_to_the_sweep_alone_stops_its_runs_as_ctrl_c_does(tiny_sweep, tmp_path):
+    """`kill PID` reaches the sweep only (not its workers' group): it must pass the stop on, so
+    that the run checkpoints and is left pending, not trained on by an orphan."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = _tiny_with_methods("""
+[[methods]]
+loss = "betaH"
+set = { "train.steps" = 100000, "train.checkpoint_every" = 100000, "train.log_every" = 5 }
+""")  # fmt: skip
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "disvae", "sweep", str(_write(tmp_path, text)), "--out",
+           str(out), "--workers", "1", "--no-progress", "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [slot] = [out / S.RUNS / "betaH-seed=0"]
+    deadline = time.monotonic() + 120
+    try:
+        while not (slot / S.RUN / runs.TRAIN_LOG).is_file():  # training, past its first steps
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    state = S.read_state(slot)
+    assert state["status"] == "pending" and state["error"].startswith("interrupted"), state
+    from disvae.training.checkpoint import list_checkpoints
+
+    newest = list_checkpoints(slot / S.RUN / runs.CHECKPOINTS)[-1][0]
+    assert newest > 0  # the stop's own checkpoint (the regular ones are 100,000 steps apart)
+
+
+def test_a_sweep_directory_stands_for_its_sweep_file(tiny_sweep, tmp_path, capsys):
+    from disvae.cli import main
+
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny_sweep[0], out)
+    names = sorted(r.name for r in load_sweep("tiny").runs)
+    assert main(["sweep", str(out), "--dry-run"]) == 0
+    assert sorted(capsys.readouterr().out.split()) == names
+    a = out / S.RUNS / names[0]
+    (a / S.RUN / runs.MODEL).unlink()  # one run to finish again, in place
+    S.write_state(a, status="pending")
+    summary = run_sweep(str(out), progress=False)
+    assert summary.ran == [names[0]] and summary.out == out.resolve()
+    assert main(["sweep", str(out), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "continues in place; leave out --out" in capsys.readouterr().err
+
+
 def test_failed_run_is_recorded_and_others_finish(tmp_path):
     text = _tiny_with_methods("""
 [[methods]]
@@ -246,6 +298,9 @@ def test_ray_sweep(tmp_path, tiny_sweep):
     rows = read_results(tmp_path / "tiny")
     assert len(rows) == 4 and len(summary.ran) == 4
     _assert_complete(rows)
+    for row in rows:  # each run's log in its slot, as a local worker's (docs/sweep.md)
+        text = (tmp_path / "tiny" / S.RUNS / row["name"] / S.WORKER_LOG).read_text()
+        assert "training " in text and " for 4 steps into " in text, text[-500:]
 
 
 # --------------------------------------------------------------------------- page and CLI

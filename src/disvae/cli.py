@@ -642,6 +642,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"disvae: error: permission denied{where}; make it writable (or readable) "
               "for this user, or choose another directory", file=sys.stderr)  # fmt: skip
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into one
         print("disvae: interrupted", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", 2))

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def run_sweep(
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     check_resources(cpus_per_run, gpus_per_run)
-    sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
+    sw, out = _load(sweep, overrides, out)
     out = Path(out) if out is not None else DEFAULT_ROOT / sw.name
     todo = prepare(sw, out, retry_failed)
     summary = SweepSummary(out.resolve())
@@ -83,10 +84,11 @@ def run_sweep(
     log.info("sweep %s: %d runs, %d to run, into %s", sw.name, len(sw.runs), len(todo), out)
     tracker = _Tracker(out, len(todo), progress)
     try:
-        if todo and backend == "local":
-            _run_local(todo, workers, tracker.finished)
-        elif todo:
-            _run_ray(todo, address, cpus_per_run, gpus_per_run, tracker.finished)
+        with _terminate_as_interrupt():  # `kill PID` stops the runs as Ctrl-C does
+            if todo and backend == "local":
+                _run_local(todo, workers, tracker.finished)
+            elif todo:
+                _run_ray(todo, address, cpus_per_run, gpus_per_run, tracker.finished)
     finally:
         tracker.close()
         write_results(out)
@@ -94,6 +96,30 @@ def run_sweep(
     summary.status = {p.name: S.read_state(p)["status"] for p in S.slots(out)}
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the sweep: handled as Ctrl-C (the runs checkpoint and are left pending)."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` in the main thread for the block (Python's default
+    would end the sweep at once and leave its workers training as orphans)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def prepare(sw: Sweep, out: Path, retry_failed: bool = False) -> list[Path]:
@@ -292,6 +318,9 @@ def import_ray():
     return ray
 
 
+RAY_STOP_WAIT_S = 120.0  # how long an interrupted Ray sweep waits for its runs' checkpoints
+
+
 def _run_ray(
     slots: list[Path],
     address: str | None,
@@ -300,10 +329,10 @@ def _run_ray(
     finished: Callable[[Path], None],
 ) -> None:
     ray = import_ray()
-    from disvae.sweep.worker import execute_run, one_line
+    from disvae.sweep.worker import execute_run_logged, one_line
 
     try:
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_run)
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_run_logged)
     except (TypeError, ValueError) as e:  # what Ray refuses beyond `check_resources`
         raise UserError(f"--cpus-per-run {cpus} / --gpus-per-run {gpus}: Ray: {e}") from None
     own = not ray.is_initialized()
@@ -322,7 +351,11 @@ def _run_ray(
                 finished(refs[ref])
     except BaseException:
         for ref in pending:
-            ray.cancel(ref)
+            ray.cancel(ref)  # a KeyboardInterrupt in the task: the trainer checkpoints
+        # Shutting Ray down now would kill the tasks before their checkpoint is written.
+        stopped, _ = ray.wait(pending, num_returns=len(pending), timeout=RAY_STOP_WAIT_S)
+        for ref in stopped:
+            finished(refs[ref])
         raise
     finally:
         if own:
@@ -402,6 +435,28 @@ def expand_only(
     """The runs a sweep file expands into (checked), without running anything; with ``out``,
     also checks that the sweep could be written there (`check_out`, the default
     ``sweeps/out/<name>`` when ``out`` is None), which a run would do."""
-    sw = load_sweep(sweep, overrides)
+    sw, out = _load(sweep, overrides, out)
     check_out(out if out is not None else DEFAULT_ROOT / sw.name, sw)
     return sw.runs
+
+
+def _load(
+    sweep: str | Path | Sweep, overrides: list[str] | None, out: str | Path | None
+) -> tuple[Sweep, str | Path | None]:
+    """``(sweep, out)``: a sweep file or shipped name as given; a sweep directory stands for
+    the sweep file it keeps (its copy), with itself as ``out`` (continuing it)."""
+    from dataclasses import replace
+
+    if isinstance(sweep, Sweep):
+        return sweep, out
+    if not S.is_sweep_dir(sweep):
+        return load_sweep(sweep, overrides), out
+    directory = Path(sweep)
+    if out is not None and Path(out).resolve() != directory.resolve():
+        raise UserError(
+            f"{str(directory)!r} is a sweep directory: it continues in place; leave out --out "
+            "(or give the same)"
+        )
+    sw = load_sweep(directory / S.SWEEP_FILE, overrides)
+    name = _sweep_name(directory)  # (the copy is sweep.toml: its stem is not the name)
+    return (replace(sw, name=name) if name else sw), directory

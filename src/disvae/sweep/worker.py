@@ -100,13 +100,43 @@ def _evaluate(spec: RunSpec, run: Path) -> None:
         )  # fmt: skip
 
 
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
+def execute_run_logged(slot: str | Path) -> dict[str, Any]:
+    """`execute_run` with its log, warnings and output appended to the slot's worker.log, as a
+    local worker's are (a Ray task's would otherwise stay in Ray's own session logs)."""
+    import contextlib
+    import warnings
+
+    slot = Path(slot)
+    root = logging.getLogger()
+    with open(slot / S.WORKER_LOG, "a", encoding="utf-8") as f:
+        handler = logging.StreamHandler(f)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                with warnings.catch_warnings():
+                    logging.captureWarnings(True)
+                    try:
+                        return execute_run(slot)
+                    finally:
+                        logging.captureWarnings(False)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m disvae.sweep.worker SLOT``: exit 0 done, 1 failed, 130 interrupted."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m disvae.sweep.worker SLOT", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         state = execute_run(args[0])
     except UserError as e:  # the slot is locked by another process
