@@ -752,3 +752,35 @@ def test_a_run_resumes_from_data_that_moved_but_not_from_other_data(tmp_path: Pa
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the cache's progress)
     assert "disvae: error:" in last and "not what it trained on (n_train 31, the run's 22)" in last
     assert json.loads((run / "config.json").read_text())["total_steps"] == 4  # left as it was
+
+
+def test_mnist_counts_each_split_and_says_when_a_test_file_is_alone(tmp_path: Path) -> None:
+    make_mnist(tmp_path / "a")
+    labels = np.arange(19) % 10  # one label short in the train split only
+    write_idx(tmp_path / "a" / "train-labels-idx1-ubyte.gz", 2049, labels)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: 20 images for the 19 "
+                                        r"labels of train-labels-idx1-ubyte.gz"):  # fmt: skip
+        load_dataset("mnist", str(tmp_path / "a"))
+    make_mnist(tmp_path / "b")
+    (tmp_path / "b" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.warns(RuntimeWarning, match="t10k-images-idx3-ubyte.gz .* has no labels file"):
+        data = load_dataset("mnist", str(tmp_path / "b"))
+    assert len(data) == 20  # the train split alone
+
+
+def test_stacked_csv_with_a_bom_and_errors_named_by_their_line(tmp_path: Path) -> None:
+    make_stacked(tmp_path / "a", fmt="csv")
+    csv_file = tmp_path / "a" / "index.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes())  # Excel's "CSV UTF-8"
+    assert len(load_dataset("stacked", str(tmp_path / "a"), img_size=32, workers=1)) == 5
+    lines = csv_file.read_text(encoding="utf-8-sig").splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",abc"  # the 4th line of the file: a bad factor
+    csv_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="row 4 has a factor that is not a number"):
+        load_dataset("stacked", str(tmp_path / "a"), img_size=32, workers=1)
+    make_stacked(tmp_path / "b")
+    index = json.loads((tmp_path / "b" / "index.json").read_text())
+    index["samples"][1]["factors"]["gaze_z"] = 1.0  # a typo of a declared factor
+    (tmp_path / "b" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"sample 1 has factors the index does not declare"):
+        load_dataset("stacked", str(tmp_path / "b"), img_size=32, workers=1)

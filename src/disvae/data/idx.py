@@ -19,6 +19,7 @@ Bernoulli, as the VAE literature models (near-binary) MNIST.
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def idx_files(name: str, path: str | None) -> list[tuple[Path, Path]]:
         lab = _find(root, f"{split}-labels-idx1-ubyte")
         if img and lab:
             pairs.append((img, lab))
+        elif split == "t10k" and (img or lab):
+            warnings.warn(
+                f"{title}: {(img or lab).name} in {str(root)!r} has no "
+                f"{'labels' if img else 'images'} file beside it; the t10k split is left out",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         elif split == "train":
             raise DataError(
                 f"{title}: no train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] in "
@@ -106,11 +114,13 @@ def _count(name: str, file: Path) -> int:
     return int.from_bytes(head[4:8], "big")
 
 
-def _labels(name: str, pairs: list[tuple[Path, Path]]) -> np.ndarray:
+def _labels(name: str, pairs: list[tuple[Path, Path]]) -> list[np.ndarray]:
+    """The labels of each pair's labels file."""
     labels = [read_idx(name, lab, LABELS_MAGIC, (None,)) for _, lab in pairs]
-    if any(lab.max(initial=0) > 9 for lab in labels):
-        raise _fail(name, pairs[0][1], "holds labels above 9")
-    return np.concatenate(labels)
+    for (_, lab_file), lab in zip(pairs, labels, strict=True):
+        if lab.max(initial=0) > 9:
+            raise _fail(name, lab_file, "holds labels above 9")
+    return labels
 
 
 def _images(name: str, pairs: list[tuple[Path, Path]], size: int):
@@ -130,10 +140,12 @@ def load_idx(name: str, path: str | None, img_size: int | None = None) -> Labele
     """MNIST-like data from the IDX files in folder ``path``: uint8 ``(N, 1, S, S)``."""
     size = img_size or DEFAULT_SIZE
     pairs = idx_files(name, path)
-    labels = _labels(name, pairs)
+    parts = _labels(name, pairs)
     counts = [_count(name, img_file) for img_file, _ in pairs]
-    if sum(counts) != len(labels):
-        raise _fail(name, pairs[0][0], f"{sum(counts)} images for {len(labels)} labels")
+    for (img_file, lab_file), n, lab in zip(pairs, counts, parts, strict=True):  # each split
+        if n != len(lab):
+            raise _fail(name, img_file, f"{n} images for the {len(lab)} labels of {lab_file.name}")
+    labels = np.concatenate(parts)
     if sum(counts) == 0:
         files = " and ".join(str(img) for img, _ in pairs)
         raise _fail(name, files, "holds no images (its header declares 0)")

@@ -46,33 +46,34 @@ class Index:
     def fail(self, problem: str) -> DataError:
         return DataError(f"stacked index {self.file}: {problem}; {_SPEC}")
 
-    def add(self, row: int, image: Any, boxes: dict[str, Any], values: list[Any]) -> None:
-        """Check and append one sample (``row`` numbers it in messages)."""
+    def add(self, where: str, image: Any, boxes: dict[str, Any], values: list[Any]) -> None:
+        """Check and append one sample (``where`` names it in messages: a JSON index's
+        ``sample N``, a CSV index's ``row N``, its line in the file)."""
         if not isinstance(image, str) or not image:
-            raise self.fail(f"sample {row} has no image file")
+            raise self.fail(f"{where} has no image file")
         unknown = set(boxes) - set(self.patches)
         if unknown:
-            raise self.fail(f"sample {row} has boxes for unknown patches {sorted(unknown)}")
+            raise self.fail(f"{where} has boxes for unknown patches {sorted(unknown)}")
         self.images.append(self.file.parent / image)
-        self.crops.append(tuple(self._box(row, boxes.get(p)) for p in self.patches))
+        self.crops.append(tuple(self._box(where, boxes.get(p)) for p in self.patches))
         try:
             floats = [float(v) for v in values]
         except (TypeError, ValueError):
-            raise self.fail(f"sample {row} has a factor that is not a number: {values}") from None
+            raise self.fail(f"{where} has a factor that is not a number: {values}") from None
         if len(floats) != len(self.factors) or not all(map(math.isfinite, floats)):
-            raise self.fail(f"sample {row} needs finite values for factors {self.factors}")
+            raise self.fail(f"{where} needs finite values for factors {self.factors}")
         self.values.append(floats)
 
-    def _box(self, row: int, box: Any) -> tuple[int, int, int, int] | None:
+    def _box(self, where: str, box: Any) -> tuple[int, int, int, int] | None:
         if box is None or box == "" or box == []:
             return None
         parts = box.split() if isinstance(box, str) else box
         try:
             left, top, width, height = (int(round(float(v))) for v in parts)
         except (TypeError, ValueError):
-            raise self.fail(f"sample {row}: box {box!r} is not 'left top width height'") from None
+            raise self.fail(f"{where}: box {box!r} is not 'left top width height'") from None
         if width < 1 or height < 1:
-            raise self.fail(f"sample {row}: box {box!r} is empty")
+            raise self.fail(f"{where}: box {box!r} is empty")
         return left, top, left + width, top + height
 
 
@@ -101,14 +102,17 @@ def parse_json(file: Path) -> Index:
         boxes, values = s.get("boxes") or {}, s.get("factors") or {}
         if not isinstance(boxes, dict) or not isinstance(values, dict):
             raise index.fail(f"sample {row}: 'boxes' and 'factors' must be objects")
-        index.add(row, s.get("image"), boxes, [values.get(f) for f in index.factors])
+        unknown = sorted(set(values) - set(index.factors))
+        if unknown:
+            raise index.fail(f"sample {row} has factors the index does not declare: {unknown}")
+        index.add(f"sample {row}", s.get("image"), boxes, [values.get(f) for f in index.factors])
     return index
 
 
 def parse_csv(file: Path) -> Index:
     """Read a CSV index: columns ``image``, ``patch:NAME`` (one per patch), then factors."""
     try:
-        with open(file, newline="") as f:
+        with open(file, newline="", encoding="utf-8-sig") as f:  # (Excel's CSV has a BOM)
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"stacked index {file} is not readable CSV ({err}); {_SPEC}") from None
@@ -123,7 +127,7 @@ def parse_csv(file: Path) -> Index:
             raise index.fail(f"row {row + 2} has {len(cells)} cells, the header {len(header)}")
         cell = dict(zip(header, cells, strict=True))
         boxes = {p: cell[f"patch:{p}"].strip() for p in patches}
-        index.add(row, cell["image"].strip(), boxes, [cell[f] for f in factors])
+        index.add(f"row {row + 2}", cell["image"].strip(), boxes, [cell[f] for f in factors])
     return index
 
 
