@@ -83,6 +83,7 @@ def test_two_processes_equal_one_and_resume_with_one(mnist, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = _train(_args(mnist, multi, 3), procs=2)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("training betaH for 3 steps") == 1  # rank 0 alone says it
     # rank 0 alone wrote the log: one line per logged step, not two
     steps = [json.loads(x)["step"] for x in (multi / "train_log.jsonl").read_text().splitlines()]
     assert steps == [2, 3]

@@ -609,6 +609,8 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     logger.addHandler(handler)
+    # Under torchrun rank 0 speaks for the run: the others' progress lines would repeat it.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
 
 
