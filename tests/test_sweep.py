@@ -167,7 +167,7 @@ def test_resume_reruns_only_what_did_not_finish(tiny_sweep, tmp_path):
     (a / S.RUN / runs.MODEL).unlink()
     (a / S.RUN / runs.CHECKPOINTS / "step_000000004.safetensors").unlink()
     (a / S.RUN / "metrics.json").unlink()
-    S.write_state(a, status="running")
+    S.write_state(a, status="running", duration_s=1000.0)  # (its first attempt's time)
     # b: never started; c: failed before (not retried without retry_failed); d: done
     shutil.rmtree(b / S.RUN)
     S.write_state(b, status="pending")
@@ -176,6 +176,7 @@ def test_resume_reruns_only_what_did_not_finish(tiny_sweep, tmp_path):
     summary = run_sweep("tiny", out, workers=2, progress=False)
     assert sorted(summary.ran) == sorted([a.name, b.name])
     assert S.read_state(a)["resumed_from_step"] == 2 and S.read_state(a)["attempts"] == 2
+    assert 1000.0 < S.read_state(a)["duration_s"] < 1300  # both attempts' time
     assert S.read_state(b)["resumed_from_step"] is None
     assert S.read_state(c)["status"] == "failed" and S.read_state(c)["attempts"] == 1
     assert (d / S.RUN / runs.MODEL).stat().st_mtime_ns == d_weights

@@ -38,7 +38,12 @@ def execute_run(slot: str | Path) -> dict[str, Any]:
     slot = Path(slot)
     with S.SlotLock(slot):
         spec = RunSpec.from_dict(S.read_json(slot / S.SPEC))
-        attempts = S.read_state(slot)["attempts"] + 1
+        before = S.read_state(slot)
+        attempts = before["attempts"] + 1
+        # duration_s adds up every attempt's time (a resumed run's too): what the run cost
+        spent = (
+            before.get("duration_s") if isinstance(before.get("duration_s"), (int, float)) else 0
+        )
         t0 = time.time()
         S.write_state(slot, status="running", stage="train", error=None, attempts=attempts,
                       started=t0, host=S.host(), resumed_from_step=None)  # fmt: skip
@@ -55,7 +60,8 @@ def execute_run(slot: str | Path) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - any failure is the run's, never the sweep's
             log.error("run %s failed:\n%s", spec.name, traceback.format_exc())
             changes.update(status="failed", error=one_line(e))
-        return S.write_state(slot, finished=time.time(), duration_s=round(time.time() - t0, 2),
+        return S.write_state(slot, finished=time.time(),
+                             duration_s=round(spent + time.time() - t0, 2),
                              **changes)  # fmt: skip
 
 
