@@ -414,3 +414,17 @@ def test_loss_curves_need_only_the_log_and_a_damaged_eval_file_falls_back_to_it(
     view = viz.plots.open_run(run, load_data=False)
     assert view.kl_source == "train log, step 20"  # the last logged line's KL
     np.testing.assert_allclose(view.kl, [2.0] * 4)
+
+
+def test_the_size_check_counts_the_row_labels(tmp_path):
+    """124 traversal values of 64-pixel cells fill 8,186 of the 8,192 pixels a side allowed;
+    the row labels beside them take it over: refused before anything is drawn."""
+    run = make_run(tmp_path / "r", latent_dim=2)
+    with pytest.raises(UserError, match="over the limit of 8192 a side"):
+        viz.plot_run(run, ["traversals"], viz.PlotOptions(cols=124, rows=1))
+    assert not (run / "plots").exists()
+    [path] = viz.plot_run(run, ["traversals"], viz.PlotOptions(cols=110, rows=1))
+    view = viz.plots.open_run(run)  # (the KL of the labels: on the data, as plot_run's)
+    labels = viz.traversal.row_labels(range(2), view.kl)
+    expected = 110 * 66 + 2 + viz.images.label_width(labels)
+    assert viz.images.read_png(path).shape[1] == expected <= 8192

@@ -103,6 +103,14 @@ def label_rows(
     return np.concatenate([strip, picture], axis=1)
 
 
+def label_width(labels: Sequence[str]) -> int:
+    """Width in pixels of the strip `label_strip` draws for ``labels`` (its default)."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    return 8 + max((int(font.getlength(t)) for t in labels), default=0)
+
+
 def label_strip(
     height: int, channels: int, labels: Sequence[str], row_height: int, pad: int, width: int = 0
 ) -> np.ndarray:
@@ -118,8 +126,7 @@ def label_strip(
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    if not width:
-        width = 8 + max((int(font.getlength(t)) for t in labels), default=0)
+    width = width or label_width(labels)
     strip = Image.new("L", (width, height), 255)
     draw = ImageDraw.Draw(strip)
     for i, text in enumerate(labels):

@@ -241,6 +241,9 @@ def check_size(view: RunView, name: str, opts: PlotOptions) -> None:
     h, w = view.cell
     height = (rows * (h + 2) + 2) * opts.upsample
     width = (opts.cols * (w + 2) + 2) * opts.upsample
+    if name in ("traversals", "reconstruct-traverse", "gif-traversals"):  # + the row labels
+        refs = ["original", "reconstruction"] if name == "reconstruct-traverse" else []
+        width += I.label_width(refs + T.row_labels(range(view.model.latent_dim), view.kl))
     check_side(f"plot {name!r}", height, width, "--upsample, --cols or --rows")
     if name == "gif-traversals" and height * width * opts.n_steps > MAX_GIF_PIXELS:
         raise UserError(
