@@ -347,6 +347,12 @@ def test_the_light_cli_module_names_every_plot():
         content.MAX_COLS,
         content.MAX_EXPLORER_STEPS,
     )
+    d = content.ReportOptions()  # the report flags' defaults (a sweep's page refuses others)
+    assert (cli_viz.REPORT_COLS, cli_viz.REPORT_TRAVERSAL, cli_viz.REPORT_SLIDER_STEPS) == (
+        d.n_cols,
+        d.max_traversal,
+        d.explorer_steps,
+    )
 
 
 def test_posterize_keeps_16_levels_within_half_a_step():

@@ -411,11 +411,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if _quiet(args) or getattr(args, "no_progress", False) else None,
     )
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    finished = (run / runs.MODEL).is_file()
     # -q keeps the summary of a run that stopped unfinished (where it stopped, how to go on)
-    if main_rank and (not _quiet(args) or not (run / runs.MODEL).is_file()):
+    if main_rank and (not _quiet(args) or not finished):
         _print_summary(run, time.perf_counter() - t0)
     stopped_by = runtime.last_stop_signal
-    if stopped_by is None or (main_rank and (run / runs.MODEL).is_file()):
+    if stopped_by is None or (main_rank and finished):
         return 0
     # Stopped by Ctrl-C or SIGTERM after its checkpoint: not a success, so that
     # `disvae train ... && disvae evaluate ...` does not go on with an unfinished run.

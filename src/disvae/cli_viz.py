@@ -29,6 +29,9 @@ MAX_FRAMES = 1000
 MAX_TRAVERSAL = 1000.0
 MAX_REPORT_COLS = 64
 MAX_SLIDER_STEPS = 101
+# The report's defaults (those of `ReportOptions`, which this light module does not import); a
+# sweep's page refuses a value other than these (see cmd_report).
+REPORT_COLS, REPORT_TRAVERSAL, REPORT_SLIDER_STEPS = 7, 2.0, 21
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +166,23 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "-o", "--out", help="output file (default RUN/report.html; compare.html for several runs)"
     )
     p.add_argument(
-        "-c", "--cols", type=_int_at_least(1, MAX_REPORT_COLS), default=7, help="images per row"
+        "-c",
+        "--cols",
+        type=_int_at_least(1, MAX_REPORT_COLS),
+        default=REPORT_COLS,
+        help="images per row",
     )
     p.add_argument(
         "-t",
         "--max-traversal",
         type=_traversal,
-        default=2.0,
+        default=REPORT_TRAVERSAL,
         help="traversal and slider half-range; below 0.5 a prior quantile",
     )
     p.add_argument(
         "--slider-steps",
         type=_int_at_least(2, MAX_SLIDER_STEPS),
-        default=21,
+        default=REPORT_SLIDER_STEPS,
         help="precomputed positions per explorer slider",
     )
     _add_seed(p)
@@ -218,9 +225,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         # The sweep's page draws no images: the run report's options would do nothing.
         given = [flag for flag, value, default in (
-            ("--data-path", args.data_path, None), ("-c/--cols", args.cols, 7),
-            ("-t/--max-traversal", args.max_traversal, 2.0),
-            ("--slider-steps", args.slider_steps, 21), ("-s/--seed", args.seed, 0),
+            ("--data-path", args.data_path, None), ("-c/--cols", args.cols, REPORT_COLS),
+            ("-t/--max-traversal", args.max_traversal, REPORT_TRAVERSAL),
+            ("--slider-steps", args.slider_steps, REPORT_SLIDER_STEPS), ("-s/--seed", args.seed, 0),
         ) if value != default]  # fmt: skip
         if given:
             raise UserError(

@@ -301,6 +301,26 @@ def check_same_data(run_dir: str | Path, image_shape: Any, n_train: int, n_val: 
             )
 
 
+def read_eval_losses(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN/eval_losses.json`` (written by `disvae evaluate`) with ``losses`` kept to its
+    numbers and non-empty lists of numbers; None when the file is missing, unreadable or holds
+    no such loss (a damaged file is passed over by its readers, never fatal)."""
+    try:
+        doc = json.loads((Path(run_dir) / EVAL_LOSSES).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    losses = doc.get("losses") if isinstance(doc, dict) else None
+    kept = {k: v for k, v in losses.items() if _numbers(v)} if isinstance(losses, dict) else {}
+    return {**doc, "losses": kept} if kept else None
+
+
+def _numbers(v: Any) -> bool:
+    """A number (not a bool) or a non-empty list of numbers."""
+    if isinstance(v, list):
+        return bool(v) and all(_numbers(x) and not isinstance(x, list) for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
     """The image shape recorded in config.json (saved by the trainer)."""
     d = json.loads((Path(run_dir) / CONFIG).read_text())

@@ -34,6 +34,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def flock_held(lock_file: str | Path) -> bool:
+    """Whether another open file holds an ``flock`` on ``lock_file`` (a trainer's run lock, a
+    sweep worker's slot lock). Probes with a shared non-blocking lock on a read-only descriptor,
+    dropped at once, so it creates and writes nothing; False without the file or without
+    ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock
+        return False
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (drops the probe's lock too)
+    return False
+
+
 def _process_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
     os.umask(mask)

@@ -114,54 +114,20 @@ def read_eval_losses(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """``(document, note)`` of ``RUN/eval_losses.json`` (written by `disvae evaluate`): the
     document with ``losses`` kept to its numbers and lists of numbers, or None and a note saying
     why the file is left out (None and None when there is no file)."""
-    path = run_dir / runs.EVAL_LOSSES
-    if not path.is_file():
-        return None, None
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
-        doc = None
-    losses = doc.get("losses") if isinstance(doc, dict) else None
-    kept = {k: v for k, v in losses.items() if _numbers(v)} if isinstance(losses, dict) else {}
-    if not kept:
+    doc = runs.read_eval_losses(run_dir)
+    if doc is None and (run_dir / runs.EVAL_LOSSES).is_file():
         return None, (
             f"{runs.EVAL_LOSSES} is damaged (not the held-out losses `disvae evaluate` writes) "
             f"and is left out; `disvae evaluate {shlex.quote(str(run_dir))}` writes it again."
         )
-    return {**doc, "losses": kept}, None
-
-
-def _numbers(v: Any) -> bool:
-    """A number (not a bool) or a non-empty list of numbers."""
-    if isinstance(v, list):
-        return bool(v) and all(_numbers(x) and not isinstance(x, list) for x in v)
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return doc, None
 
 
 def lock_held(run_dir: Path) -> bool:
-    """Whether a process holds the run's lock (`runs.RunLock`: a trainer is in it now).
+    """Whether a process holds the run's lock (`runs.RunLock`: a trainer is in it now)."""
+    from disvae.utils import flock_held
 
-    Probes with a shared non-blocking ``flock`` on a read-only descriptor, dropped at once (as
-    `disvae.sweep.state.SlotLock.busy` does); without ``flock`` (Windows) it says False."""
-    import os
-
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no flock
-        return False
-    try:
-        fd = os.open(run_dir / runs.LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # (drops the probe's lock too)
-    return False
+    return flock_held(run_dir / runs.LOCK)
 
 
 def _sweep_slot(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -291,8 +291,7 @@ def _record_exit(slot: Path, rc: int) -> None:
         how += " (out of memory?)"
     tail = _log_tail(slot / S.WORKER_LOG)
     now = time.time()
-    spent = state.get("duration_s") if isinstance(state.get("duration_s"), (int, float)) else 0
-    duration = round(spent + now - state.get("started", now), 2)  # every attempt's time
+    duration = round(S.seconds_spent(state) + now - state.get("started", now), 2)
     error = f"worker process died: {how}{tail}"
     S.write_state(slot, status="failed", error=error, finished=now, duration_s=duration)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from disvae.errors import UserError
-from disvae.utils import atomic_write_json
+from disvae.utils import atomic_write_json, flock_held
 
 SWEEP_FILE = "sweep.toml"
 META = "sweep.json"
@@ -75,6 +75,12 @@ def write_state(slot: Path, **changes: Any) -> dict[str, Any]:
     return state
 
 
+def seconds_spent(state: dict[str, Any]) -> float:
+    """The ``duration_s`` the run's earlier attempts add up to (0 before its first)."""
+    spent = state.get("duration_s")
+    return float(spent) if isinstance(spent, (int, float)) and not isinstance(spent, bool) else 0.0
+
+
 class SlotLock:
     """An exclusive ``flock`` on a run slot while a process executes it (dropped by the kernel
     when the process dies, however it dies); `busy` tells whether another process holds it."""
@@ -104,13 +110,7 @@ class SlotLock:
 
     @staticmethod
     def busy(slot: Path) -> bool:
-        if not (slot / LOCK).is_file():
-            return False
-        try:
-            with SlotLock(slot):
-                return False
-        except UserError:
-            return True
+        return flock_held(slot / LOCK)
 
 
 def host() -> str:

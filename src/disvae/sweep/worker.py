@@ -40,10 +40,7 @@ def execute_run(slot: str | Path) -> dict[str, Any]:
         spec = RunSpec.from_dict(S.read_json(slot / S.SPEC))
         before = S.read_state(slot)
         attempts = before["attempts"] + 1
-        # duration_s adds up every attempt's time (a resumed run's too): what the run cost
-        spent = (
-            before.get("duration_s") if isinstance(before.get("duration_s"), (int, float)) else 0
-        )
+        spent = S.seconds_spent(before)  # duration_s adds up every attempt's time
         t0 = time.time()
         S.write_state(slot, status="running", stage="train", error=None, attempts=attempts,
                       started=t0, host=S.host(), resumed_from_step=None)  # fmt: skip

@@ -186,16 +186,10 @@ def _run_kl(view: RunView) -> tuple[np.ndarray | None, str]:
     if view.data is not None:
         x = view.images(n=KL_IMAGES, seed=0)
         return T.kl_per_dim(*T.encode(view.model, x)), f"{len(x)} validation images"
-    path = view.run_dir / runs.EVAL_LOSSES
-    if path.is_file():
-        try:  # a damaged file is passed over: the train log has the KL too
-            doc = json.loads(path.read_bytes().decode("utf-8"))
-        except (OSError, ValueError):
-            doc = None
-        losses = doc.get("losses") if isinstance(doc, dict) else None
-        kl = losses.get("kl_per_dim") if isinstance(losses, dict) else None
-        if isinstance(kl, list) and kl and all(isinstance(v, (int, float)) for v in kl):
-            return np.asarray(kl, float), runs.EVAL_LOSSES
+    doc = runs.read_eval_losses(view.run_dir)  # (a damaged one: None, the train log has it)
+    kl = doc["losses"].get("kl_per_dim") if doc else None
+    if isinstance(kl, list):
+        return np.asarray(kl, float), runs.EVAL_LOSSES
     records = [r for r in view.train_log() if r.get("kl_per_dim")]
     if records:
         return np.asarray(
