@@ -84,10 +84,13 @@ def test_a_nan_gradient_is_skipped(tiny_data, tmp_path):
 
 
 def test_persistent_nans_roll_back_then_stop_naming_step_and_term(tiny_data, tmp_path):
-    _PoisonedBatches(tiny_data, lambda call: call >= 12)
+    poison = _PoisonedBatches(tiny_data, lambda call: call >= 12)
     cfg = _cfg("steps=60", "checkpoint_every=5", "nan_patience=3", "nan_rollbacks=2")
-    with pytest.raises(NonFiniteError, match=r"'recon' was not finite .* at step \d+, after 2 "):
+    message = r"'recon' was not finite .* at step \d+, after 2 "
+    with pytest.raises(NonFiniteError, match=message) as e:
         train(cfg, tmp_path / "p", data=tiny_data, progress=False)
+    stopped = runs.read_stopped(tmp_path / "p")  # the reason stays in the run
+    assert stopped["error"] == str(e.value) and f"at step {stopped['step']}," in stopped["error"]
     _all_checkpoints_finite(tmp_path / "p")
     steps = [
         json.loads(x)["step"]
@@ -95,6 +98,10 @@ def test_persistent_nans_roll_back_then_stop_naming_step_and_term(tiny_data, tmp
         if x
     ]  # noqa: E501
     assert steps == sorted(set(steps))  # rollbacks left no duplicated log steps
+    # Resumed with healthy data, the run finishes and the old reason is gone.
+    poison.bad_calls = lambda call: False
+    run = train(cfg, tmp_path / "p", data=tiny_data, resume=True, progress=False)
+    assert (run / runs.MODEL).is_file() and not (run / runs.STOPPED).exists()
 
 
 def test_rollback_lowers_the_learning_rate_and_recovers(tiny_data, tmp_path):

@@ -228,8 +228,20 @@ def test_status_of_a_run_stopped_by_a_signal_and_of_one_stopped_by_nans(
         return step(self)
 
     monkeypatch.setattr(Trainer, "train_step", nan_from_5)
-    with pytest.raises(UserError, match="not finite"):
+    with pytest.raises(UserError, match="not finite") as raised:
         _train(tmp_path / "n", tiny_data, "nan_patience=2", "nan_rollbacks=1")
+    # The trainer's own record: the step it stopped at and the error it raised.
+    assert runs.read_stopped(tmp_path / "n")["error"] == str(raised.value)
+    stopped_at = runs.read_stopped(tmp_path / "n")["step"]
+    assert stopped_at > 4
+    assert _status(tmp_path / "n") == (
+        f"stopped at step 4 of 10 (training ended at step {stopped_at}: {raised.value}); resume: "
+        f"disvae train --resume {tmp_path / 'n'}, or train anew with a lower --lr"
+    )
+    # A run without the record (written before it existed, or the file damaged): the last log
+    # line's count of skipped updates says as much.
+    (tmp_path / "n" / runs.STOPPED).write_text("{")
+    assert runs.read_stopped(tmp_path / "n") is None
     assert _status(tmp_path / "n") == (
         "stopped at step 4 of 10 after non-finite losses (1 update skipped by step 6, the last "
         f"logged line); resume: disvae train --resume {tmp_path / 'n'}, or train anew with a "

@@ -6,6 +6,7 @@ RUN/checkpoints/           step_*.safetensors: weights, optimizers, RNG states, 
 RUN/train_log.jsonl        one JSON object per logged step
 RUN/events.out.tfevents.*  TensorBoard
 RUN/eval_losses.json       held-out losses written by `disvae evaluate`
+RUN/stopped.json           why training stopped early on non-finite values (until it resumes)
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 EVAL_LOSSES = "eval_losses.json"
 BEST = "best.safetensors"  # weights with the lowest held-out loss (`--val-every`)
+STOPPED = "stopped.json"  # {"step", "error", "time"}: training ended on non-finite values
 LOCK = ".lock"
-_RUN_FILES = (CONFIG, MODEL, TRAIN_LOG, EVAL_LOSSES, BEST)
+_RUN_FILES = (CONFIG, MODEL, TRAIN_LOG, EVAL_LOSSES, BEST, STOPPED)
 
 
 class LoadedRun(NamedTuple):
@@ -312,6 +314,34 @@ def read_eval_losses(run_dir: str | Path) -> dict[str, Any] | None:
     losses = doc.get("losses") if isinstance(doc, dict) else None
     kept = {k: v for k, v in losses.items() if _numbers(v)} if isinstance(losses, dict) else {}
     return {**doc, "losses": kept} if kept else None
+
+
+def write_stopped(run_dir: Path, step: int, error: str) -> None:
+    """Record why training stopped before its end on non-finite values (``RUN/stopped.json``),
+    for the report and the next reader; `clear_stopped` removes it when training goes on."""
+    from disvae.utils import atomic_write_json
+
+    doc = {"step": step, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(Path(run_dir) / STOPPED, doc)
+
+
+def clear_stopped(run_dir: Path) -> None:
+    (Path(run_dir) / STOPPED).unlink(missing_ok=True)
+
+
+def read_stopped(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN/stopped.json`` as ``{"step": int, "error": str, ...}``; None when the file is
+    missing or damaged (it only explains a stop, so its readers pass over a bad one)."""
+    try:
+        doc = json.loads((Path(run_dir) / STOPPED).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), str):
+        return None
+    step = doc.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return None
+    return doc
 
 
 def _numbers(v: Any) -> bool:

@@ -144,8 +144,9 @@ def _sweep_slot(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 def run_status(view: RunView, records: list[dict[str, Any]]) -> str:
     """What the run is doing: ``finished``; ``training (step N of M)`` while a trainer holds its
     lock; otherwise ``stopped at step N of M`` (N: its newest checkpoint) with how to resume,
-    and what the files say of why: a log past that checkpoint (crashed, killed or failed after
-    it), updates skipped for non-finite losses in the last log line, a sweep's error."""
+    and what the files say of why: the trainer's record of a non-finite stop (stopped.json),
+    else updates skipped for non-finite losses in the last log line, a log past that
+    checkpoint (crashed, killed or failed after it); and a sweep's error."""
     from disvae.training.checkpoint import list_checkpoints
 
     run_dir = view.run_dir
@@ -170,7 +171,11 @@ def run_status(view: RunView, records: list[dict[str, Any]]) -> str:
     else:
         resume = f"resume: disvae train --resume {shlex.quote(str(run_dir))}"
     skipped = records[-1].get("skipped") if records else None
-    if isinstance(skipped, int) and not isinstance(skipped, bool) and skipped > 0:
+    stopped = runs.read_stopped(run_dir)
+    if stopped is not None:  # the trainer's own record of a non-finite stop
+        why = f" (training ended at step {stopped['step']}: {stopped['error']})"
+        resume += ", or train anew with a lower --lr"
+    elif isinstance(skipped, int) and not isinstance(skipped, bool) and skipped > 0:
         why = (
             f" after non-finite losses ({skipped} update{'s' if skipped > 1 else ''} skipped by "
             f"step {records[-1]['step']}, the last logged line)"

@@ -302,6 +302,8 @@ class Trainer(TrainerState, NonFiniteHandling):
         if self.dist.main_says(fresh, self.device):  # rank 0 may be writing it already
             self.save_checkpoint()  # step 0: something to roll back to, and resumable at once
             self.snapshot()
+        if self.dist.main:  # training goes on: an earlier stop's reason no longer holds
+            runs.clear_stopped(self.out)
         first = True
         try:
             with runtime.stop_on_signals(self):
@@ -345,12 +347,25 @@ class Trainer(TrainerState, NonFiniteHandling):
                         self.save_checkpoint()
                 if self._stop_requested:
                     runtime.last_stop_step = self.step
+        except NonFiniteError as e:
+            self._record_stop(e)
+            raise
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         if self.step == self.total_steps:
             self.save_final()
+
+    def _record_stop(self, error: NonFiniteError) -> None:
+        """Leave the reason of a non-finite stop in the run (``stopped.json``): the report and
+        a later reader see why the run ended before its last step, not only that it did."""
+        if not self.dist.main:
+            return
+        try:
+            runs.write_stopped(self.out, self.step, str(error))
+        except OSError as e:  # the error being raised matters more than its record
+            log.warning("could not write %s: %s", runs.STOPPED, e.strerror)
 
     def _report_startup(self) -> None:
         """Log how long after the process started its first step finished (the start-up cost a
