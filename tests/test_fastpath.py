@@ -434,9 +434,20 @@ def test_deterministic_turns_the_autotuner_off_and_reaches_torch(tmp_path, monke
     accel.configure_backends(accel.Accel(cuda))
     assert cudnn.benchmark and not cudnn.deterministic and not calls
     assert cudnn.allow_tf32
-    accel.configure_backends(accel.Accel(cuda, deterministic=True))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CUDA not used yet: the variable comes in time
+        accel.configure_backends(accel.Accel(cuda, deterministic=True))
     assert cudnn.deterministic and not cudnn.benchmark and calls == [{"warn_only": True}]
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    # CUDA used before, the variable not set by the user: too late for cuBLAS, said once.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.warns(RuntimeWarning, match="CUBLAS_WORKSPACE_CONFIG=:4096:8 before the process"):
+        accel.configure_backends(accel.Accel(cuda, deterministic=True))
+    with warnings.catch_warnings():  # set now (by the call above, or by the user): no warning
+        warnings.simplefilter("error")
+        accel.configure_backends(accel.Accel(cuda, deterministic=True))
     # From the command line, into config.json; it may change on --resume.
     run = tmp_path / "d"
     common = ["--no-progress", "-q"]

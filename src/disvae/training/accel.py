@@ -134,6 +134,18 @@ def configure_backends(accel: Accel) -> None:
     use (PyTorch's reproducibility notes).
     """
     if accel.deterministic:
+        if (
+            accel.device.type == "cuda"
+            and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+            and torch.cuda.is_initialized()
+        ):
+            warnings.warn(
+                "deterministic: CUDA was in use in this process before CUBLAS_WORKSPACE_CONFIG "
+                "was set, so cuBLAS may keep a workspace with non-deterministic matmuls; for "
+                "bit-exact runs set CUBLAS_WORKSPACE_CONFIG=:4096:8 before the process starts",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
