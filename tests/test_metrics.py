@@ -308,3 +308,72 @@ def test_labelled_points_are_drawn_without_replacement():
     index = data.asked[-1]
     assert len(index) == 1100 and index.min() >= 0 and index.max() < n
     assert len(np.unique(index)) < n  # more points than images: some drawn twice
+
+
+def test_bad_inputs_are_value_errors_that_say_what_is_wrong():
+    """Wrong shapes, types, NaN and sizes are a ValueError naming the problem, never a deep
+    traceback, a broadcast or a silently different sample."""
+    f = grid_factors(300, sizes=(3, 4))
+    c = aligned(f, sizes=(3, 4))
+    lv = np.full_like(c, -2.0)
+    nan = np.where(c > 0.9, np.nan, c)
+    cases = [
+        (lambda: metrics.mig(c, f.astype(str)), "factors must be a real numeric array"),
+        (lambda: metrics.mig(c.astype(complex), f), "codes must be a real numeric array"),
+        (lambda: metrics.mig(c[:, :0], f), r"codes must be \(N, D\) with D >= 1"),
+        (lambda: metrics.mig(c, f[:, :0]), "factors must have at least one column"),
+        (lambda: metrics.mig(c, f, 2.5), "n_bins must be an integer >= 1, got 2.5"),
+        (lambda: metrics.mig(c, f, True), "n_bins must be an integer >= 1, got True"),
+        (lambda: metrics.mig_chen(c, np.where(c > 0.9, np.inf, lv), f), "logvar holds NaN"),
+        (lambda: metrics.mig_chen(c, lv, f, n_samples=-5), "n_samples must be an integer >= 1"),
+        (lambda: metrics.aam(c, lv, f, n_samples=0), "n_samples must be an integer >= 1"),
+        (lambda: metrics.sap(c, f, n_test=0), "n_test must be an integer >= 1, got 0"),
+        (lambda: metrics.sap(c, f, n_train=-5), "n_train must be an integer >= 1 or None"),
+        (lambda: metrics.dci(c, f, n_test=-1), "n_test must be an integer >= 1, got -1"),
+        (lambda: metrics.dci(c, f, model="lasso", n_test=0), "n_test must be an integer >= 1"),
+        (lambda: metrics.modularity(c, f, n_train=0), "n_train must be an integer >= 1"),
+        (lambda: metrics.unsupervised_scores(c, lv[:, :1]), "mu and logvar must have the same"),
+        (lambda: metrics.unsupervised_scores(nan, lv), r"mu holds NaN or infinite values \("),
+        (lambda: metrics.unsupervised_scores(c, lv, np.ones(3)), "recon_error must be 300"),
+        (lambda: metrics.unsupervised_scores(c[:1], lv[:1]), "at least 2 points are needed"),
+        (lambda: metrics.kl_per_dim(c, lv[:, :1]), "mu and logvar must have the same shape"),
+        (lambda: metrics.total_correlation(c, lv, n_samples=0), "n_samples must be an integer"),
+        (lambda: metrics.gaussian_total_correlation(c[:1]), "a covariance needs at least 2"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_rng_none_is_seed_zero_everywhere():
+    """docs/metrics.md: randomness defaults to seed 0, the same numbers every time; None
+    (numpy's 'fresh entropy') gave other numbers on every call for the split-based metrics."""
+    f = grid_factors(400, sizes=(3, 6, 8))
+    c = aligned(f, noise=0.3, sizes=(3, 6, 8))
+    lv = np.full_like(c, -1.0)
+    assert metrics.sap(c, f, n_train=200, n_test=100, rng=None) == metrics.sap(
+        c, f, n_train=200, n_test=100, rng=0
+    )
+    assert metrics.dci(c, f, n_train=200, n_test=100, model="lasso", rng=None) == metrics.dci(
+        c, f, n_train=200, n_test=100, model="lasso", rng=0
+    )
+    assert metrics.modularity(c, f, n_train=200, n_test=100, rng=None) == metrics.modularity(
+        c, f, n_train=200, n_test=100, rng=0
+    )
+    assert metrics.mig_chen(c, lv, f, 100, rng=None) == metrics.mig_chen(c, lv, f, 100, rng=0)
+    assert metrics.total_correlation(c, lv, 100, rng=None) == metrics.total_correlation(
+        c, lv, 100, rng=0
+    )
+
+
+def test_split_never_leaves_an_empty_training_set():
+    split = metrics._utils.train_test_split
+    # n_train None with n_test >= N used to give an empty training set (and a 0 or a traceback).
+    tr, te = split(10, None, 10, np.random.default_rng(0))
+    assert len(tr) == 1 and len(te) == 9 and not set(tr) & set(te)
+    tr, te = split(2, 1, 5000, np.random.default_rng(0))
+    assert len(tr) == 1 and len(te) == 1
+    tr, te = split(60, 30, 30, np.random.default_rng(4))  # enough points: as asked
+    assert len(tr) == 30 and len(te) == 30
+    with pytest.raises(ValueError, match="at least 2 points"):
+        split(1, None, 1, np.random.default_rng(0))

@@ -131,3 +131,46 @@ def test_beta_vae_classifier_is_one_vs_rest_liblinear(data):
     got = metrics.beta_vae_score(data, make_encoder("rotated"), **KW)
     assert got["train_accuracy"] == pytest.approx(accuracy(x, y), abs=1e-12)
     assert got["eval_accuracy"] == pytest.approx(accuracy(x_eval, y_eval), abs=1e-12)
+
+
+def test_batch_scores_refuse_bad_sizes_and_non_finite_codes():
+    data, enc = pixel_grid(), make_encoder("aligned")
+    kw = {"n_train": 20, "n_eval": 10}
+    cases = [
+        (lambda: metrics.beta_vae_score(data, enc, batch_size=0, **kw), "batch_size must be"),
+        (lambda: metrics.beta_vae_score(data, enc, n_train=0, n_eval=10), "n_train must be"),
+        (lambda: metrics.beta_vae_score(data, enc, n_train=20, n_eval=0), "n_eval must be"),
+        # a variance within a vote's batch needs 2 images (ddof=1): 1 gave NaN and argmin 0
+        (lambda: metrics.factor_vae_score(data, enc, batch_size=1, **kw), ">= 2, got 1"),
+        (lambda: metrics.factor_vae_score(data, enc, n_variance=1, **kw), "n_variance must be"),
+        (lambda: metrics.sample_codes(data, enc, 0, np.random.default_rng(0)), "n must be"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+    def nan_encode(images):
+        codes = enc(images)
+        codes[0] = np.nan
+        return codes
+
+    # NaN codes used to score FactorVAE 0 with no active dimension (silently) and end β-VAE in
+    # scikit-learn's traceback.
+    for score in (metrics.beta_vae_score, metrics.factor_vae_score):
+        with pytest.raises(ValueError, match="encode returned NaN or infinite codes for 1 of"):
+            score(data, nan_encode, batch_size=4, **kw)
+
+
+def test_beta_vae_with_one_training_label_scores_the_eval_points_honestly():
+    """One training point has one label: the classifier can only predict it, so the evaluation
+    accuracy is the share of evaluation points with that label, not a perfect 1.0."""
+    from disvae.metrics.beta_vae import beta_vae_points
+
+    data = pixel_grid()
+    res = metrics.beta_vae_score(data, make_encoder("noise"), n_train=1, n_eval=40, rng=3)
+    rng = np.random.default_rng(3)  # the same draws as the score's (labels ignore the codes)
+    _, y = beta_vae_points(data, make_encoder("noise"), 1, 64, rng)
+    _, y_eval = beta_vae_points(data, make_encoder("noise"), 40, 64, rng)
+    share = float(np.mean(y_eval == y[0]))
+    assert 0.0 < share < 1.0  # (a seed where the old 1.0 is wrong)
+    assert res == {"train_accuracy": 1.0, "eval_accuracy": pytest.approx(share)}

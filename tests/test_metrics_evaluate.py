@@ -307,3 +307,115 @@ def test_metrics_are_logged_as_name_value_pairs_not_python_dicts(run, caplog):
         f"modularity/modularity {m['modularity']:.4f}, modularity/explicitness "
         f"{m['explicitness']:.4f} ({res['protocol']['seconds']['modularity']:.1f}s)"
     ]
+
+
+def _nan_copy(run, tmp_path):
+    """A copy of ``run`` whose final weights are well-formed but give NaN codes (one NaN bias
+    in the encoder, checksummed like the trainer's own files)."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from disvae.training.checkpoint import load_state, save_state
+
+    bad = tmp_path / "nan_run"
+    shutil.copytree(run, bad)
+    tensors, meta = load_state(Path(bad / "model.safetensors"))
+    name = next(k for k in tensors if k.startswith("model.encoder") and k.endswith("bias"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_state(bad / "model.safetensors", tensors, meta)
+    return bad
+
+
+def test_non_finite_codes_are_one_line_errors_that_keep_the_files(
+    run, tmp_path, capsys, monkeypatch
+):
+    """A model that gives NaN used to write NaN into eval_losses.json (invalid JSON, exit 0)
+    and end `--metrics` in a ValueError's traceback."""
+    from disvae import cli
+
+    bad = _nan_copy(run, tmp_path)
+    monkeypatch.setattr("disvae.data.load_data", lambda data_cfg: small_grid())
+    (bad / "eval_losses.json").write_text("{}")
+    (bad / "metrics.json").write_text("{}")
+    assert cli.main(["evaluate", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "held-out losses" in err and "are not finite (loss" in err
+    argv = ["evaluate", str(bad), "--metrics", "mig,sap", "--n-samples", "100", "--n-test",
+            "50", "--device", "cpu"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN or infinite posterior means" in err
+    assert "for 150 of 150 images" in err
+    assert (bad / "eval_losses.json").read_text() == "{}"
+    assert (bad / "metrics.json").read_text() == "{}"
+    # encode keeps what the encoder gives (the file is valid), but says so
+    with pytest.warns(RuntimeWarning, match="give NaN or infinite means and log-variances"):
+        from disvae.evaluation import encode_run
+
+        codes = encode_run(bad, split="val", data=small_grid(), device="cpu")
+    assert np.isnan(codes["mu"]).all()
+
+
+def test_a_failed_write_is_one_line_and_leaves_the_earlier_file(run, tmp_path, capsys, monkeypatch):
+    """A full disk while writing eval_losses.json, metrics.json or codes.npz: a one-line error
+    (exit 2), not a traceback, and the earlier file whole."""
+    import errno
+    import os
+
+    from disvae import cli
+
+    monkeypatch.setattr("disvae.data.load_data", lambda data_cfg: small_grid())
+    out = tmp_path / "codes.npz"
+    files = {"eval_losses.json": run / "eval_losses.json", "metrics.json": run / "metrics.json",
+             "codes.npz": out}  # fmt: skip
+    for path in files.values():
+        path.write_bytes(b"earlier")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    for argv, name in [
+        (["evaluate", str(run)], "eval_losses.json"),
+        (["evaluate", str(run), "--metrics", "mig", "--n-samples", "100"], "metrics.json"),
+        (["encode", str(run), "--split", "val", "-o", str(out)], "codes.npz"),
+    ]:
+        assert cli.main([*argv, "--device", "cpu", "-q"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"cannot write {str(files[name])!r}: No space" in err
+    assert all(p.read_bytes() == b"earlier" for p in files.values())
+    assert not [p for p in (*run.iterdir(), *tmp_path.iterdir()) if p.name.endswith(".tmp")]
+
+
+def test_moved_data_must_hold_the_runs_images(run, tiny_data, capsys, monkeypatch):
+    """`--data-path` to a dataset of another size would move the held-out split onto training
+    images; it is refused, as `train --resume` refuses it."""
+    from disvae import cli
+    from disvae.evaluation import check_moved_data
+
+    check_moved_data(run, small_grid())  # the run's own images: fine
+    with pytest.raises(UserError, match="is not what it trained on"):
+        check_moved_data(run, tiny_data)
+    monkeypatch.setattr("disvae.runs.data_at", lambda run_dir, path: tiny_data)
+    for argv in (["evaluate", str(run)], ["encode", str(run), "-o", "/nonexistent.npz"]):
+        assert cli.main([*argv, "--data-path", "elsewhere", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "point --data-path at the same dataset" in err
+
+
+def test_api_batch_size_and_a_file_for_a_run_are_user_errors(run, capsys):
+    import disvae
+    from disvae import cli
+    from disvae.evaluation import encode_run
+
+    for call in (
+        lambda: disvae.evaluate(run, batch_size=0, data=small_grid()),
+        lambda: encode_run(run, batch_size=-3, data=small_grid()),
+        lambda: evaluate_metrics(run, "mig", batch_size=2.5, data=small_grid()),
+    ):
+        with pytest.raises(UserError, match="batch_size must be a positive integer"):
+            call()
+    assert cli.main(["evaluate", str(run / "config.json")]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err

@@ -77,6 +77,21 @@ def _open_run(
     return model, cfg, tensors, meta, data, dev
 
 
+def check_moved_data(run_dir: str | Path, data: ArrayDataset | None) -> None:
+    """`UserError` when ``data`` (the run's dataset loaded from another ``--data-path``) is not
+    what the run trained on: other image shapes or another number of images, which would move
+    the held-out split onto training images (`runs.check_same_data`). None: nothing to check."""
+    if data is None:
+        return
+    from disvae.data.batching import split_indices
+
+    cfg = runs.read_config(run_dir)
+    train_idx, val_idx = split_indices(
+        len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
+    )
+    runs.check_same_data(run_dir, data.image_shape, len(train_idx), len(val_idx))
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -94,6 +109,7 @@ def evaluate(
     run_dir = Path(run_dir)
     from disvae.utils import tune_allocator
 
+    check_batch_size(batch_size)
     tune_allocator()
     model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device)
     model = inference_copy(model.to(dev))
@@ -112,6 +128,13 @@ def evaluate(
         model.to(dev), data, val_idx, cfg.loss, settled_step(cfg.loss, meta["step"]),
         dataset_size=len(train_idx), discriminator=disc, batch_size=batch_size,
     )  # fmt: skip
+    bad = [k for k, v in losses.items() if not np.all(np.isfinite(v))]
+    if bad:  # a NaN would also make eval_losses.json invalid JSON for strict readers
+        raise UserError(
+            f"the held-out losses of {str(run_dir)!r} at step {meta['step']} are not finite "
+            f"({', '.join(bad)}): its weights give NaN or infinite values on the held-out images; "
+            f"{runs.EVAL_LOSSES} is left as it was"
+        )
     result = {
         "step": meta["step"],
         "split": "val",
@@ -119,8 +142,43 @@ def evaluate(
         "seconds": round(time.perf_counter() - t0, 2),
         "losses": losses,
     }
-    atomic_write_json(run_dir / runs.EVAL_LOSSES, result)
+    _write(run_dir / runs.EVAL_LOSSES, lambda path: atomic_write_json(path, result))
     return result
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(path)`` (an atomic write), an `OSError` (a full disk, a read-only directory)
+    turned into a one-line `UserError`: the atomic write leaves any earlier file whole."""
+    try:
+        write(path)
+    except OSError as e:
+        raise UserError(
+            f"cannot write {str(path)!r}: {e.strerror or e}; free space or make its directory "
+            "writable (an earlier file there is unchanged)"
+        ) from None
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
+    """`UserError` unless ``batch_size`` is None (the default) or a positive integer."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise UserError(f"{name} must be a positive integer, got {batch_size!r}")
+    if batch_size < 1:
+        raise UserError(f"{name} must be a positive integer, got {batch_size}")
+
+
+def _non_finite(arrays: dict[str, np.ndarray | None]) -> tuple[list[str], int, int]:
+    """(names of the arrays with a non-finite value, rows with one, rows) of (N, ...) arrays."""
+    names, bad, n = [], None, 0
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        rows = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        bad, n = (rows if bad is None else bad | rows), len(a)
+        if rows.any():
+            names.append(name)
+    return names, 0 if bad is None else int(bad.sum()), n
 
 
 # ---------------------------------------------------------------------- disentanglement metrics
@@ -212,6 +270,7 @@ def _autocast(amp: str, device: torch.device):
 def encode_batch(batch_size: int | None, device: torch.device) -> int:
     """Images per forward when encoding: ``batch_size``, or by default 1000 on CUDA and 200 on
     the CPU (where a batch's activations stay under glibc's 32 MB mmap threshold even untuned)."""
+    check_batch_size(batch_size)
     if batch_size is not None:
         return batch_size
     return 1000 if device.type == "cuda" else 200
@@ -220,6 +279,7 @@ def encode_batch(batch_size: int | None, device: torch.device) -> int:
 def make_encoder(model: torch.nn.Module, batch_size: int = 1000, amp: str = "none") -> Callable:
     """``encode(images) -> (mu, logvar)`` as numpy (B, D): posterior parameters, inference mode
     (under bf16 autocast when ``amp`` is "bf16")."""
+    check_batch_size(batch_size)
     device = next(model.parameters()).device
 
     @torch.inference_mode()
@@ -357,6 +417,13 @@ def compute_metrics(
         factors = data.factors_of(index) if kind == "labels" else None
     model = inference_copy(model)
     mu, logvar, err = _encode_points(model, data, index, rec, batch_size, tick, amp)
+    bad, n_bad, _ = _non_finite({"posterior means": mu, "log-variances": logvar,
+                                 "reconstruction errors": err})  # fmt: skip
+    if bad:  # the metrics would end in a ValueError's traceback (or a silent NaN)
+        raise UserError(
+            f"the model gives NaN or infinite {', '.join(bad)} for {n_bad} of {n_points} images "
+            "drawn for the metrics: its weights are damaged or diverged, so it cannot be scored"
+        )
     encode = make_encoder(model, batch_size, amp)
     cache = CachedEncoder(data, lambda x: encode(x)[0], batch_size, tick)
     draws = sum(_BATCH_DRAWS.get(n, 0) for n in names) * n_points * 64
@@ -460,6 +527,7 @@ def evaluate_metrics(
 
     run_dir = Path(run_dir)
     check_seed(seed)  # before the run and its dataset are loaded
+    check_batch_size(batch_size)
     model, cfg, _, meta, data, dev = _open_run(run_dir, data, device)
     rec = (cfg.loss.rec_dist or data.info.default_rec_dist, cfg.loss.rec_scale)
     t0 = time.perf_counter()
@@ -474,7 +542,7 @@ def evaluate_metrics(
 
     vers = dict(versions(), sklearn=sklearn.__version__)
     result = {"metrics": values, "protocol": protocol, "step": meta["step"], "versions": vers}
-    atomic_write_json(run_dir / METRICS_FILE, result)
+    _write(run_dir / METRICS_FILE, lambda path: atomic_write_json(path, result))
     return result
 
 
@@ -512,6 +580,7 @@ def encode_run(
 
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    check_batch_size(batch_size)
     run_dir = Path(run_dir)
     tune_allocator()
     model, cfg, _, meta, data, dev = _open_run(run_dir, data, device, weights)
@@ -530,6 +599,16 @@ def encode_run(
             )
     tick = progress or (lambda n: None)
     mu, logvar, _ = _encode_points(inference_copy(model.to(dev)), data, index, None, bs, tick, amp)
+    bad, n_bad, _ = _non_finite({"means": mu, "log-variances": logvar})
+    if bad:  # kept (the file records what the encoder gives), but never silently
+        import warnings
+
+        warnings.warn(
+            f"the weights of {str(run_dir)!r} at step {meta['step']} give NaN or infinite "
+            f"{' and '.join(bad)} for {n_bad} of {len(index)} images; they are in the codes as is",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     out: dict[str, Any] = {
         "mu": mu.astype(np.float32), "logvar": logvar.astype(np.float32), "index": index,
         "step": np.int64(meta["step"]),
@@ -570,5 +649,5 @@ def write_codes(codes: dict[str, Any], path: str | Path) -> Path:
     path = check_codes_path(path)
     buf = io.BytesIO()
     np.savez(buf, **codes)
-    atomic_write_bytes(path, buf.getvalue())
+    _write(path, lambda p: atomic_write_bytes(p, buf.getvalue()))
     return path

@@ -45,6 +45,9 @@ def _run_record(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     if not Path(run_dir).exists():
         raise UserError(f"{str(run_dir)!r} does not exist; pass a run directory (`disvae train "
                         "--out RUN` writes one)")  # fmt: skip
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{str(run_dir)!r} is a file, not a run directory; pass the directory "
+                        "that holds a run's config.json")  # fmt: skip
     if not path.is_file():
         raise UserError(f"{str(run_dir)!r} is not a disvae run (no {CONFIG}); pass a run directory")
     try:

@@ -17,9 +17,20 @@ EncodeFn = Callable[[Any], Any]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
+    """``encode``'s output as float64 (B, D); ValueError for non-finite codes (a diverged or
+    damaged encoder), which would otherwise turn into a silent 0 or a classifier's traceback."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]  # one code dimension
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        raise ValueError(
+            f"encode returned NaN or infinite codes for {bad} of {len(x)} images; the encoder's "
+            "weights are damaged or diverged"
+        )
+    return x
 
 
 class CachedEncoder:
@@ -105,6 +116,9 @@ def sample_codes(
     dataset: Any, encode: EncodeFn, n: int, rng: np.random.Generator, batch_size: int = 1000
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points with uniformly drawn factors: codes (n, D) and factor classes (n, K)."""
+    from disvae.metrics._utils import check_count
+
+    check_count(n, "n")
     classes = dataset.sample_factors(n, rng)
     return encode_classes(dataset, encode, classes, batch_size), classes
 

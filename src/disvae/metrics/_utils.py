@@ -9,24 +9,63 @@ from __future__ import annotations
 import numpy as np
 
 
+def _numeric(x: object, name: str) -> np.ndarray:
+    """``x`` as a real numeric array (bools and integers allowed); ValueError otherwise."""
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def check_codes(codes: np.ndarray, name: str = "codes") -> np.ndarray:
+    """``codes`` as float64 (N, D) with D >= 1 and only finite values; ValueError otherwise."""
+    codes = _numeric(codes, name).astype(np.float64)
+    if codes.ndim != 2 or codes.shape[1] < 1:
+        raise ValueError(f"{name} must be (N, D) with D >= 1; got shape {codes.shape}")
+    if not np.all(np.isfinite(codes)):
+        bad = int(np.sum(~np.isfinite(codes).all(axis=1)))
+        raise ValueError(f"{name} holds NaN or infinite values ({bad} of {len(codes)} rows)")
+    return codes
+
+
 def check_codes_factors(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``codes`` as float64 (N, D) and ``factors`` as int64 (N, K); ValueError on bad shapes."""
-    codes = np.asarray(codes, dtype=np.float64)
-    factors = np.asarray(factors)
-    if codes.ndim != 2 or factors.ndim != 2:
+    """``codes`` as float64 (N, D) and ``factors`` as int64 (N, K); ValueError on bad shapes,
+    non-numeric or non-finite values, or fewer than 2 points."""
+    codes_arr, factors = np.asarray(codes), _numeric(factors, "factors")
+    if codes_arr.ndim != 2 or factors.ndim != 2:
         raise ValueError(
-            f"codes must be (N, D) and factors (N, K); got {codes.shape} and {factors.shape}"
+            f"codes must be (N, D) and factors (N, K); got {codes_arr.shape} and {factors.shape}"
         )
+    codes = check_codes(codes_arr)
+    if factors.shape[1] < 1:
+        raise ValueError(f"factors must have at least one column (N, K); got {factors.shape}")
     if len(codes) != len(factors):
         raise ValueError(f"{len(codes)} codes but {len(factors)} factor rows")
     if len(codes) < 2:
         raise ValueError("at least 2 points are needed")
-    if not np.all(np.isfinite(codes)):
-        raise ValueError("codes contain NaN or infinite values")
-    if not np.issubdtype(factors.dtype, np.integer):
-        if not np.all(factors == np.round(factors)):
+    if not np.issubdtype(factors.dtype, np.integer) and factors.dtype != bool:
+        if not np.all(np.isfinite(factors)) or not np.all(factors == np.round(factors)):
             raise ValueError("factors must be integer class indices")
     return codes, relabel(factors)
+
+
+def check_posteriors(mu: np.ndarray, logvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mu`` and ``logvar`` as float64 (N, D) of the same shape, finite; ValueError otherwise
+    (a (N, 1) logvar would otherwise broadcast against (N, D) means into wrong numbers)."""
+    mu, logvar = check_codes(mu, "mu"), check_codes(logvar, "logvar")
+    if logvar.shape != mu.shape:
+        raise ValueError(f"mu and logvar must have the same shape; got {mu.shape} and "
+                         f"{logvar.shape}")  # fmt: skip
+    return mu, logvar
+
+
+def check_count(value: object, name: str, minimum: int = 1, allow_none: bool = False) -> None:
+    """ValueError unless ``value`` is an integer >= ``minimum`` (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        also = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{also}, got {value!r}")
 
 
 def relabel(factors: np.ndarray) -> np.ndarray:
@@ -45,8 +84,7 @@ def discretize(codes: np.ndarray, n_bins: int = 20) -> np.ndarray:
     maximum falls into the last bin; a constant dimension falls into one bin. Returns int64
     (N, D) in 0..n_bins-1.
     """
-    if n_bins < 1:
-        raise ValueError("n_bins must be >= 1")
+    check_count(n_bins, "n_bins")
     codes = np.asarray(codes, dtype=np.float64)
     lo, hi = codes.min(axis=0), codes.max(axis=0)
     width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
@@ -96,11 +134,17 @@ def train_test_split(
     """Disjoint random index sets (train, test) of the N points; ``n_train=None``: all the rest.
 
     When N is smaller than asked, the test set keeps ``n_test / (n_train + n_test)`` of the points.
+    ValueError for sizes below 1 (an empty training or test set has no score).
     """
+    check_count(n_train, "n_train", allow_none=True)
+    check_count(n_test, "n_test")
+    if n < 2:
+        raise ValueError(f"a train/test split needs at least 2 points, got {n}")
     perm = rng.permutation(n)
     want_train = n - n_test if n_train is None else n_train
-    if want_train + n_test > n:
-        n_test = max(1, int(round(n * n_test / (want_train + n_test))))
+    if want_train < 1 or want_train + n_test > n:  # (n_train None with n_test >= n: too few)
+        share = n_test / (want_train + n_test) if want_train >= 1 else n_test / (n_test + 1)
+        n_test = min(n - 1, max(1, int(round(n * share))))
         want_train = n - n_test
     return perm[n_test : n_test + want_train], perm[:n_test]
 

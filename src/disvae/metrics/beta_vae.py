@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from disvae.metrics._sampling import EncodeFn, as_rng, encode_classes
+from disvae.metrics._utils import check_count
 
 
 def beta_vae_points(
@@ -66,11 +67,15 @@ def beta_vae_score(
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
+    for name, value in (("batch_size", batch_size), ("n_train", n_train), ("n_eval", n_eval)):
+        check_count(value, name)
     rng = as_rng(rng)
     x, y = beta_vae_points(dataset, encode, n_train, batch_size, rng)
     x_eval, y_eval = beta_vae_points(dataset, encode, n_eval, batch_size, rng)
     if len(np.unique(y)) < 2:
-        return {"train_accuracy": 1.0, "eval_accuracy": 1.0}
+        # One label among the training points (a single varied factor, or very few points): the
+        # classifier can only predict it, so the evaluation points are scored against it.
+        return {"train_accuracy": 1.0, "eval_accuracy": float(np.mean(y_eval == y[0]))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         # scikit-learn 0.20's LogisticRegression() default (disentanglement_lib beta_vae.py):

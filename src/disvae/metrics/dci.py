@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from disvae.metrics._sampling import as_rng
 from disvae.metrics._utils import check_codes_factors, train_test_split
 from disvae.metrics.gbt import gbt_importance
 
@@ -96,7 +97,7 @@ def dci_importance(
     if model not in DCI_MODELS:
         raise ValueError(f"unknown DCI model {model!r}; choose one of {', '.join(DCI_MODELS)}")
     codes, factors = check_codes_factors(codes, factors)
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     tr, te = train_test_split(len(codes), n_train, n_test, rng)
     d, k = codes.shape[1], factors.shape[1]
     importance, info = np.zeros((d, k)), np.full(k, np.nan)

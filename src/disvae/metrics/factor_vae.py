@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from disvae.metrics._sampling import EncodeFn, as_rng, encode_classes, sample_codes
+from disvae.metrics._utils import check_count
 
 
 def factor_vae_votes(
@@ -68,6 +69,10 @@ def factor_vae_score(
         ``{"train_accuracy", "eval_accuracy", "num_active_dims"}``; with no active dimension the
         accuracies are 0.
     """
+    # A vote needs a variance within its batch (ddof=1: 2 images), the pruning one over codes.
+    for name, value, least in (("batch_size", batch_size, 2), ("n_train", n_train, 1),
+                               ("n_eval", n_eval, 1), ("n_variance", n_variance, 2)):  # fmt: skip
+        check_count(value, name, least)
     rng = as_rng(rng)
     codes, _ = sample_codes(dataset, encode, n_variance, rng)
     global_var = codes.var(axis=0, ddof=1)

@@ -18,7 +18,14 @@ import math
 import numpy as np
 import torch
 
-from disvae.metrics._utils import check_codes_factors, entropy, top_two_gap
+from disvae.metrics._sampling import as_rng
+from disvae.metrics._utils import (
+    check_codes_factors,
+    check_count,
+    check_posteriors,
+    entropy,
+    top_two_gap,
+)
 
 _CHUNK = 64  # samples per block of the (samples, components, D) density array
 
@@ -41,6 +48,7 @@ def aggregate_entropies(
     Returns:
         (H(z_j) for each j, shape (D,); H(z) or NaN), in nats.
     """
+    check_count(n_samples, "n_samples", allow_none=True)
     n, d = mu.shape
     pick = rng.permutation(n)[: n if n_samples is None else min(n, n_samples)]
     eps = rng.standard_normal((len(pick), d))
@@ -74,14 +82,13 @@ def chen_mutual_info(
         mu, logvar: (N, D) posterior means and log-variances of the N points (ideally the whole
             dataset; the mixture q(z) is over these N).
         factors: (N, K) factor classes of the same points.
-        n_samples: Monte-Carlo points per entropy estimate (Chen et al.: 10,000).
-        rng: generator or seed.
+        n_samples: Monte-Carlo points per entropy estimate (Chen et al.: 10,000; None: all).
+        rng: generator or seed (None: seed 0).
     """
     mu, factors = check_codes_factors(mu, factors)
-    logvar = np.asarray(logvar, dtype=np.float64)
-    if logvar.shape != mu.shape:
-        raise ValueError("mu and logvar must have the same shape")
-    rng = np.random.default_rng(rng)
+    mu, logvar = check_posteriors(mu, logvar)
+    check_count(n_samples, "n_samples", allow_none=True)
+    rng = as_rng(rng)
     h_z, _ = aggregate_entropies(mu, logvar, rng, n_samples)
     mi = np.zeros((mu.shape[1], factors.shape[1]))
     for k in range(factors.shape[1]):

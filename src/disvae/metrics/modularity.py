@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from disvae.metrics._sampling import as_rng
 from disvae.metrics._utils import check_codes_factors, discretize, mutual_info_matrix
 from disvae.metrics._utils import train_test_split as _split
 
@@ -96,7 +97,7 @@ def modularity(
         ``{"modularity", "explicitness"}``, each in [0, 1] (explicitness 0.5 = chance).
     """
     codes, factors = check_codes_factors(codes, factors)
-    tr, te = _split(len(codes), n_train, n_test, np.random.default_rng(rng))
+    tr, te = _split(len(codes), n_train, n_test, as_rng(rng))
     # A single-valued factor (zero entropy) is left out: kept, it would add a zero MI column and
     # raise K in delta_i's K - 1 (docs/metrics.md; MIG and SAP leave such factors out too).
     varied = factors[tr].max(axis=0) > factors[tr].min(axis=0)

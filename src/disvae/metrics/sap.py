@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from disvae.metrics._sampling import as_rng
 from disvae.metrics._utils import check_codes_factors, top_two_gap, train_test_split
 
 
@@ -64,7 +65,7 @@ def sap(
         rng: generator (or seed) for the split.
     """
     codes, factors = check_codes_factors(codes, factors)
-    tr, te = train_test_split(len(codes), n_train, n_test, np.random.default_rng(rng))
+    tr, te = train_test_split(len(codes), n_train, n_test, as_rng(rng))
     scores = sap_matrix(codes[tr], factors[tr], codes[te], factors[te], c)
     varied = np.array([len(np.unique(factors[:, f])) > 1 for f in range(factors.shape[1])])
     if not varied.any():

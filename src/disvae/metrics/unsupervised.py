@@ -6,26 +6,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from disvae.metrics._sampling import as_rng
+from disvae.metrics._utils import check_codes, check_count, check_posteriors
 from disvae.metrics.mig_chen import aggregate_entropies
 
 
 def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """Mean over points of KL(q(z_j|x) || N(0, 1)) in nats, shape (D,), from (N, D) posteriors
     (Kingma & Welling 2014, Appendix B)."""
-    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    mu, logvar = check_posteriors(mu, logvar)
     return 0.5 * np.mean(mu**2 + np.exp(logvar) - logvar - 1.0, axis=0)
 
 
 def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
     """Dimensions whose posterior mean varies across the data: Var_x(E_q[z_j|x]) > threshold
     (Burda et al. 2016, "Importance Weighted Autoencoders", Sec. 5.2). ``mu``: (N, D)."""
-    return int(np.sum(np.var(np.asarray(mu, dtype=np.float64), axis=0) > threshold))
+    return int(np.sum(np.var(check_codes(mu, "mu"), axis=0) > threshold))
 
 
 def gaussian_total_correlation(mu: np.ndarray) -> float:
     """TC of a Gaussian fitted to the codes (N, D): 0.5 (sum_j log Sigma_jj - log det Sigma)
     (the unsupervised score of Locatello et al. 2019, Sec. 4, ``unsupervised_metrics.py``)."""
-    cov = np.atleast_2d(np.cov(np.asarray(mu, dtype=np.float64), rowvar=False))
+    mu = check_codes(mu, "mu")
+    if len(mu) < 2:
+        raise ValueError(f"a covariance needs at least 2 points, got {len(mu)}")
+    cov = np.atleast_2d(np.cov(mu, rowvar=False))
     diag = np.diag(cov)
     if np.any(diag <= 0):
         keep = diag > 0
@@ -45,15 +50,11 @@ def total_correlation(
     """TC of the aggregate posterior q(z) = 1/N sum_n q(z|x_n): sum_j H(z_j) - H(z), in nats.
 
     The Monte-Carlo estimator of Chen et al. 2018 (Sec. 3, "Estimating E_q(z)[log q(z)]", with
-    the whole sample as the mixture); ``mu, logvar``: (N, D).
+    the whole sample as the mixture); ``mu, logvar``: (N, D); ``rng`` None: seed 0.
     """
-    h_dims, h_joint = aggregate_entropies(
-        np.asarray(mu, dtype=np.float64),
-        np.asarray(logvar, dtype=np.float64),
-        np.random.default_rng(rng),
-        n_samples,
-        joint=True,
-    )
+    mu, logvar = check_posteriors(mu, logvar)
+    check_count(n_samples, "n_samples", allow_none=True)
+    h_dims, h_joint = aggregate_entropies(mu, logvar, as_rng(rng), n_samples, joint=True)
     return float(np.sum(h_dims) - h_joint)
 
 
@@ -66,7 +67,20 @@ def unsupervised_scores(
     active_threshold: float = 0.01,
     rng: np.random.Generator | int | None = 0,
 ) -> dict[str, object]:
-    """All factor-free measures of posteriors (N, D) and optional per-image errors (N,)."""
+    """All factor-free measures of posteriors (N, D) and optional per-image errors (N,).
+
+    ValueError for means and log-variances of different shapes (no broadcasting), non-finite
+    values, fewer than 2 points, or errors that are not one finite number per point."""
+    mu, logvar = check_posteriors(mu, logvar)
+    if len(mu) < 2:
+        raise ValueError(f"at least 2 points are needed, got {len(mu)}")
+    if recon_error is not None:
+        recon_error = np.asarray(recon_error, dtype=np.float64)
+        if recon_error.shape != (len(mu),) or not np.all(np.isfinite(recon_error)):
+            raise ValueError(
+                f"recon_error must be {len(mu)} finite numbers, one per point (shape "
+                f"({len(mu)},)); got shape {recon_error.shape}"
+            )
     out: dict[str, object] = {
         "kl_per_dim": [float(v) for v in kl_per_dim(mu, logvar)],
         "kl": float(kl_per_dim(mu, logvar).sum()),
