@@ -313,3 +313,50 @@ def test_resume_without_a_usable_checkpoint_says_what_to_do(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--steps", "8"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no usable checkpoint" in last and f"--out {run} --overwrite" in last
+
+
+def test_a_stop_while_extending_a_finished_run_is_no_finish(tmp_path, capsys, monkeypatch):
+    """--resume RUN --steps MORE on a finished run, then Ctrl-C: the old model.safetensors made
+    the CLI report 'finished' with exit 0, so `train ... && evaluate ...` went on."""
+    from disvae.training import loop, runtime
+
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "10", "--loss", "vae"]) == 0
+    real = loop.Trainer.train_step
+
+    def ctrl_c_in_step_15(self):
+        if self.step == 14:
+            self._stop_requested = True  # what the SIGINT handler does
+            runtime.last_stop_signal = 2
+        return real(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", ctrl_c_in_step_15)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "30", "--no-progress"]) == 130
+    out = capsys.readouterr().out
+    assert f"run {run}: stopped at step 15" in out and f"train --resume {run}" in out
+    assert "finished" not in out
+
+
+def test_resume_accepts_the_runs_own_settings_and_names_the_old_value(tmp_path, capsys):
+    run = tmp_path / "r"
+    first = ["--out", str(run), *TINY, "--loss", "betaH", "--beta", "4", "--seed", "7"]
+    assert main(["train", *first, "--steps", "5"]) == 0
+    # the first command line again, with --resume and a longer run: nothing else changes
+    again = ["--resume", str(run), *TINY, "--loss", "betaH", "--beta", "4.0", "--seed", "7"]
+    assert main(["train", *again, "--steps", "10"]) == 0
+    assert json.loads((run / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 10
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "15", "--seed", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot change train.seed when resuming (the run has 7;" in err
+
+
+def test_compile_mode_with_no_compile_is_refused(tmp_path, capsys):
+    run = tmp_path / "r"
+    argv = ["train", "--out", str(run), *TINY, "--steps", "2", "--compile-mode", "default"]
+    assert main([*argv, "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert err == "disvae: error: --compile-mode compiles the model and --no-compile says not " \
+                  "to; drop one\n"  # fmt: skip
+    assert not run.exists()

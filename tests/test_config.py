@@ -130,3 +130,71 @@ def test_config_file_that_is_a_directory_or_not_a_table(tmp_path):
         C.load_file(listed)
     with pytest.raises(UserError, match="is a directory"):
         C.load_file(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("lrr=1e-3", r"unknown config key 'lrr' \(did you mean lr\?\)"),
+        ("train.lrr=1e-3", r"unknown config key 'train.lrr' \(did you mean train.lr\?\)"),
+        ("trian.lr=1e-3", r"'trian.lr' \(did you mean train.lr\?\)"),
+        ("gama=3", r"'gama' \(did you mean gamma\?\)"),
+        ("latent=3", r"'latent' \(did you mean latent_dim\?\)"),
+    ],
+)
+def test_a_mistyped_key_names_the_near_one(item, message):
+    with pytest.raises(UserError, match=message):
+        C.apply_overrides(C.RunConfig(), [item])
+    with pytest.raises(UserError) as e:  # nothing near: no guess
+        C.apply_overrides(C.RunConfig(), ["xyzzy=1"])
+    assert "did you mean" not in str(e.value)
+
+
+def test_a_mistyped_file_key_section_or_preset_names_the_near_one(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlrr = 1e-3\n")
+    with pytest.raises(UserError, match=r"unknown key train.lrr \(did you mean train.lr\?\)"):
+        C.load_file(path)
+    path.write_text("[trian]\nsteps = 20\n")
+    with pytest.raises(UserError, match=r"unknown section \[trian\] \(did you mean train\?\)"):
+        C.load_file(path)
+    with pytest.raises(UserError, match=r"'betaH_dsprite' \(did you mean betaH_dsprites\?\)"):
+        C.load_preset("betaH_dsprite")
+    with pytest.raises(UserError, match=r"unknown preset '\.\./presets/betaH_dsprites'"):
+        C.load_preset("../presets/betaH_dsprites")  # a name, never a path
+
+
+def test_a_key_above_every_section_says_where_it_belongs(tmp_path):
+    # It used to be called an unknown section [steps].
+    path = tmp_path / "c.toml"
+    path.write_text("steps = 20\n")
+    with pytest.raises(UserError, match=r"steps = \.\.\. stands outside any section; put it "
+                                        r"under \[train\]$"):  # fmt: skip
+        C.load_file(path)
+    path.write_text("lrr = 20\n")
+    with pytest.raises(UserError, match=r"no known key \(did you mean train.lr\?\)"):
+        C.load_file(path)
+
+
+def test_a_json_config_of_ones_own_is_checked_like_toml(tmp_path):
+    # Only a run's config.json (it has "versions") drops the non-setting keys: a misspelt
+    # section in a hand-written JSON file was silently ignored (300,000 default steps).
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"trian": {"steps": 20}}))
+    with pytest.raises(UserError, match=r"unknown section \[trian\] \(did you mean train\?\)"):
+        C.load_file(path)
+    path.write_text(json.dumps({"train": {"steps": 20}}))
+    assert C.load_file(path).train.steps == 20
+
+
+def test_seeds_beyond_64_bits_are_refused_with_the_limit():
+    # 10**20 used to end in a traceback from torch.manual_seed ("Overflow when unpacking").
+    for key in ("seed", "split_seed"):
+        with pytest.raises(UserError, match=rf"{key} must be at most 2\*\*63 - 1"):
+            C.resolve(C.apply_overrides(C.RunConfig(), [f"{key}={10**20}"]))
+    cfg = C.resolve(C.apply_overrides(C.RunConfig(), [f"seed={C.MAX_SEED}"]))
+    assert cfg.train.seed == 2**63 - 1
+
+
+def test_apply_overrides_takes_one_string_as_one_override():
+    assert C.apply_overrides(C.RunConfig(), "steps=10").train.steps == 10

@@ -163,3 +163,94 @@ def test_metrics_during_training_are_logged_and_leave_training_unchanged(tiny_da
     with pytest.raises(C.UserError, match="needs ground-truth factors"):
         train(_cfg("betaH", *base, "eval_every=5", "eval_metrics=mig"), tmp_path / "d",
               data=tiny_data, progress=False)  # fmt: skip
+
+
+def _strip(log: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "img_per_s"} for r in log]
+
+
+def test_a_signal_while_a_step_logs_stops_after_a_checkpointed_step(tiny_data, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    """A signal arriving after the loop had read its stop flag for the step (here: while the
+    step-10 line is written) used to end the loop at once without a checkpoint: the summary
+    named step 10, the resume went back to step 0."""
+    from disvae.training import loop, runtime
+
+    write_log = loop.Trainer.write_log
+
+    def signalled_while_logging(self, *args, **kwargs):
+        record = write_log(self, *args, **kwargs)
+        if self.step == 10:
+            self._stop_requested = True  # what the SIGINT handler does
+        return record
+
+    whole = train(_cfg("betaH", "steps=20", "log_every=5"), tmp_path / "whole",
+                  data=tiny_data, progress=False)  # fmt: skip
+    monkeypatch.setattr(loop.Trainer, "write_log", signalled_while_logging)
+    part = train(_cfg("betaH", "steps=20", "log_every=5"), tmp_path / "part",
+                 data=tiny_data, progress=False)  # fmt: skip
+    monkeypatch.undo()
+    assert runtime.last_stop_step == 11 and not (part / runs.MODEL).exists()
+    names = sorted(p.name for p in (part / runs.CHECKPOINTS).iterdir())
+    assert names == ["step_000000000.safetensors", "step_000000011.safetensors"]
+    train(runs.read_config(part), part, data=tiny_data, resume=True, progress=False)
+    assert (whole / runs.MODEL).read_bytes() == (part / runs.MODEL).read_bytes()
+    assert _strip(_log(whole)) == _strip(_log(part))
+
+
+def test_resuming_at_the_stop_step_finishes_with_the_last_log_line(tiny_data, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """--resume RUN --steps N where a Ctrl-C left RUN's checkpoint at step N, between log lines:
+    the steps since the last line were never logged ('finished at step 10' for 13 steps)."""
+    from disvae.training import loop
+
+    train_step = loop.Trainer.train_step
+
+    def signalled_in_step_13(self):
+        if self.step == 12:  # the 13th step
+            self._stop_requested = True
+        return train_step(self)
+
+    base = ["steps=20", "log_every=5", "snapshot_every=5"]
+    monkeypatch.setattr(loop.Trainer, "train_step", signalled_in_step_13)
+    run = train(_cfg("betaH", *base), tmp_path / "r", data=tiny_data, progress=False)
+    monkeypatch.undo()
+    assert [r["step"] for r in _log(run)] == [5, 10]
+    cfg = C.apply_overrides(runs.read_config(run), ["steps=13"])
+    train(cfg, run, data=tiny_data, resume=True, progress=False)
+    whole = train(_cfg("betaH", *base[1:], "steps=13"), tmp_path / "whole",
+                  data=tiny_data, progress=False)  # fmt: skip
+    assert [r["step"] for r in _log(run)] == [5, 10, 13]
+    assert _strip(_log(whole)) == _strip(_log(run))
+    assert (whole / runs.MODEL).read_bytes() == (run / runs.MODEL).read_bytes()
+    frames = sorted(p.name for p in (run / "training_frames").iterdir())
+    assert frames[-1] == "step_00000013.png"
+    # and the checkpoint there holds no unlogged steps: going on logs 15 and 20 as usual
+    train(C.apply_overrides(cfg, ["steps=20"]), run, data=tiny_data, resume=True, progress=False)
+    assert [r["step"] for r in _log(run)] == [5, 10, 13, 15, 20]
+
+
+def test_a_subset_too_small_to_split_is_a_user_error(tiny_data, tmp_path):
+    # It used to be a ValueError traceback from the split.
+    with pytest.raises(UserError, match=r"1 images leave nothing to train on.*--val-fraction 0"):
+        train(_cfg("vae", "steps=2", "subset=1", "batch_size=1"), tmp_path / "s",
+              data=tiny_data, progress=False)  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_python_api_refuses_to_resume_with_another_setting(tiny_data, tmp_path):
+    """`train(cfg, RUN, resume=True)` with a changed lr used to train on with it and rewrite
+    RUN/config.json: a run whose record no longer says how it was trained."""
+    run = train(_cfg("betaH", "steps=5"), tmp_path / "r", data=tiny_data, progress=False)
+    before = (run / runs.CONFIG).read_bytes()
+    changed = C.apply_overrides(runs.read_config(run), ["steps=10", "lr=1e-4"])
+    with pytest.raises(
+        UserError, match=r"cannot change train.lr when resuming .* \(the run has 0.001;"
+    ):
+        train(changed, run, data=tiny_data, resume=True, progress=False)
+    assert (run / runs.CONFIG).read_bytes() == before
+    assert [r["step"] for r in _log(run)] == [5]
+    # an unresolved config with the run's values (beta left to its default 4) resumes
+    same = C.apply_overrides(_cfg("betaH", "steps=10"), ["beta=none"])
+    train(same, run, data=tiny_data, resume=True, progress=False)
+    assert [r["step"] for r in _log(run)] == [5, 10]

@@ -16,7 +16,11 @@ from pathlib import Path
 
 from disvae import __version__
 from disvae.cli_format import HelpFormatter
-from disvae.config import AMP_MODES, COMPILE_MODES  # no torch behind it: --help stays fast
+from disvae.config import (  # no torch behind it: --help stays fast
+    AMP_MODES,
+    COMPILE_MODES,
+    RESUMABLE_KEYS,
+)
 from disvae.errors import UserError
 
 # flag destination -> config key
@@ -41,14 +45,6 @@ FLAG_KEYS = {
     "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
     "deterministic": "train.deterministic", "cuda_graph": "train.cuda_graph",
 }  # fmt: skip
-# What may change when a run is resumed (everything else would make it a different run). The
-# data may move (data.path: the trainer checks that it holds the same images' shape and count).
-RESUMABLE_KEYS = {"data.path", "data.workers", "train.steps", "train.epochs", "train.device",
-                  "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "train.snapshot_every", "train.eval_every", "train.eval_metrics",
-                  "train.val_every", "train.val_images", "train.amp", "train.compile",
-                  "train.compile_mode", "train.channels_last", "train.nan_check",
-                  "train.deterministic", "train.cuda_graph"}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -383,6 +379,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS}
     if "train.compile_mode" in flags:  # --compile-mode implies --compile
+        if flags.get("train.compile") is False:
+            raise UserError(
+                "--compile-mode compiles the model and --no-compile says not to; drop one"
+            )
         flags.setdefault("train.compile", True)
     overrides = getattr(args, "overrides", None) or []
     if hasattr(args, "resume"):
@@ -411,10 +411,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if _quiet(args) or getattr(args, "no_progress", False) else None,
     )
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
-    finished = (run / runs.MODEL).is_file()
+    # A stop before the last step is no finish, even where a model.safetensors is there: that
+    # of the run this one extends (--resume RUN --steps MORE), older than the checkpoints.
+    finished = (run / runs.MODEL).is_file() and runtime.last_stop_step is None
     # -q keeps the summary of a run that stopped unfinished (where it stopped, how to go on)
     if main_rank and (not _quiet(args) or not finished):
-        _print_summary(run, time.perf_counter() - t0)
+        _print_summary(run, time.perf_counter() - t0, finished)
     stopped_by = runtime.last_stop_signal
     if stopped_by is None or (main_rank and finished):
         return 0
@@ -439,14 +441,28 @@ def _resume_config(args, flags, overrides):
         key, _, value = item.partition("=")
         section, name = C.resolve_key(key.strip())
         changes[f"{section}.{name}"] = C.parse_value(value.strip())
-    fixed = sorted(k for k in changes if k not in RESUMABLE_KEYS)
+    # A setting repeated with the run's own value changes nothing (the first command line
+    # again, with --resume): only a different value would make it another run.
+    fixed = sorted(k for k in changes if k not in RESUMABLE_KEYS and _changes(cfg, k, changes[k]))
     if fixed:
+        section, _, name = fixed[0].partition(".")
+        was = getattr(getattr(cfg, section), name)
         raise UserError(
-            f"cannot change {fixed[0]} when resuming (it would be another run); "
-            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change"
+            f"cannot change {fixed[0]} when resuming (the run has {_toml(was)}; another value "
+            f"makes it another run); only {', '.join(sorted(RESUMABLE_KEYS))} may change"
         )
     cfg = C.apply_overrides(cfg, [f"{k}={_toml(v)}" for k, v in changes.items()])
     return cfg, run
+
+
+def _changes(cfg, key: str, value: object) -> bool:
+    """Whether setting ``key`` to ``value`` gives ``cfg`` another value there (type-checked as
+    `apply_overrides` does: 4 and 4.0 are one value of a float key)."""
+    from disvae import config as C
+
+    section, _, name = key.partition(".")
+    new = C.apply_overrides(cfg, [f"{key}={_toml(value)}"])
+    return getattr(getattr(new, section), name) != getattr(getattr(cfg, section), name)
 
 
 def _toml(value: object) -> str:
@@ -473,7 +489,7 @@ def _default_out(cfg) -> str:
     return f"runs/{cfg.loss.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _print_summary(run: Path, seconds: float) -> None:
+def _print_summary(run: Path, seconds: float, done: bool) -> None:
     import json
 
     from disvae import runs
@@ -483,7 +499,6 @@ def _print_summary(run: Path, seconds: float) -> None:
         (run / runs.TRAIN_LOG).read_text().splitlines() if (run / runs.TRAIN_LOG).exists() else []
     )
     last = json.loads(lines[-1]) if lines else {}
-    done = (run / runs.MODEL).is_file()
     terms = "  ".join(f"{k}={last[k]:.4g}" for k in ("loss", "recon", "kl") if k in last)
     step = last.get("step", 0)
     stopped_at = runtime.last_stop_step
@@ -501,9 +516,10 @@ def _print_summary(run: Path, seconds: float) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from disvae import runs
-    from disvae.evaluation import evaluate, evaluate_metrics
+    from disvae.evaluation import check_moved_data, evaluate, evaluate_metrics
 
     data = runs.data_at(args.run, args.data_path or None)
+    check_moved_data(args.run, data)  # a moved dataset must hold the same images
     say = (lambda *a: None) if _quiet(args) else print
     if args.metrics is not None:
         bar = None
@@ -549,10 +565,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from disvae import runs
-    from disvae.evaluation import CODES_FILE, check_codes_path, encode_run, write_codes
+    from disvae.evaluation import (
+        CODES_FILE,
+        check_codes_path,
+        check_moved_data,
+        encode_run,
+        write_codes,
+    )
 
     runs.read_config(args.run)  # a run at all? (its one-line error first)
     out = check_codes_path(args.out or Path(args.run) / CODES_FILE)  # before minutes of encoding
+    data = runs.data_at(args.run, args.data_path or None)
+    check_moved_data(args.run, data)  # a moved dataset must hold the same images
     bar = None
     if not (args.no_progress or _quiet(args)) and sys.stderr.isatty():
         from tqdm import tqdm
@@ -562,8 +586,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     try:
         codes = encode_run(
             args.run, split=args.split, weights=args.weights,
-            data=runs.data_at(args.run, args.data_path or None),
-            batch_size=args.batch_size, device=args.device, amp=args.amp,
+            data=data, batch_size=args.batch_size, device=args.device, amp=args.amp,
             progress=bar.update if bar is not None else None,
         )  # fmt: skip
     finally:

@@ -146,6 +146,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# What may change when a run is resumed (everything else would make it a different run). The
+# data may move (data.path: the trainer checks that it holds the same images' shape and count).
+RESUMABLE_KEYS = frozenset({
+    "data.path", "data.workers", "train.steps", "train.epochs", "train.device",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
+    "train.eval_every", "train.eval_metrics", "train.val_every", "train.val_images", "train.amp",
+    "train.compile", "train.compile_mode", "train.channels_last", "train.nan_check",
+    "train.deterministic", "train.cuda_graph",
+})  # fmt: skip
+
+MAX_SEED = 2**63 - 1  # the largest TOML integer; torch and NumPy generators take it
+
 # The protocol of the large disentanglement studies (Locatello et al., 2019): 300,000 steps.
 DEFAULT_STEPS = 300_000
 
@@ -181,9 +193,24 @@ def from_dict(
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a table of sections, got {type(d).__name__}")
     for section, values in d.items():
+        if section not in _SECTION_TYPES and not isinstance(values, dict):
+            # `steps = 20` above every [section]: a key, not a section
+            owners = [s for s, cls in _SECTION_TYPES.items() if section in _field_names(cls)]
+            if owners:
+                where = " or ".join(f"[{s}]" for s in owners)
+                raise UserError(
+                    f"{source}: {section} = ... stands outside any section; put it under {where}"
+                )
+            raise UserError(
+                f"{source}: {section} = ... stands outside any section and is no known key"
+                f"{_near(section, _all_keys())}; valid sections: {', '.join(_SECTION_TYPES)}"
+            )
         if section not in _SECTION_TYPES:
             valid = ", ".join(_SECTION_TYPES)
-            raise UserError(f"{source}: unknown section [{section}]; valid sections: {valid}")
+            raise UserError(
+                f"{source}: unknown section [{section}]{_near(section, _SECTION_TYPES)}; "
+                f"valid sections: {valid}"
+            )
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table of key = value")
         cfg = _update(cfg, section, values, source)
@@ -197,7 +224,10 @@ def _update(cfg: RunConfig, section: str, values: dict[str, Any], source: str) -
     for key, value in values.items():
         if key not in hints:
             valid = ", ".join(f.name for f in fields(cls))
-            raise UserError(f"{source}: unknown key {section}.{key}; valid keys: {valid}")
+            raise UserError(
+                f"{source}: unknown key {section}.{key}"
+                f"{_near(key, _field_names(cls), section)}; valid keys: {valid}"
+            )
         checked[key] = _check_type(value, hints[key], f"{section}.{key}", source)
     if section == "train":
         if checked.get("steps") is not None and checked.get("epochs") is not None:
@@ -208,6 +238,30 @@ def _update(cfg: RunConfig, section: str, values: dict[str, Any], source: str) -
             if checked.get(key) is not None and other not in checked:
                 checked[other] = None
     return replace(cfg, **{section: replace(getattr(cfg, section), **checked)})
+
+
+def _field_names(cls: Any) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, cls in _SECTION_TYPES.items() for k in _field_names(cls)]
+
+
+def _near(word: str, choices: Any, prefix: str = "") -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to a mistyped ``word``, or ''.
+
+    A dotted choice (``train.lr``) also matches on its last part (``lr`` for ``lrr``)."""
+    import difflib
+
+    choices = list(choices)
+    last = {c.rpartition(".")[2]: c for c in choices}
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6) or [
+        last[m] for m in difflib.get_close_matches(word.rpartition(".")[2], last, n=1, cutoff=0.6)
+    ]
+    if not match:
+        return ""
+    return f" (did you mean {prefix + '.' if prefix else ''}{match[0]}?)"
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -255,7 +309,8 @@ def load_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
             d = json.loads(p.read_text())
             if not isinstance(d, dict):
                 raise UserError(f"config file {str(p)!r}: expected a JSON object of sections")
-            d = {k: v for k, v in d.items() if k in _SECTION_TYPES}  # config.json carries versions
+            if "versions" in d:  # a run's config.json: its record (versions, sizes) is no setting
+                d = {k: v for k, v in d.items() if k in _SECTION_TYPES}
         else:
             d = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -273,8 +328,12 @@ def preset_names() -> list[str]:
 
 def preset_text(name: str) -> str:
     path = resources.files("disvae") / "presets" / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    if not name or "/" in name or "\\" in name or not path.is_file():
+        names = preset_names()
+        raise UserError(
+            f"unknown preset {name!r}{_near(name, names)}; choose one of: {', '.join(names)} "
+            "(a file of your own goes to --config)"
+        )
     return path.read_text()
 
 
@@ -289,6 +348,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], source: str = "--set")
     Values are parsed as TOML values (``5e-4``, ``true``, ``"text"``); a bare word that is not
     valid TOML is taken as a string (``loss=btcvae``); ``none`` or ``null`` clears an optional key.
     """
+    if isinstance(overrides, str):  # one "key=value", not its characters
+        overrides = [overrides]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -307,19 +368,31 @@ def resolve_key(key: str) -> tuple[str, str]:
         return _ALIASES[key]
     if "." in key:
         section, _, name = key.partition(".")
-        if section not in _SECTION_TYPES or name not in {
-            f.name for f in fields(_SECTION_TYPES[section])
-        }:
-            raise UserError(f"unknown config key {key!r}; see `disvae train --help` for the keys")
+        if section not in _SECTION_TYPES or name not in _field_names(_SECTION_TYPES[section]):
+            raise UserError(f"unknown config key {key!r}{_near(key, _all_keys())}; {_KEYS_DOC}")
         return section, name
-    owners = [s for s, cls in _SECTION_TYPES.items() if key in {f.name for f in fields(cls)}]
+    owners = [s for s, cls in _SECTION_TYPES.items() if key in _field_names(cls)]
     if len(owners) == 1:
         return owners[0], key
     if not owners:
-        raise UserError(f"unknown config key {key!r}; see `disvae train --help` for the keys")
+        raise UserError(f"unknown config key {key!r}{_near_bare(key)}; {_KEYS_DOC}")
     raise UserError(
         f"config key {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}"
     )
+
+
+_KEYS_DOC = "the keys are listed in docs/train.md (section.key, or key alone)"
+
+
+def _near_bare(key: str) -> str:
+    """The suggestion for a mistyped bare key: the bare name where only one section has it."""
+    hint = _near(key, _all_keys())
+    if not hint:
+        return ""
+    full = hint[len(" (did you mean ") : -2]
+    section, _, name = full.partition(".")
+    owners = [s for s, cls in _SECTION_TYPES.items() if name in _field_names(cls)]
+    return f" (did you mean {name if len(owners) == 1 else full}?)"
 
 
 def parse_value(raw: str) -> Any:
@@ -416,6 +489,9 @@ def _check_values(cfg: RunConfig) -> None:
     for key, value in _nonneg:
         if value is not None and not value >= 0:
             raise UserError(f"{key} must be non-negative, got {value}")
+    for key, value in (("train.seed", T.seed), ("data.split_seed", D.split_seed)):
+        if value > MAX_SEED:  # torch's generators take 64-bit seeds; TOML's integers too
+            raise UserError(f"{key} must be at most 2**63 - 1 ({MAX_SEED}), got {value}")
     if L.sampling is not None and L.sampling not in ("mws", "mss"):
         raise UserError(f"loss.sampling must be mws or mss, got {L.sampling!r}")
     if T.nan_lr_factor > 1:
@@ -446,6 +522,20 @@ def _check_values(cfg: RunConfig) -> None:
             "records CUDA graphs of its own inside it: use compile_mode default or "
             "max-autotune-no-cudagraphs with --cuda-graph"
         )
+
+
+def check_resumable(saved: RunConfig, cfg: RunConfig, run: str) -> None:
+    """`UserError` naming the first setting outside `RESUMABLE_KEYS` where ``cfg`` (to resume
+    run ``run`` with) differs from the run's ``saved`` one (both resolved)."""
+    for section in _SECTION_TYPES:
+        for name in _field_names(_SECTION_TYPES[section]):
+            key, was = f"{section}.{name}", getattr(getattr(saved, section), name)
+            if key not in RESUMABLE_KEYS and getattr(getattr(cfg, section), name) != was:
+                raise UserError(
+                    f"cannot change {key} when resuming {run!r} (the run has "
+                    f"{json.dumps(was)}; another value makes it another run); only "
+                    f"{', '.join(sorted(RESUMABLE_KEYS))} may change"
+                )
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:

@@ -53,9 +53,15 @@ class Trainer(TrainerState, NonFiniteHandling):
         self.dist = dist or distributed.Dist()
         distributed.check_batch(self.dist, cfg.train.batch_size)
         self.device = pick_device(distributed.device_for(self.dist, cfg.train.device))
-        self.train_idx, self.val_idx = split_indices(
-            len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
-        )
+        try:
+            self.train_idx, self.val_idx = split_indices(
+                len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
+            )
+        except ValueError as e:  # too few images for a held-out share and a training split
+            raise UserError(
+                f"{e} ({len(data)} in the dataset, --subset {cfg.data.subset}, --val-fraction "
+                f"{cfg.data.val_fraction}); use more images or --val-fraction 0"
+            ) from None
         self.batches_per_step = 2 if cfg.loss.name == "factor" else 1
         if cfg.train.batch_size * self.batches_per_step > len(self.train_idx):
             raise UserError(
@@ -304,48 +310,71 @@ class Trainer(TrainerState, NonFiniteHandling):
             self.snapshot()
         if self.dist.main:  # training goes on: an earlier stop's reason no longer holds
             runs.clear_stopped(self.out)
+
+        def after_step(last: bool, stop: bool) -> bool:
+            """Log, validate, snapshot and checkpoint as this step calls for; True when the
+            deferred non-finite check rolled the run back instead."""
+            nonlocal t_last, step_last
+            evaluate = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or last)
+            val = bool(cfg.val_every) and (self.step % cfg.val_every == 0 or last)
+            # A stop (Ctrl-C, SIGTERM) writes no log line of its own: the steps since the last
+            # line travel in the checkpoint's sums, and the resumed run logs them at the next
+            # regular step, as an uninterrupted run does.
+            log_now = self.step % cfg.log_every == 0 or last or evaluate or val
+            save_now = self.step % cfg.checkpoint_every == 0 or last or stop
+            if (log_now or save_now) and self.flush_deferred():  # rolled back: no more
+                bar.n = self.step
+                return True
+            if log_now:
+                extra = self.metrics() if evaluate else {}
+                extra.update(self.validate() if val else {})
+                now = time.perf_counter()
+                rate = (self.step - step_last) * cfg.batch_size * self.batches_per_step
+                record = self.write_log(rate / max(now - t_last, 1e-9), writer, extra)
+                bar.set_postfix(logs.postfix(record), refresh=False)
+                t_last, step_last = now, self.step
+            if self.snapshot_every and (self.step % self.snapshot_every == 0 or last):
+                self.snapshot()
+            if save_now:
+                self.save_checkpoint()
+            return False
+
+        if self.step == self.total_steps and self.n_summed:
+            # Resumed at its last step from a checkpoint a stop wrote there, with steps not yet
+            # logged: the last step's log line, frame and checkpoint, as an uninterrupted run
+            # writes them, before the final weights.
+            after_step(last=True, stop=False)
         first = True
+        stop = False
         try:
             with runtime.stop_on_signals(self):
-                while self.step < self.total_steps and not self._stop_requested:
+                while self.step < self.total_steps:
                     terms = self.train_step()
                     self.step += 1
                     if first:
                         first = False
                         self._report_startup()
-                    if self.dist.active:  # a signal to one rank stops them all at this step
-                        self._stop_requested = self.dist.any(self._stop_requested, self.device)
+                    # Whether to stop after this step is read once, here: a signal arriving
+                    # later in the step (while it logs) stops the run after the next step, with
+                    # its checkpoint, not at once without one. A signal to one rank stops them
+                    # all at the same step.
+                    stop = self._stop_requested
+                    if self.dist.active:
+                        stop = self.dist.any(stop, self.device)
+                        self._stop_requested = self._stop_requested or stop
                     bar.update(1)
                     if terms is not None:
                         self.bad_streak = 0
                         self.accumulate(terms)
-                    elif self.on_nonfinite():  # rolled back to an earlier step
+                    elif self.on_nonfinite():  # rolled back to an earlier step (checkpointed)
                         bar.n = self.step
+                        if stop:
+                            break
                         continue
-                    last, stop = self.step == self.total_steps, self._stop_requested
-                    evaluate = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or last)
-                    val = bool(cfg.val_every) and (self.step % cfg.val_every == 0 or last)
-                    # A stop (Ctrl-C, SIGTERM) writes no log line of its own: the steps since
-                    # the last line travel in the checkpoint's sums, and the resumed run logs
-                    # them at the next regular step, as an uninterrupted run does.
-                    log_now = self.step % cfg.log_every == 0 or last or evaluate or val
-                    save_now = self.step % cfg.checkpoint_every == 0 or last or stop
-                    if (log_now or save_now) and self.flush_deferred():  # rolled back
-                        bar.n = self.step
-                        continue
-                    if log_now:
-                        extra = self.metrics() if evaluate else {}
-                        extra.update(self.validate() if val else {})
-                        now = time.perf_counter()
-                        rate = (self.step - step_last) * cfg.batch_size * self.batches_per_step
-                        record = self.write_log(rate / max(now - t_last, 1e-9), writer, extra)
-                        bar.set_postfix(logs.postfix(record), refresh=False)
-                        t_last, step_last = now, self.step
-                    if self.snapshot_every and (self.step % self.snapshot_every == 0 or last):
-                        self.snapshot()
-                    if save_now:
-                        self.save_checkpoint()
-                if self._stop_requested:
+                    after_step(self.step == self.total_steps, stop)
+                    if stop:  # (after a rollback too: it went back to a checkpointed step)
+                        break
+                if stop and self.step < self.total_steps:  # (a stop at the last step finishes)
                     runtime.last_stop_step = self.step
         except NonFiniteError as e:
             self._record_stop(e)
@@ -529,6 +558,9 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
     if resume and dist.main:  # (before config.json records this version)
         runs.check_preprocessing(out, data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
+    if resume:  # (the CLI checks this too; a script's config is checked here)
+        saved = C.resolve(runs.read_config(out), data.info.default_rec_dist)
+        C.check_resumable(saved, cfg, str(out))
     with ExitStack() as held:
         lock = runs.RunLock(out, create=not resume)
         _on_main(dist, device, lambda: held.enter_context(lock))  # rank 0 holds the run
