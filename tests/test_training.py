@@ -238,6 +238,16 @@ def test_a_subset_too_small_to_split_is_a_user_error(tiny_data, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_subset_larger_than_the_dataset_warns_and_uses_every_image(tiny_data, tmp_path, caplog):
+    n = len(tiny_data)
+    with caplog.at_level("WARNING", logger="disvae.training.loop"):
+        run = train(_cfg("vae", "steps=1", f"subset={n + 5}"), tmp_path / "b", data=tiny_data,
+                    progress=False)  # fmt: skip
+    assert f"--subset {n + 5} is more than the dataset's {n} images" in caplog.text
+    record = json.loads((run / runs.CONFIG).read_text())
+    assert record["n_train"] + record["n_val"] == n
+
+
 def test_the_python_api_refuses_to_resume_with_another_setting(tiny_data, tmp_path):
     """`train(cfg, RUN, resume=True)` with a changed lr used to train on with it and rewrite
     RUN/config.json: a run whose record no longer says how it was trained."""

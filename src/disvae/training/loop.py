@@ -62,6 +62,11 @@ class Trainer(TrainerState, NonFiniteHandling):
                 f"{e} ({len(data)} in the dataset, --subset {cfg.data.subset}, --val-fraction "
                 f"{cfg.data.val_fraction}); use more images or --val-fraction 0"
             ) from None
+        if cfg.data.subset is not None and cfg.data.subset > len(data) and self.dist.main:
+            log.warning(
+                "--subset %d is more than the dataset's %d images: training on all of them",
+                cfg.data.subset, len(data),
+            )  # fmt: skip
         self.batches_per_step = 2 if cfg.loss.name == "factor" else 1
         if cfg.train.batch_size * self.batches_per_step > len(self.train_idx):
             raise UserError(
