@@ -248,10 +248,9 @@ def _all_keys() -> list[str]:
     return [f"{s}.{k}" for s, cls in _SECTION_TYPES.items() for k in _field_names(cls)]
 
 
-def _near(word: str, choices: Any, prefix: str = "") -> str:
-    """`` (did you mean X?)`` for the closest of ``choices`` to a mistyped ``word``, or ''.
-
-    A dotted choice (``train.lr``) also matches on its last part (``lr`` for ``lrr``)."""
+def _closest(word: str, choices: Any) -> str | None:
+    """The closest of ``choices`` to a mistyped ``word``, or None. A dotted choice
+    (``train.lr``) also matches on its last part (``lr`` for ``lrr``)."""
     import difflib
 
     choices = list(choices)
@@ -259,9 +258,13 @@ def _near(word: str, choices: Any, prefix: str = "") -> str:
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6) or [
         last[m] for m in difflib.get_close_matches(word.rpartition(".")[2], last, n=1, cutoff=0.6)
     ]
-    if not match:
-        return ""
-    return f" (did you mean {prefix + '.' if prefix else ''}{match[0]}?)"
+    return match[0] if match else None
+
+
+def _near(word: str, choices: Any, prefix: str = "") -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to a mistyped ``word``, or ''."""
+    match = _closest(word, choices)
+    return f" (did you mean {prefix + '.' if prefix else ''}{match}?)" if match else ""
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -386,10 +389,9 @@ _KEYS_DOC = "the keys are listed in docs/train.md (section.key, or key alone)"
 
 def _near_bare(key: str) -> str:
     """The suggestion for a mistyped bare key: the bare name where only one section has it."""
-    hint = _near(key, _all_keys())
-    if not hint:
+    full = _closest(key, _all_keys())
+    if full is None:
         return ""
-    full = hint[len(" (did you mean ") : -2]
     section, _, name = full.partition(".")
     owners = [s for s, cls in _SECTION_TYPES.items() if name in _field_names(cls)]
     return f" (did you mean {name if len(owners) == 1 else full}?)"

@@ -168,17 +168,19 @@ def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
         raise UserError(f"{name} must be a positive integer, got {batch_size}")
 
 
-def _non_finite(arrays: dict[str, np.ndarray | None]) -> tuple[list[str], int, int]:
-    """(names of the arrays with a non-finite value, rows with one, rows) of (N, ...) arrays."""
-    names, bad, n = [], None, 0
+def _non_finite(arrays: dict[str, np.ndarray | None]) -> tuple[list[str], int]:
+    """(names of the arrays with a non-finite value, rows with one in any) of (N, ...) arrays."""
+    from disvae.metrics._utils import nonfinite_rows
+
+    names, bad = [], None
     for name, a in arrays.items():
         if a is None:
             continue
-        rows = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
-        bad, n = (rows if bad is None else bad | rows), len(a)
+        rows = nonfinite_rows(a)
+        bad = rows if bad is None else bad | rows
         if rows.any():
             names.append(name)
-    return names, 0 if bad is None else int(bad.sum()), n
+    return names, 0 if bad is None else int(bad.sum())
 
 
 # ---------------------------------------------------------------------- disentanglement metrics
@@ -417,7 +419,7 @@ def compute_metrics(
         factors = data.factors_of(index) if kind == "labels" else None
     model = inference_copy(model)
     mu, logvar, err = _encode_points(model, data, index, rec, batch_size, tick, amp)
-    bad, n_bad, _ = _non_finite({"posterior means": mu, "log-variances": logvar,
+    bad, n_bad = _non_finite({"posterior means": mu, "log-variances": logvar,
                                  "reconstruction errors": err})  # fmt: skip
     if bad:  # the metrics would end in a ValueError's traceback (or a silent NaN)
         raise UserError(
@@ -599,7 +601,7 @@ def encode_run(
             )
     tick = progress or (lambda n: None)
     mu, logvar, _ = _encode_points(inference_copy(model.to(dev)), data, index, None, bs, tick, amp)
-    bad, n_bad, _ = _non_finite({"means": mu, "log-variances": logvar})
+    bad, n_bad = _non_finite({"means": mu, "log-variances": logvar})
     if bad:  # kept (the file records what the encoder gives), but never silently
         import warnings
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from disvae.metrics._utils import check_count, nonfinite_rows
+
 EncodeFn = Callable[[Any], Any]
 
 
@@ -24,8 +26,8 @@ def _to_numpy(x: Any) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]  # one code dimension
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+    bad = int(nonfinite_rows(x).sum())
+    if bad:
         raise ValueError(
             f"encode returned NaN or infinite codes for {bad} of {len(x)} images; the encoder's "
             "weights are damaged or diverged"
@@ -116,8 +118,6 @@ def sample_codes(
     dataset: Any, encode: EncodeFn, n: int, rng: np.random.Generator, batch_size: int = 1000
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points with uniformly drawn factors: codes (n, D) and factor classes (n, K)."""
-    from disvae.metrics._utils import check_count
-
     check_count(n, "n")
     classes = dataset.sample_factors(n, rng)
     return encode_classes(dataset, encode, classes, batch_size), classes

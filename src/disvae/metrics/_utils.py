@@ -17,13 +17,18 @@ def _numeric(x: object, name: str) -> np.ndarray:
     return arr
 
 
+def nonfinite_rows(a: np.ndarray) -> np.ndarray:
+    """Boolean (N,): the rows of an (N, ...) array holding a NaN or an infinity."""
+    return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+
+
 def check_codes(codes: np.ndarray, name: str = "codes") -> np.ndarray:
     """``codes`` as float64 (N, D) with D >= 1 and only finite values; ValueError otherwise."""
     codes = _numeric(codes, name).astype(np.float64)
     if codes.ndim != 2 or codes.shape[1] < 1:
         raise ValueError(f"{name} must be (N, D) with D >= 1; got shape {codes.shape}")
-    if not np.all(np.isfinite(codes)):
-        bad = int(np.sum(~np.isfinite(codes).all(axis=1)))
+    bad = int(nonfinite_rows(codes).sum())
+    if bad:
         raise ValueError(f"{name} holds NaN or infinite values ({bad} of {len(codes)} rows)")
     return codes
 

@@ -87,7 +87,6 @@ def chen_mutual_info(
     """
     mu, factors = check_codes_factors(mu, factors)
     mu, logvar = check_posteriors(mu, logvar)
-    check_count(n_samples, "n_samples", allow_none=True)
     rng = as_rng(rng)
     h_z, _ = aggregate_entropies(mu, logvar, rng, n_samples)
     mi = np.zeros((mu.shape[1], factors.shape[1]))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from disvae.metrics._sampling import as_rng
-from disvae.metrics._utils import check_codes, check_count, check_posteriors
+from disvae.metrics._utils import check_codes, check_posteriors
 from disvae.metrics.mig_chen import aggregate_entropies
 
 
@@ -53,7 +53,6 @@ def total_correlation(
     the whole sample as the mixture); ``mu, logvar``: (N, D); ``rng`` None: seed 0.
     """
     mu, logvar = check_posteriors(mu, logvar)
-    check_count(n_samples, "n_samples", allow_none=True)
     h_dims, h_joint = aggregate_entropies(mu, logvar, as_rng(rng), n_samples, joint=True)
     return float(np.sum(h_dims) - h_joint)
 
@@ -81,9 +80,10 @@ def unsupervised_scores(
                 f"recon_error must be {len(mu)} finite numbers, one per point (shape "
                 f"({len(mu)},)); got shape {recon_error.shape}"
             )
+    kl = kl_per_dim(mu, logvar)
     out: dict[str, object] = {
-        "kl_per_dim": [float(v) for v in kl_per_dim(mu, logvar)],
-        "kl": float(kl_per_dim(mu, logvar).sum()),
+        "kl_per_dim": [float(v) for v in kl],
+        "kl": float(kl.sum()),
         "active_units": float(active_units(mu, active_threshold)),
         "total_correlation": total_correlation(mu, logvar, n_samples, rng),
         "gaussian_total_correlation": gaussian_total_correlation(mu),
