@@ -352,6 +352,21 @@ def test_resume_accepts_the_runs_own_settings_and_names_the_old_value(tmp_path, 
     assert err.count("\n") == 1 and "cannot change train.seed when resuming (the run has 7;" in err
 
 
+def test_default_out_does_not_collide_with_a_run_of_the_same_second(tmp_path, monkeypatch):
+    from disvae import cli
+    from disvae import config as C
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261129-101500")
+    cfg = C.RunConfig()
+    first = cli._default_out(cfg)
+    assert first == f"runs/{cfg.loss.name}_dsprites_20261129-101500"
+    (tmp_path / first).mkdir(parents=True)
+    assert cli._default_out(cfg) == first + "-2"
+    (tmp_path / (first + "-2")).mkdir()
+    assert cli._default_out(cfg) == first + "-3"
+
+
 def test_compile_mode_with_no_compile_is_refused(tmp_path, capsys):
     run = tmp_path / "r"
     argv = ["train", "--out", str(run), *TINY, "--steps", "2", "--compile-mode", "default"]

@@ -128,8 +128,13 @@ def test_cli(run, capsys, monkeypatch):
     argv = ["evaluate", str(run), "--metrics", "mig,dci", "--n-samples", "200", "--n-test", "100",
             "--dci-model", "lasso", "--device", "cpu"]  # fmt: skip
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     assert "dci/disentanglement" in out and "mig" in out
+    # Each value is said once, in the table: stderr has the progress lines, without values.
+    mig = json.loads((run / "metrics.json").read_text())["metrics"]["mig"]
+    assert (said.out + said.err).count(f"{mig:.4f}") == 1
+    assert "scored mig in" in said.err
     # The CLI leaves the batch to the device's default (200 on the CPU) and records it.
     protocol = json.loads((run / "metrics.json").read_text())["protocol"]
     assert (protocol["encode_batch"], protocol["encode_amp"]) == (200, "none")

@@ -264,3 +264,8 @@ def test_the_python_api_refuses_to_resume_with_another_setting(tiny_data, tmp_pa
     same = C.apply_overrides(_cfg("betaH", "steps=10"), ["beta=none"])
     train(same, run, data=tiny_data, resume=True, progress=False)
     assert [r["step"] for r in _log(run)] == [5, 10]
+    # no length at all would not continue "as before" but to the default 300,000 steps
+    unbounded = C.apply_overrides(runs.read_config(run), ["steps=none"])
+    with pytest.raises(UserError, match=r"default 300000 steps \(the run has steps = 10\)"):
+        train(unbounded, run, data=tiny_data, resume=True, progress=False)
+    assert [r["step"] for r in _log(run)] == [5, 10]

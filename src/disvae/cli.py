@@ -486,7 +486,15 @@ def _quiet(args: argparse.Namespace) -> bool:
 
 
 def _default_out(cfg) -> str:
-    return f"runs/{cfg.loss.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<loss>_<data>_<date-time>, with -2, -3, ... after a name already taken (two runs
+    started in the same second). Under torchrun rank 0's name is the run's: only rank 0 writes
+    a new run, and the other ranks' names (a second later, or -2) go unused."""
+    base = f"runs/{cfg.loss.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while Path(out).exists():
+        n += 1
+        out = f"{base}-{n}"
+    return out
 
 
 def _print_summary(run: Path, seconds: float, done: bool) -> None:

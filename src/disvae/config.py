@@ -538,6 +538,15 @@ def check_resumable(saved: RunConfig, cfg: RunConfig, run: str) -> None:
                     f"{json.dumps(was)}; another value makes it another run); only "
                     f"{', '.join(sorted(RESUMABLE_KEYS))} may change"
                 )
+    # A length set to none would not mean "as before" but the default 300,000 steps.
+    length = (saved.train.steps, saved.train.epochs)
+    if (cfg.train.steps, cfg.train.epochs) == (None, None) and length != (None, None):
+        was = f"steps = {length[0]}" if length[0] is not None else f"epochs = {length[1]}"
+        raise UserError(
+            f"resuming {run!r} with neither train.steps nor train.epochs would train to the "
+            f"default {DEFAULT_STEPS} steps (the run has {was}); give --steps or --epochs (--steps "
+            f"{DEFAULT_STEPS} to mean the default)"
+        )
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:

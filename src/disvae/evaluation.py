@@ -443,7 +443,8 @@ def compute_metrics(
         t0 = time.perf_counter()
         values[name] = METRICS.get(name).compute(ctx)
         seconds[name] = round(time.perf_counter() - t0, 3)
-        log.info("%s (%.1fs)", format_metrics({name: values[name]}), seconds[name])
+        # progress for long runs (the values come once, in the caller's table or the file)
+        log.info("scored %s in %.1fs", name, seconds[name])
         if progress:
             progress(name, 0)
     protocol = dict(params, metrics=names, points_encoded=int(n_points + cache.n_encoded),
