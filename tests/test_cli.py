@@ -211,6 +211,10 @@ def test_resume_refuses_to_change_the_run(tmp_path, capsys):
     assert main(["train", "--out", str(run), *TINY, "--steps", "5", "--loss", "vae"]) == 0
     assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
     assert "cannot change train.lr when resuming" in capsys.readouterr().err
+    # a value the run left unset is named as --set spells it
+    assert main(["train", "--resume", str(run), "--set", "loss.rec_scale=2"]) == 2
+    assert "cannot change loss.rec_scale when resuming" in (err := capsys.readouterr().err)
+    assert "(the run has none;" in err
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
     assert "none' does not exist; pass a run directory" in capsys.readouterr().err
 
@@ -349,7 +353,8 @@ def test_resume_accepts_the_runs_own_settings_and_names_the_old_value(tmp_path, 
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--steps", "15", "--seed", "8"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot change train.seed when resuming (the run has 7;" in err
+    assert err.count("\n") == 1
+    assert f"cannot change train.seed when resuming {str(run)!r} (the run has 7;" in err
 
 
 def test_default_out_does_not_collide_with_a_run_of_the_same_second(tmp_path, monkeypatch):

@@ -16,11 +16,7 @@ from pathlib import Path
 
 from disvae import __version__
 from disvae.cli_format import HelpFormatter
-from disvae.config import (  # no torch behind it: --help stays fast
-    AMP_MODES,
-    COMPILE_MODES,
-    RESUMABLE_KEYS,
-)
+from disvae.config import AMP_MODES, COMPILE_MODES  # no torch behind it: --help stays fast
 from disvae.errors import UserError
 
 # flag destination -> config key
@@ -435,34 +431,11 @@ def _resume_config(args, flags, overrides):
     for bad in ("preset", "config", "overwrite"):
         if hasattr(args, bad):
             raise UserError(f"--{bad} cannot be combined with --resume")
-    cfg = runs.read_config(run)
-    changes = dict(flags)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, name = C.resolve_key(key.strip())
-        changes[f"{section}.{name}"] = C.parse_value(value.strip())
-    # A setting repeated with the run's own value changes nothing (the first command line
-    # again, with --resume): only a different value would make it another run.
-    fixed = sorted(k for k in changes if k not in RESUMABLE_KEYS and _changes(cfg, k, changes[k]))
-    if fixed:
-        section, _, name = fixed[0].partition(".")
-        was = getattr(getattr(cfg, section), name)
-        raise UserError(
-            f"cannot change {fixed[0]} when resuming (the run has {_toml(was)}; another value "
-            f"makes it another run); only {', '.join(sorted(RESUMABLE_KEYS))} may change"
-        )
-    cfg = C.apply_overrides(cfg, [f"{k}={_toml(v)}" for k, v in changes.items()])
+    saved = runs.read_config(run)
+    changes = [f"{k}={_toml(v)}" for k, v in flags.items()] + list(overrides)
+    cfg = C.apply_overrides(saved, changes)
+    C.check_resumable(saved, cfg, str(run))  # (before minutes of loading the data)
     return cfg, run
-
-
-def _changes(cfg, key: str, value: object) -> bool:
-    """Whether setting ``key`` to ``value`` gives ``cfg`` another value there (type-checked as
-    `apply_overrides` does: 4 and 4.0 are one value of a float key)."""
-    from disvae import config as C
-
-    section, _, name = key.partition(".")
-    new = C.apply_overrides(cfg, [f"{key}={_toml(value)}"])
-    return getattr(getattr(new, section), name) != getattr(getattr(cfg, section), name)
 
 
 def _toml(value: object) -> str:

@@ -528,15 +528,18 @@ def _check_values(cfg: RunConfig) -> None:
 
 def check_resumable(saved: RunConfig, cfg: RunConfig, run: str) -> None:
     """`UserError` naming the first setting outside `RESUMABLE_KEYS` where ``cfg`` (to resume
-    run ``run`` with) differs from the run's ``saved`` one (both resolved)."""
+    run ``run`` with) differs from the run's ``saved`` one, or when ``cfg`` has no length where
+    the run had one. The trainer checks resolved configs; the CLI checks the run's config with
+    the command line's changes applied, before loading the data. A setting given the run's own
+    value is no change (the first command line again, with --resume)."""
     for section in _SECTION_TYPES:
         for name in _field_names(_SECTION_TYPES[section]):
             key, was = f"{section}.{name}", getattr(getattr(saved, section), name)
             if key not in RESUMABLE_KEYS and getattr(getattr(cfg, section), name) != was:
                 raise UserError(
                     f"cannot change {key} when resuming {run!r} (the run has "
-                    f"{json.dumps(was)}; another value makes it another run); only "
-                    f"{', '.join(sorted(RESUMABLE_KEYS))} may change"
+                    f"{'none' if was is None else json.dumps(was)}; another value makes it "
+                    f"another run); only {', '.join(sorted(RESUMABLE_KEYS))} may change"
                 )
     # A length set to none would not mean "as before" but the default 300,000 steps.
     length = (saved.train.steps, saved.train.epochs)
