@@ -62,3 +62,18 @@ def test_packed_and_plain_batches_agree():
     b = ArrayDataset(binary * 255, info, packed=False).batch(torch.tensor([4, 0, 2]))
     assert a.dtype == torch.float32 and a.shape == (3, 1, 8, 16)
     assert torch.equal(a, b) and torch.equal(a, torch.from_numpy(binary[[4, 0, 2]]).float())
+
+
+def test_a_view_of_a_memory_map_gives_its_own_images(tmp_path):
+    """A slice or a transpose of a read-only memory map is a `np.memmap` with the offset of the
+    whole map: its images are its own, not those at the start of the file."""
+    file = tmp_path / "x.npy"
+    np.save(file, np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2))
+    whole = np.load(file, mmap_mode="r")
+    info = DatasetInfo("t", (1, 2, 2))
+    tail = ArrayDataset(whole[6:], info, packed=False)
+    assert tail.numpy_images(np.array([0])).ravel().tolist() == [24, 25, 26, 27]
+    assert tail.batch(torch.tensor([3])).flatten().mul(255).round().tolist() == [36, 37, 38, 39]
+    for view in (whole, whole[::2], whole[:, :, ::-1], whole.transpose(0, 1, 3, 2)):
+        data = ArrayDataset(view, info, packed=False)
+        np.testing.assert_array_equal(data.numpy_images(np.arange(len(view))), view)

@@ -784,3 +784,112 @@ def test_stacked_csv_with_a_bom_and_errors_named_by_their_line(tmp_path: Path) -
     (tmp_path / "b" / "index.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match=r"sample 1 has factors the index does not declare"):
         load_dataset("stacked", str(tmp_path / "b"), img_size=32, workers=1)
+
+
+def test_folder_with_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """A Latin-1 file name (bytes that are not UTF-8, as old archives have) loads: the cache
+    key hashes it without a UnicodeEncodeError."""
+    root = tmp_path / "f"
+    root.mkdir()
+    for i, value in enumerate((40, 200)):
+        Image.fromarray(np.full((12, 12, 3), value, np.uint8)).save(root / f"{i}.png")
+    os.rename(root / "1.png", os.fsencode(root) + b"/\xe9t\xe9.png")  # "été" in Latin-1
+    data = load_dataset("folder", str(root), img_size=8, workers=1)
+    assert len(data) == 2 and data.files[1].endswith("\udce9t\udce9.png")
+    np.testing.assert_array_equal(data.numpy_images(np.arange(2))[:, 0, 0, 0], [40, 200])
+
+
+def test_shapes3d_groups_dangling_links_and_nan_labels_are_one_line_errors(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(shapes3d, "FACTOR_SIZES", SMALL_GRID)
+    labels = make_shapes3d(tmp_path / "good.h5")
+    images = np.zeros((96, 64, 64, 3), np.uint8)
+    cases = {
+        "group.h5": ({"images": None, "labels": labels}, "'images' is an HDF5 Group, not a"),
+        "link.h5": ({"images": h5py.SoftLink("/gone"), "labels": labels},
+                    r"'images' cannot be opened \(.*not found"),
+        "nan.h5": ({"images": images, "labels": np.where(labels == 1.0, np.nan, labels)},
+                   "labels hold NaN or infinite values"),
+        "inf.h5": ({"images": images, "labels": np.where(labels == 1.0, np.inf, labels)},
+                   "labels hold NaN or infinite values"),
+    }  # fmt: skip
+    for name, (content, message) in cases.items():
+        with h5py.File(tmp_path / name, "w") as h5:
+            for key, value in content.items():
+                if value is None:
+                    h5.create_group(key)
+                else:
+                    h5[key] = value
+        with pytest.raises(DataError, match=message) as err:
+            load_dataset("shapes3d", str(tmp_path / name))
+        assert "\n" not in str(err.value) and shapes3d.URL in str(err.value)
+
+
+def test_stacked_index_numbers_too_big_for_a_float_and_deep_json(tmp_path: Path) -> None:
+    """Infinity, 1e400 or 10**400 in a box or a factor, and JSON nested past Python's recursion
+    limit: one-line errors naming the sample, not OverflowError or RecursionError."""
+    make_stacked(tmp_path, n=2)
+    good = json.loads((tmp_path / "index.json").read_text())
+    for box in ("Infinity", "1e400", "1" + "0" * 400):
+        text = json.dumps(good).replace("[60, 20, 30, 20]", f"[{box}, 20, 30, 20]", 1)
+        (tmp_path / "index.json").write_text(text)
+        with pytest.raises(DataError, match=r"sample 0: box \[.*\] is not 'left top width"):
+            load_dataset("stacked", str(tmp_path), workers=1)
+    text = json.dumps(good).replace('"scale": 1.0', '"scale": 1' + "0" * 400, 1)
+    (tmp_path / "index.json").write_text(text)
+    with pytest.raises(DataError, match="sample 0 has a factor that is not a number"):
+        load_dataset("stacked", str(tmp_path), workers=1)
+    (tmp_path / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"index.json is not readable JSON \(maximum recursion"):
+        load_dataset("stacked", str(tmp_path), workers=1)
+    (tmp_path / "index.json").unlink()
+    lines = ["image,patch:face,x", "faces/0.png,inf 0 3 3,1"]
+    (tmp_path / "index.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"row 2: box 'inf 0 3 3' is not 'left top width"):
+        load_dataset("stacked", str(tmp_path), workers=1)
+
+
+def test_stacked_index_with_a_bom_or_an_unnamed_csv_column(tmp_path: Path) -> None:
+    """A JSON index saved as "UTF-8 with BOM" (Windows Notepad) loads, as a CSV one does; a CSV
+    header with an empty column (a trailing comma) says which column, not "'f' must be..."."""
+    make_stacked(tmp_path / "a", n=2)
+    index = tmp_path / "a" / "index.json"
+    index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes())
+    data = load_dataset("stacked", str(tmp_path / "a"), img_size=16, workers=1)
+    assert len(data) == 2 and data.info.patches == tuple(PATCHES)
+    make_stacked(tmp_path / "b", n=2, fmt="csv")
+    csv_file = tmp_path / "b" / "index.csv"
+    lines = csv_file.read_text().splitlines()
+    csv_file.write_text("\n".join([lines[0] + ","] + [line + "," for line in lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"index.csv: header column 8 has no name; see docs"):
+        load_dataset("stacked", str(tmp_path / "b"), workers=1)
+    csv_file.write_text("image,patch:\nfaces/0.png,\n")
+    with pytest.raises(DataError, match=r"index.csv: header column 2 has no name"):
+        load_dataset("stacked", str(tmp_path / "b"), workers=1)
+
+
+def test_plain_pickle_refusal_of_a_global_named_with_a_newline_is_one_line() -> None:
+    """STACK_GLOBAL takes its names from strings of the file, which may hold a newline: the
+    refusal quotes the name rather than print a second line of the attacker's text."""
+    payload = b"\x80\x04\x8c\x0aos\nfake ok\x94\x8c\x06system\x94\x93)R."
+    with pytest.raises(plain_pickle.PickleDataError) as err:
+        plain_pickle.read(payload)
+    assert str(err.value).startswith("refused 'os\\nfake ok.system': only numbers")
+    assert "\n" not in str(err.value)
+
+
+def test_a_broken_link_among_celeba_or_chairs_images_is_a_one_line_error(tmp_path: Path) -> None:
+    """CelebA and Chairs list their files by glob, which lists a link to nothing or a loop of
+    links: hashing the cache key stats it. A `DataError` naming it, not an OSError."""
+    make_celeba(tmp_path / "c", n=2)
+    faces = tmp_path / "c" / "img_align_celeba"
+    os.symlink(faces / "gone.jpg", faces / "000003.jpg")
+    with pytest.raises(DataError, match=r"celeba: .*000003\.jpg cannot be read \(No such file"):
+        load_dataset("celeba", str(tmp_path / "c"), workers=1)
+    make_chairs(tmp_path / "h", n=1)
+    renders = tmp_path / "h" / "rendered_chairs" / "chair_0" / "renders"
+    loop = renders / chairs_name(5)
+    os.symlink(loop, loop)
+    with pytest.raises(DataError, match=r"chairs: .*_r096\.png cannot be read \(Too many levels"):
+        load_dataset("chairs", str(tmp_path / "h"), workers=1)

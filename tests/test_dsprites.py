@@ -364,3 +364,30 @@ def test_truncated_npz_images(tmp_path: Path) -> None:
             zf.writestr(name, data)
     with pytest.raises(DataError, match="imgs is truncated"):
         ds._read_npz(file, SMALL)
+
+
+# A .npy header numpy cannot parse as a literal, which it then retries through `tokenize`
+# (TokenError: an unclosed bracket), as a damaged cache file or npz member may have.
+UNTOKENIZABLE = (
+    b"\x93NUMPY\x01\x00v\x00{'descr': '|u1'\x0c 'fortran_order': False, 'shape': (4, 16), }"
+    + b" " * 27 + b"]" + b" " * 15 + b"\xf1" + b" " * 13 + b"\n"
+)  # fmt: skip
+
+
+def test_cache_with_an_untokenizable_header_is_rebuilt(tmp_path: Path) -> None:
+    calls: list[int] = []
+    path = tmp_path / "tiny.npy"
+    path.write_bytes(UNTOKENIZABLE + bytes(80))
+    with pytest.warns(UserWarning, match="incomplete or corrupt; rebuilding it"):
+        rebuilt = ds._cached(path, (5, 16), tiny_chunks(calls), "test")
+    assert calls == [1] and rebuilt[4, 15] == 7 and rebuilt[1, 0] == 16
+
+
+def test_npz_member_with_an_untokenizable_header(tmp_path: Path) -> None:
+    file = tmp_path / "bad.npz"
+    with zipfile.ZipFile(file, "w") as zf:
+        for name in ("imgs", "latents_classes", "latents_values"):
+            zf.writestr(f"{name}.npy", UNTOKENIZABLE)
+    with pytest.raises(DataError, match="cannot read its 'latents_classes' array") as err:
+        ds._read_npz(file, SMALL)
+    assert "\n" not in str(err.value) and ds.URL in str(err.value)

@@ -7,6 +7,7 @@ that holds the images.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,8 +110,13 @@ def _as_tensor(images: np.ndarray) -> torch.Tensor:
         raise ValueError(f"images must be uint8, got {images.dtype}")
     if not images.flags.writeable:
         # A read-only memory map: torch wants a writable buffer. A copy-on-write view shares
-        # the pages with the file and never writes back.
-        if isinstance(images, np.memmap):
+        # the pages with the file and never writes back. Only for a whole C-order map: a view
+        # of one (a slice, a transpose) keeps the map's offset, not its own.
+        if (
+            isinstance(images, np.memmap)
+            and isinstance(images.base, mmap.mmap)
+            and images.flags.c_contiguous
+        ):
             images = np.memmap(
                 images.filename, dtype=np.uint8, mode="c", offset=images.offset, shape=images.shape
             )

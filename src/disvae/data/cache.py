@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import tokenize
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,11 @@ import numpy as np
 from disvae.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# What numpy's ``.npy`` header parser raises on a damaged header: ValueError mostly, but a header
+# that is not a Python literal is retried through `tokenize` (to drop Python 2's "3L" ints),
+# which raises TokenError or IndentationError (a SyntaxError).
+NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError)
 
 
 def cache_dir() -> Path:
@@ -43,8 +49,16 @@ def source_key(name: str, files: Sequence[Path], **params: Any) -> Path:
     h = hashlib.sha256()
     h.update(json.dumps({"name": name, **params}, sort_keys=True, default=str).encode())
     for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = f.stat()
+        except OSError as err:  # a link to nothing or a loop of links (a glob lists them)
+            raise DataError(
+                f"{name}: {f} cannot be read ({err.strerror}); restore that file or remove it"
+            ) from None
+        # surrogateescape: a file name that is not UTF-8 (a Latin-1 name from an old archive)
+        h.update(
+            f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="surrogateescape")
+        )
     return cache_dir() / f"{name}-{h.hexdigest()[:20]}.npy"
 
 
@@ -60,7 +74,7 @@ def open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
             and arr.dtype == np.uint8
             and path.stat().st_size == arr.offset + arr.nbytes
         )
-    except (ValueError, OSError, EOFError):
+    except (*NPY_HEADER_ERRORS, OSError, EOFError):
         ok = False
     if not ok:
         warnings.warn(f"cache {path} is incomplete or corrupt; rebuilding it", stacklevel=3)

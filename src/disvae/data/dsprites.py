@@ -30,7 +30,7 @@ from typing import BinaryIO
 import numpy as np
 
 from disvae.data.base import DatasetInfo
-from disvae.data.cache import cache_dir, with_source
+from disvae.data.cache import NPY_HEADER_ERRORS, cache_dir, with_source
 from disvae.data.cache import cached as _cached
 from disvae.data.ground_truth import GridDataset
 from disvae.data.registry import DATASETS
@@ -274,7 +274,7 @@ def _open_member(zf: zipfile.ZipFile, name: str, file: Path) -> tuple[tuple, np.
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+    except (KeyError, *NPY_HEADER_ERRORS, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise _fail(file, f"cannot read its {name!r} array ({err})") from None
     if fortran or dtype.hasobject:
         stream.close()

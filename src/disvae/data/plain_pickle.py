@@ -49,7 +49,8 @@ class _Global:
         self.module, self.name = module, name
 
     def __str__(self) -> str:
-        return f"{self.module}.{self.name}"
+        text = f"{self.module}.{self.name}"  # the file's text: quoted unless printable, so a
+        return text if text.isprintable() else repr(text)  # message stays one line
 
 
 class _Call:

@@ -53,6 +53,8 @@ def h5_path(path: str | None) -> Path:
 def grid_values(file: Path, labels: np.ndarray) -> list[np.ndarray]:
     """The sorted values of each factor; `DataError` unless ``labels`` are the row-major grid."""
     sizes = FACTOR_SIZES
+    if not np.isfinite(labels).all():  # (np.unique would take NaN or inf for a factor value)
+        raise _fail(file, "labels hold NaN or infinite values")
     values = [np.unique(col) for col in labels.T]
     found = tuple(len(v) for v in values)
     if found != sizes:
@@ -76,10 +78,20 @@ def _open(file: Path):
 
 
 def _read_labels(file: Path, h5) -> np.ndarray:
+    import h5py
+
     n = int(np.prod(FACTOR_SIZES))
-    if "images" not in h5 or "labels" not in h5:
-        raise _fail(file, f"has datasets {sorted(h5)}, expected 'images' and 'labels'")
-    images, labels = h5["images"], h5["labels"]
+    found = {}
+    for key in ("images", "labels"):
+        if key not in h5:
+            raise _fail(file, f"has datasets {sorted(h5)}, expected 'images' and 'labels'")
+        try:
+            found[key] = h5[key]
+        except (KeyError, OSError) as err:  # a link to nothing: h5py raises KeyError
+            raise _fail(file, f"{key!r} cannot be opened ({err})") from None
+        if not isinstance(found[key], h5py.Dataset):
+            raise _fail(file, f"{key!r} is an HDF5 {type(found[key]).__name__}, not a dataset")
+    images, labels = found["images"], found["labels"]
     if images.shape != (n, SIZE, SIZE, 3) or images.dtype != np.uint8:
         raise _fail(
             file, f"images is {images.dtype} {images.shape}, expected uint8 {(n, 64, 64, 3)}"

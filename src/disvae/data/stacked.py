@@ -58,7 +58,7 @@ class Index:
         self.crops.append(tuple(self._box(where, boxes.get(p)) for p in self.patches))
         try:
             floats = [float(v) for v in values]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # Overflow: an int beyond any float
             raise self.fail(f"{where} has a factor that is not a number: {values}") from None
         if len(floats) != len(self.factors) or not all(map(math.isfinite, floats)):
             raise self.fail(f"{where} needs finite values for factors {self.factors}")
@@ -70,7 +70,7 @@ class Index:
         parts = box.split() if isinstance(box, str) else box
         try:
             left, top, width, height = (int(round(float(v))) for v in parts)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # Overflow: inf, 1e400, 10**400
             raise self.fail(f"{where}: box {box!r} is not 'left top width height'") from None
         if width < 1 or height < 1:
             raise self.fail(f"{where}: box {box!r} is empty")
@@ -89,8 +89,8 @@ def _names(index_file: Path, obj: Any, key: str) -> list[str]:
 def parse_json(file: Path) -> Index:
     """Read a JSON index: ``{"patches": [...], "factors": [...], "samples": [...]}``."""
     try:
-        obj = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        obj = json.loads(file.read_text(encoding="utf-8-sig"))  # JSON is UTF-8; -sig: a BOM
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise DataError(f"stacked index {file} is not readable JSON ({err}); {_SPEC}") from None
     index = Index(file, _names(file, obj, "patches"), _names(file, obj, "factors"))
     samples = obj.get("samples")
@@ -119,6 +119,9 @@ def parse_csv(file: Path) -> Index:
     header = [h.strip() for h in rows[0]] if rows else []
     if not header or header[0] != "image":
         raise DataError(f"stacked index {file}: the first column must be 'image'; {_SPEC}")
+    unnamed = [i + 1 for i, h in enumerate(header) if h in ("", "patch:")]
+    if unnamed:  # (a trailing comma on the header line makes an empty last column)
+        raise DataError(f"stacked index {file}: header column {unnamed[0]} has no name; {_SPEC}")
     patches = [h[len("patch:") :] for h in header[1:] if h.startswith("patch:")]
     factors = [h for h in header[1:] if not h.startswith("patch:")]
     index = Index(file, _names(file, {"p": patches}, "p"), _names(file, {"f": factors}, "f"))
