@@ -204,6 +204,30 @@ def test_truncated_or_wrong_cache_is_rebuilt_with_a_warning(tmp_path: Path) -> N
     assert len(calls) == 4
 
 
+def test_temp_files_of_killed_writers_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    """A writer killed by SIGKILL leaves its temp file (as large as the cache) behind."""
+    from disvae.data import cache
+
+    path = tmp_path / "tiny.npy"
+    old = tmp_path / ".tiny.npy.4242.deadbeef.tmp"
+    live = tmp_path / ".tiny.npy.4343.cafef00d.tmp"
+    other = tmp_path / ".other.npy.4242.deadbeef.tmp"  # another cache's: not this one's to judge
+    for f in (old, live, other):
+        f.write_bytes(b"x" * 100)
+    hours_ago = os.stat(old).st_mtime - 2 * cache.STALE_TEMP_SECONDS
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    ds._cached(path, (5, 16), tiny_chunks([]), "test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+
+
+def test_cache_dir_expands_a_home_relative_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from disvae.data import cache
+
+    monkeypatch.setenv("DISVAE_CACHE", "~/somewhere/cache")
+    assert cache.cache_dir() == Path.home() / "somewhere" / "cache"
+
+
 def test_failed_render_leaves_no_cache(tmp_path: Path) -> None:
     def broken():
         yield np.zeros((2, 16), dtype=np.uint8)

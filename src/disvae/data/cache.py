@@ -37,7 +37,7 @@ NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError)
 def cache_dir() -> Path:
     """Where preprocessed images are kept: ``$DISVAE_CACHE`` or ``~/.cache/disvae``."""
     env = os.environ.get("DISVAE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "disvae"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "disvae"
 
 
 def source_key(name: str, files: Sequence[Path], **params: Any) -> Path:
@@ -82,9 +82,28 @@ def open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return arr
 
 
+# A temp file untouched this long was left by a writer that was killed (a live one writes a
+# chunk every few seconds); it may be as large as the cache (377 MB for dSprites).
+STALE_TEMP_SECONDS = 3600
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temp files of ``path``'s cache that killed writers left behind (by age, not
+    by process id: the cache may be shared by several machines)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                tmp.unlink()
+                logger.info("removed %s, left by a cache writer that was stopped", tmp)
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove: the new cache is written all the same
+
+
 def write_npy_atomic(path: Path, shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> None:
     """Write uint8 ``chunks`` (rows of ``shape``) as one ``.npy``: temp file, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
