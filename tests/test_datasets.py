@@ -527,6 +527,26 @@ def test_folder_reads_images_upright_and_16_bit_and_skips_other_files(tmp_path: 
     assert ramp_row[0] < 20 and ramp_row[-1] > 235 and 100 < ramp_row.mean() < 155
 
 
+def test_float_tiffs_are_scaled_not_clipped_to_black(tmp_path: Path) -> None:
+    """32-bit float images (mode F): Pillow's own conversion clips values in [0, 1] to 0 or 1."""
+    root = tmp_path / "f"
+    root.mkdir()
+    unit = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))  # 0..1, left to right
+    Image.fromarray(unit, "F").save(root / "a_unit.tif")
+    Image.fromarray(unit * 200, "F").save(root / "b_wide.tif")  # already on 0..255
+    assert Image.open(root / "a_unit.tif").mode == "F"
+    unit_img, wide_img = load_dataset("folder", str(root), img_size=32, workers=1).numpy_images(
+        np.arange(2)
+    )
+    np.testing.assert_array_equal(unit_img[0, 0], np.rint(unit[0] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(wide_img[0, 0], np.rint(unit[0] * 200).astype(np.uint8))
+    bad = unit.copy()
+    bad[3, 3] = np.nan
+    Image.fromarray(bad, "F").save(root / "c_nan.tif")
+    with pytest.raises(DataError, match=r"c_nan\.tif cannot be used: its pixels hold NaN"):
+        load_dataset("folder", str(root), img_size=32, workers=1)
+
+
 def test_cache_is_reused_and_parallel_decoding_matches(tmp_path, monkeypatch) -> None:
     make_folder(tmp_path / "f", n=6)
     serial = load_dataset("folder", str(tmp_path / "f"), workers=1)

@@ -81,7 +81,9 @@ def _upright_8bit(im: Image.Image) -> Image.Image:
     """``im`` as it is meant to be seen: turned by its EXIF orientation (a phone's photo is
     stored sideways with a tag saying so), and 16-bit greyscale (16-bit PNGs, TIFFs) scaled to
     8 bits (Pillow's own conversion would clip every value above 255 to white). A 32-bit
-    integer image is taken as 16-bit data when a value exceeds 255, else kept as it is."""
+    integer image is taken as 16-bit data when a value exceeds 255, else kept as it is; a 32-bit
+    float image as values in [0, 1] when none exceeds 1 (Pillow would clip them to black), else
+    in 0..255."""
     im = ImageOps.exif_transpose(im) or im
     if im.mode.startswith("I;16"):  # 16-bit greyscale: the top 8 bits
         return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
@@ -89,6 +91,12 @@ def _upright_8bit(im: Image.Image) -> Image.Image:
         arr = np.asarray(im).astype(np.int64)
         arr = np.clip(arr, 0, 65535) >> 8 if arr.max(initial=0) > 255 else np.clip(arr, 0, 255)
         return Image.fromarray(arr.astype(np.uint8), "L")
+    if im.mode == "F":  # 32-bit floats (scientific TIFFs): in [0, 1] scaled to 255, else 0..255
+        arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("its pixels hold NaN or infinite values")
+        arr = arr * 255 if arr.max(initial=0) <= 1 else arr
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
     return im
 
 
