@@ -4,6 +4,8 @@ its latent explorer driven in a real (headless) browser."""
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
 import re
@@ -24,13 +26,20 @@ from disvae.cli_viz import add_report_parser
 from disvae.errors import UserError
 from disvae.evaluation import evaluate
 from disvae.report import ReportOptions, build_report, render_report
-from disvae.report.content import RunContent, display_names, read_eval_losses, run_status
+from disvae.report.content import (
+    RunContent,
+    display_names,
+    explorer_data,
+    read_eval_losses,
+    run_status,
+)
 from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS, _heldout_body
 from disvae.training import train
 from disvae.training.loop import Trainer
+from disvae.viz import decode
 from disvae.viz.images import read_png
 from disvae.viz.plots import open_run
-from test_viz import make_run
+from test_viz import as_pixels, file_size_limit, make_run, needs_fsize_limit
 
 SMALL = ReportOptions(n_cols=3, n_frames=4, explorer_steps=5, explorer_images=2)
 METRICS = {"metrics": {"mig": 0.31, "dci": {"disentanglement": 0.42, "completeness": 0.5,
@@ -363,3 +372,160 @@ def test_a_slider_changes_the_displayed_image(report, tmp_path):
     assert not (still == 136).all(), "the sprite is drawn (not the empty #888 box)"
     assert moved.std() > 10, "the moved slider shows a decoded image, not a flat box"
     assert np.abs(moved - still).mean() > 2.0, "moving the slider must change the image"
+
+
+# ---------------------------------------------------------------------- the explorer's pixels
+
+
+def _explorer(html: str) -> dict:
+    return json.loads(re.search(r'id="explorer-data">(.*?)</script>', html, re.S).group(1))
+
+
+def _png(uri: str) -> np.ndarray:
+    """A PNG data URI as int pixels (H, W, C)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+        arr = np.asarray(im)
+    return (arr[:, :, None] if arr.ndim == 2 else arr).astype(int)
+
+
+# The page's own script run by Node.js on a stand-in for the few DOM calls it makes. Input on
+# stdin: {js, data, sliders: [{dim, row}] (the page's inputs, in order), actions: [{base} |
+# {dim, step}]}; output: the explorer image's style after each action (a click on a starting
+# code's button, or a slider moved to a step through its input event, as a user does).
+_FAKE_DOM = r"""
+const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const node = (extra) => Object.assign({style: {}, textContent: "", dataset: {}, listeners: {},
+  classList: {add() {}, toggle() {}},
+  addEventListener(type, f) { this.listeners[type] = f; },
+  dispatchEvent(e) { if (this.listeners[e.type]) this.listeners[e.type](e); }}, extra);
+const byId = {"explorer-data": node({textContent: input.data}), "ex-image": node(),
+              "ex-caption": node(), "ex-reset": node()};
+const sliders = input.sliders.map((a) => { const out = node();
+  return node({value: "0", dataset: a, parentNode: {querySelector: () => out}}); });
+const buttons = JSON.parse(input.data).bases.map(() => node());
+globalThis.document = {getElementById: (id) => byId[id] || null, body: node(),
+  querySelectorAll: (sel) => (sel === ".ex-slider input" ? sliders : buttons)};
+globalThis.location = {hash: ""};
+new Function(input.js)();
+const shown = [];
+for (const a of input.actions) {
+  if ("base" in a) buttons[a.base].listeners.click();
+  else { const s = sliders.find((i) => i.dataset.dim === String(a.dim));
+         s.value = String(a.step); s.dispatchEvent({type: "input"}); }
+  const st = byId["ex-image"].style;
+  shown.push({image: st.backgroundImage, position: st.backgroundPosition,
+              size: st.backgroundSize, height: st.height});
+}
+process.stdout.write(JSON.stringify(shown));
+"""
+
+
+def _shown_cell(style: dict, sprite: np.ndarray) -> np.ndarray:
+    """The part of ``sprite`` the explorer image shows: its 256-pixel-wide box over the sheet
+    as the script scaled and moved it, in the sheet's pixels."""
+    px = lambda text: [float(v) for v in re.findall(r"-?[\d.]+(?=px)", text)]  # noqa: E731
+    (sheet_w, sheet_h), (x, y), [box_h] = (
+        px(style["size"]),
+        px(style["position"]),
+        px(style["height"]),
+    )
+    sx, sy = sprite.shape[1] / sheet_w, sprite.shape[0] / sheet_h  # sheet pixels per CSS pixel
+    left, top = round(-x * sx), round(-y * sy)
+    return sprite[top : top + round(box_h * sy), left : left + round(256 * sx)]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_the_explorer_script_shows_the_decode_of_the_code_its_sliders_show(report, run_dir):
+    """What the page's script puts in the explorer's box, after clicks and slider moves, is the
+    decode of the starting code with the moved latent at the slider's value (to the sheets' 32
+    grey levels), for every latent and starting code."""
+    html = report.read_text()
+    data = _explorer(html)
+    sliders = [
+        {"dim": d, "row": r}
+        for d, r in re.findall(r'<input type="range"[^>]*data-dim="(\d+)" data-row="(\d+)"', html)
+    ]
+    assert [int(a["dim"]) for a in sliders] == data["dims"]
+    js = re.findall(r"<script>(.*?)</script>", html, re.S)[-1]
+    steps = len(data["values"])
+    actions, expected = [], []  # (base, dim or None, step)
+    for k in range(len(data["bases"])):
+        actions.append({"base": k})
+        expected.append((k, None, None))
+        for d in data["dims"]:
+            for s in (0, steps - 1, 1):
+                actions.append({"dim": d, "step": s})
+                expected.append((k, d, s))
+    run = subprocess.run(
+        ["node", "-e", _FAKE_DOM],
+        input=json.dumps({"js": js, "data": json.dumps(data), "sliders": sliders,
+                          "actions": actions}),  # fmt: skip
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    shown = json.loads(run.stdout)
+    model = open_run(run_dir, load_data=False).model
+    h, w = data["cell"]
+    for style, (k, d, s) in zip(shown, expected, strict=True):
+        base = data["bases"][k]
+        assert style["image"] == f'url("{base["sprite"]}")'
+        cell = _shown_cell(style, _png(base["sprite"]))
+        z = np.array([base["code"]], np.float32)
+        if d is not None:
+            z[0, d] = data["values"][s]
+        want = as_pixels(decode(model, z))[0]
+        assert cell.shape == want.shape == (h, w, 1), (k, d, s)
+        assert np.abs(cell - want).max() <= 5, (k, d, s)  # 32 levels: 4 off, and the rounding
+
+
+def test_an_explorer_without_posterior_images_starts_from_the_prior_mean_alone(run_dir):
+    view = open_run(run_dir)
+    opts = ReportOptions(n_cols=3, explorer_steps=3, explorer_images=0)
+    ex = explorer_data(view, opts)
+    assert [b["label"] for b in ex["bases"]] == ["prior mean (z = 0)"]
+    sheet = _png(ex["bases"][0]["sprite"])
+    z = np.zeros((1, 4), np.float32)
+    z[0, ex["dims"][0]] = ex["values"][2]
+    want = as_pixels(decode(view.model, z))[0]
+    assert np.abs(sheet[:64, 3 * 64 : 4 * 64] - want).max() <= 5  # row 0, column 1 + step 2
+
+
+@needs_fsize_limit
+def test_a_report_write_that_fails_half_way_keeps_the_old_file_and_leaves_no_other(
+    tmp_path, monkeypatch
+):
+    import disvae.report
+
+    out = tmp_path / "out.html"
+    out.write_text("<p>the report of yesterday</p>")
+    monkeypatch.setattr(disvae.report, "render_report", lambda *a, **k: "<p>x</p>" * 10_000)
+    with file_size_limit(4096), pytest.raises(UserError, match="cannot write the report to"):
+        build_report([tmp_path], out)  # as a full disk (or Ctrl-C) would stop it
+    assert out.read_text() == "<p>the report of yesterday</p>"
+    assert sorted(os.listdir(tmp_path)) == ["out.html"]  # no half-written temporary left behind
+
+
+def test_a_run_stopped_before_its_end_shows_the_training_frames_it_stored(tmp_path):
+    """Only a finished run's trainer writes training.gif; a run still training or stopped early
+    has the frames alone, and the report animates those (writing nothing into the run)."""
+    from PIL import Image, ImageSequence
+
+    from disvae.viz import append_training_frame
+    from disvae.viz.images import posterize
+
+    run = make_run(tmp_path / "r", finished=False)
+    rng = np.random.default_rng(0)
+    frames = {s: rng.integers(0, 256, (20, 30, 1), dtype=np.uint8) for s in (0, 5, 10)}
+    for step, frame in frames.items():
+        append_training_frame(run, step, frame)
+    before = sorted(p.name for p in run.iterdir())
+    html = render_report([run], SMALL)
+    assert sorted(p.name for p in run.iterdir()) == before  # no training.gif written
+    uri = re.search(r'src="(data:image/gif;base64,[^"]*)"', _section(html, "training")).group(1)
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+        shown = [np.asarray(f.convert("L")).astype(int) for f in ImageSequence.Iterator(im)]
+    assert len(shown) == 3
+    for got, frame in zip(shown, frames.values(), strict=True):  # under a 14-pixel caption
+        np.testing.assert_array_equal(got[14:], posterize(frame, 16)[:, :, 0])
+        assert (got[:14] < 128).any()  # the step's caption

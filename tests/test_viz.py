@@ -4,8 +4,10 @@ training-GIF frame store, and `disvae plot` on finished, training and RGB runs."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import signal
 import warnings
 from pathlib import Path
 
@@ -80,6 +82,43 @@ def rgb_data(n: int = 64, size: int = 64) -> ArrayDataset:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
     return ArrayDataset(images, DatasetInfo("rgb_test", (3, size, size)), packed=False)
+
+
+@contextlib.contextmanager
+def file_size_limit(n_bytes: int):
+    """Writes past ``n_bytes`` of any file fail with EFBIG (an OSError) in this block, as on a
+    full disk: a write that stops half-way. POSIX only (RLIMIT_FSIZE, SIGXFSZ ignored)."""
+    import resource
+
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+needs_fsize_limit = pytest.mark.skipif(
+    not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits"
+)
+
+
+def cells(pic: np.ndarray, n_rows: int, n_cols: int, h: int, w: int, pad: int = 2) -> np.ndarray:
+    """The image cells of the right-most ``make_grid`` layout in ``pic`` (row labels, if any,
+    are on its left): int ``(n_rows, n_cols, h, w, C)``."""
+    grid = pic[:, pic.shape[1] - (n_cols * (w + pad) + pad) :].astype(int)
+    return np.stack([
+        np.stack([grid[pad + r * (h + pad) :][:h, pad + k * (w + pad) :][:, :w]
+                  for k in range(n_cols)])
+        for r in range(n_rows)
+    ])  # fmt: skip
+
+
+def as_pixels(images: np.ndarray) -> np.ndarray:
+    """Float images (N, C, H, W) in [0, 1] as the int (N, H, W, C) pixels a PNG holds."""
+    return viz.images.to_uint8(np.asarray(images)).transpose(0, 2, 3, 1).astype(int)
 
 
 def _check_picture(pic: np.ndarray, channels: int) -> None:
@@ -434,3 +473,69 @@ def test_the_size_check_counts_the_row_labels(tmp_path):
     labels = viz.traversal.row_labels(range(2), view.kl)
     expected = 110 * 66 + 2 + viz.images.label_width(labels)
     assert viz.images.read_png(path).shape[1] == expected <= 8192
+
+
+# ---------------------------------------------------------------------- pixels and files
+
+
+def test_plotted_traversals_and_reconstructions_are_the_decoders_pixels(tmp_path):
+    """Every cell of the written PNGs is the decode (or the data image) it stands for: rows in
+    KL order, each latent set to -m..m, originals paired with their own reconstructions, RGB
+    channels in order and images not transposed."""
+    run = make_run(tmp_path / "rgb", image_shape=(3, 64, 64), decoder_gain=3.0)
+    data = rgb_data()
+    idcs = (5, 0, 9, 2, 7, 1)
+    opts = viz.PlotOptions(cols=3, rows=2, idcs=idcs, max_traversal=1.5)
+    paths = viz.plot_run(run, ["traversals", "reconstruct"], opts, data=data)
+    view = viz.plots.open_run(run, data=data)
+    m = view.model
+    trav = cells(viz.images.read_png(paths[0]), 2, 3, 64, 64)
+    order = viz.traversal.kl_order(view.kl, 4)[:2]
+    for r, d in enumerate(order):
+        z = np.zeros((3, 4), np.float32)
+        z[:, d] = [-1.5, 0.0, 1.5]
+        # (±1: a batch of another size may round a last float bit differently)
+        np.testing.assert_allclose(trav[r], as_pixels(viz.decode(m, z)), atol=1)
+    rec = cells(viz.images.read_png(paths[1]), 4, 3, 64, 64)
+    x = data.numpy_images(np.array(idcs)).astype(np.float32) / 255
+    recon = as_pixels(viz.reconstruct_images(m, x))
+    for r in range(2):  # a row of originals, then the row of their reconstructions
+        np.testing.assert_array_equal(
+            rec[2 * r], data.numpy_images(np.array(idcs[3 * r : 3 * r + 3])).transpose(0, 2, 3, 1)
+        )
+        np.testing.assert_allclose(rec[2 * r + 1], recon[3 * r : 3 * r + 3], atol=1)
+
+
+@needs_fsize_limit
+def test_a_write_that_fails_half_way_keeps_the_old_figure_whole(tmp_path):
+    old = np.zeros((8, 8, 1), np.uint8)
+    new = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # ~12 kB
+    png, gif = viz.save_png(old, tmp_path / "a.png"), viz.save_gif([old, old], tmp_path / "a.gif")
+    before = {p: p.read_bytes() for p in (png, gif)}
+    assert max(len(b) for b in before.values()) < 4096
+    with file_size_limit(4096):  # as a full disk (or Ctrl-C) would stop it
+        with pytest.raises(OSError):
+            viz.save_png(new, png)
+        with pytest.raises(OSError):
+            viz.save_gif([new, new[::-1]], gif)
+    assert {p: p.read_bytes() for p in (png, gif)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "a.png"]  # no temporary
+
+
+def test_loss_curves_of_a_single_log_line_mark_its_values():
+    """A run's first log line is one point per term: a line through it draws nothing."""
+    fig = viz.loss_curves([{"step": 100, "epoch": 0, "loss": 5.0, "kl_per_dim": [0.1, 0.2]}])
+    assert [line.get_marker() for ax in fig.axes for line in ax.lines] == ["o", "o", "o"]
+    one = viz.loss_curves([{"step": 100, "epoch": 0, "loss": 5.0}])  # no legend either
+    pic = viz.figure_to_array(one).astype(int)
+    blue = np.abs(pic - [31, 119, 180]).sum(axis=2) < 40  # matplotlib's first colour
+    assert blue.sum() > 10, "the value is drawn"
+    two = viz.loss_curves([{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}])
+    assert two.axes[0].lines[0].get_marker() in ("None", None)  # lines stay plain
+
+
+def test_plot_says_the_folder_it_wrote_into(tmp_path, capsys):
+    run = make_run(tmp_path / "r")
+    assert _plot([str(run), "gif-traversals", "kl", "-r", "1", "-c", "2", "--n-steps", "2"]) == 0
+    assert capsys.readouterr().out == f"wrote 3 file(s) into {run / 'plots'}\n"
+    assert (run / "plots" / "kl.png").is_file()

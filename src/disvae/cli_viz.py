@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from pathlib import Path
 
 from disvae.cli_format import HelpFormatter
 from disvae.errors import UserError
@@ -210,7 +211,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError("no plot could be made; see the warnings above")
     if not args.quiet:
-        folder = paths[0].parent if len(paths) == 1 else paths[0].parent
+        folder = args.out_dir if args.out_dir is not None else Path(args.run) / "plots"
         print(f"wrote {len(paths)} file(s) into {folder}")
     return 0
 

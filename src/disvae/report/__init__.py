@@ -20,6 +20,7 @@ from disvae.report.content import (
     run_content,
 )
 from disvae.report.html import compare_page, single_page
+from disvae.utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,8 @@ def build_report(
     html = render_report(run_dirs, options, data=data)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(out)
+        # (through a temporary file, removed if the write fails or is interrupted)
+        atomic_write_bytes(out, html.encode("utf-8"))
     except OSError as e:
-        raise UserError(f"cannot write the report to {str(out)!r}: {e.strerror}") from None
+        raise UserError(f"cannot write the report to {str(out)!r}: {e.strerror or e}") from None
     return out

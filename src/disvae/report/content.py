@@ -255,9 +255,14 @@ def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> Ru
     )
     # Only the grid GIF (it holds every latent's row; `disvae plot` writes one file per latent).
     c.gifs["all"] = data_uri(I.gif_bytes([posterize(f) for f in grid]), "image/gif")
+    # From the stored frames (a run still training, or stopped early, has no training.gif yet,
+    # and a resumed one an old one); the file when its frames were deleted.
+    training = gifs.training_gif_bytes(view.run_dir)
     training_gif = view.run_dir / gifs.TRAINING_GIF
-    if training_gif.is_file():
-        c.gifs["training"] = data_uri(training_gif.read_bytes(), "image/gif")
+    if training is None and training_gif.is_file():
+        training = training_gif.read_bytes()
+    if training is not None:
+        c.gifs["training"] = data_uri(training, "image/gif")
     if explorer:
         c.explorer = explorer_data(view, opts)
     return c
@@ -285,7 +290,7 @@ def explorer_data(view: RunView, opts: ReportOptions) -> dict[str, Any]:
     dims = T.kl_order(view.kl, m.latent_dim)
     values = T.traversal_values(opts.max_traversal, opts.explorer_steps)
     codes = [("prior mean (z = 0)", np.zeros(m.latent_dim, np.float32), None)]
-    if view.data is not None:
+    if view.data is not None and opts.explorer_images:
         x = view.images(n=opts.explorer_images, seed=opts.seed + 1)
         mus = T.encode(m, x)[0]
         codes += [(f"image {i + 1} (posterior mean)", mus[i], x[i]) for i in range(len(x))]

@@ -199,7 +199,7 @@ def single_page(c: RunContent) -> str:
         "gifs": _gifs_body(c),
         "explorer": _explorer_body(c.explorer),
         "training": _img(c.gifs.get("training"), "training GIF")
-        if "training" in c.gifs else '<p class="note">No training.gif in this run.</p>',
+        if "training" in c.gifs else '<p class="note">No training frames in this run.</p>',
         "config": "<pre>" + escape(json.dumps(c.record, indent=2)) + "</pre>",
     }  # fmt: skip
     subtitle = " · ".join(f"{k}: {v}" for k, v in c.facts[:5])

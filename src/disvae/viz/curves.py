@@ -82,14 +82,15 @@ def loss_curves(records: Sequence[Mapping[str, Any]], title: str = ""):
     for ax, name in zip(axes, names, strict=False):
         pts = [(r["step"], r[name]) for r in records if name in r]
         steps = np.array([p[0] for p in pts])
+        marker = "o" if len(pts) == 1 else None  # a line through one point draws nothing
         if isinstance(pts[0][1], list):
             values = np.array([p[1] for p in pts if len(p[1]) == len(pts[0][1])], dtype=float)
             for d in range(values.shape[1]):
-                ax.plot(steps[: len(values)], values[:, d], lw=1, label=f"z{d}")
+                ax.plot(steps[: len(values)], values[:, d], lw=1, marker=marker, label=f"z{d}")
             if values.shape[1] <= 12:
                 ax.legend(fontsize=6, ncol=2)
         else:
-            ax.plot(steps, np.array([p[1] for p in pts], dtype=float), lw=1.2)
+            ax.plot(steps, np.array([p[1] for p in pts], dtype=float), lw=1.2, marker=marker)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)

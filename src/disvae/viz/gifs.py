@@ -170,22 +170,35 @@ def prune_training_frames(run_dir: str | Path, after_step: int) -> int:
     return len(stale)
 
 
+def training_gif_bytes(run_dir: str | Path, fps: float = 5.0, upsample: int = 1) -> bytes | None:
+    """The training GIF of the frames stored so far (each captioned with its step), as bytes;
+    None when there are none. Works while the run trains, or after it stopped early (when no
+    ``RUN/training.gif`` was written): a frame pruned meanwhile is left out."""
+    pictures = []
+    for s, p in training_frames(run_dir):
+        try:
+            picture = I.read_png(p)
+        except OSError:  # pruned by a resume since it was listed
+            continue
+        framed = I.caption(I.upsample(picture, upsample), f"step {s}")
+        pictures.append(I.posterize(framed, GIF_LEVELS))
+    if not pictures:
+        return None
+    shape = pictures[0].shape
+    pictures = [p for p in pictures if p.shape == shape]  # a changed layout cannot animate
+    return I.gif_bytes(pictures, fps)
+
+
 def write_training_gif(run_dir: str | Path, fps: float = 5.0, upsample: int = 1) -> Path | None:
     """Assemble the stored frames, each captioned with its step, into ``RUN/training.gif``.
 
     Returns the GIF's path, or None when there are no frames.
     """
-    frames = training_frames(run_dir)
-    if not frames:
+    data = training_gif_bytes(run_dir, fps, upsample)
+    if data is None:
         return None
-    pictures = [
-        I.posterize(I.caption(I.upsample(I.read_png(p), upsample), f"step {s}"), GIF_LEVELS)
-        for s, p in frames
-    ]
-    shape = pictures[0].shape
-    pictures = [p for p in pictures if p.shape == shape]  # a changed layout cannot animate
     path = Path(run_dir) / TRAINING_GIF
     tmp = path.with_suffix(".gif.tmp")
-    tmp.write_bytes(I.gif_bytes(pictures, fps))
+    tmp.write_bytes(data)
     tmp.replace(path)
     return path

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from disvae.utils import atomic_write_bytes
+
 PAD_VALUE = 128  # mid-grey between cells: visible on black (dSprites) and on white backgrounds
 
 
@@ -173,12 +175,18 @@ def png_bytes(picture: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_png(picture: np.ndarray, path: str | Path) -> Path:
-    """Write a picture ``(H, W, C)`` to ``path`` as PNG (parent folders created)."""
+def _write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` (parent folders created) through a temporary file renamed over
+    it: an interrupted or failed write leaves the old file (or none), never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(picture))
+    atomic_write_bytes(path, data)
     return path
+
+
+def save_png(picture: np.ndarray, path: str | Path) -> Path:
+    """Write a picture ``(H, W, C)`` to ``path`` as PNG (parent folders created, atomically)."""
+    return _write(path, png_bytes(picture))
 
 
 def read_png(path: str | Path) -> np.ndarray:
@@ -208,8 +216,5 @@ def gif_bytes(frames: Sequence[np.ndarray], fps: float = 10.0, loop: int = 0) ->
 
 
 def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 10.0) -> Path:
-    """Write an endlessly looping GIF of pictures ``(H, W, C)`` to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gif_bytes(frames, fps))
-    return path
+    """Write an endlessly looping GIF of pictures ``(H, W, C)`` to ``path`` (atomically)."""
+    return _write(path, gif_bytes(frames, fps))
