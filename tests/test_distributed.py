@@ -246,3 +246,52 @@ def test_backend_and_device_follow_the_requested_device(monkeypatch, requested, 
     assert (dist.rank, dist.world) == (1, 2)
     assert joined == [backend] and pinned == ([1] if backend == "nccl" else [])
     assert distributed.device_for(dist, requested) == device
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but RANK is not set"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK is 2, not in 0..1"),
+        ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK='x' must be an integer >= 0"),
+        ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1' must be an integer >= 0"),
+        ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE='two' must be an integer"),
+        ({"RANK": "1"}, "RANK=1 but WORLD_SIZE is not set"),  # (trained, writing, as rank 0)
+        ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK=1 but WORLD_SIZE is 1"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR expected, but not set"),
+    ],
+)
+def test_inconsistent_torchrun_variables_are_user_errors(monkeypatch, env, needle):
+    """Variables set by hand or half-inherited gave a KeyError/ValueError traceback, or let a
+    process that is not rank 0 of one train alone and write the run."""
+    from disvae.training import distributed
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    with pytest.raises(UserError, match="torchrun") as e:
+        distributed.from_environment("cpu")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("env", [{}, {"RANK": "0"}, {"WORLD_SIZE": "1", "RANK": "0"}])
+def test_one_process_variables_are_a_plain_run(monkeypatch, env):
+    from disvae.training import distributed
+
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.from_environment("cpu") == Dist()
+
+
+def test_world_size_without_rank_is_one_line_and_exit_2(mnist, tmp_path):
+    env = dict(_env(), WORLD_SIZE="2")
+    cmd = [sys.executable, "-m", "disvae", "train", *_args(mnist, tmp_path / "t", 2)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RANK is not set" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "t").exists()

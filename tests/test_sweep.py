@@ -497,3 +497,282 @@ def test_dry_run_checks_the_default_out(tmp_path, capsys, monkeypatch):
     assert code == 2 and "not empty" in err
     (taken / "notes.txt").unlink()
     assert _cli(capsys, "tiny", "--dry-run")[0] == 0
+
+
+# --------------------------------------------------------------------------- audit: bad specs
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('seed = "abc"\n[random]\nn = 2\nlr = { uniform = [1e-4, 1e-3] }', "seed must be"),
+        ("seed = -1\n[random]\nn = 2\nlr = { uniform = [1e-4, 1e-3] }", "seed must be"),
+        ('imports = "os"', "imports must be a list"),  # (was imported letter by letter)
+        ("imports = 5", "imports must be a list"),
+        ("[evaluate]\nmetrics = 5", "metrics must be a list"),
+        ('[evaluate]\nheldout = "yes"', "heldout must be true or false"),
+        ("[evaluate]\nn_samples = -5", "n_samples must be an integer >= 1"),
+        ('[evaluate]\nn_test = "many"', "n_test must be an integer >= 1"),
+        ("[evaluate]\nbatch_size = 0", "batch_size must be an integer >= 1"),
+        ('[evaluate]\ndci_model = "xyz"', "dci_model must be one of"),
+        ("methods = []", "methods is empty"),
+        ('[[methods]]\nname = ""\nloss = "betaH"', "name must be a non-empty string"),
+        ("[random]\nn = 2\nlr = { uniform = [1e-3, 1e-4] }", "lo <= hi"),
+        ("[random]\nn = 2\nlr = { loguniform = [1e-4, inf] }", "finite numbers"),
+        ("[random]\nn = 2\nlatent_dim = { int = [2.5, 3.7] }", "integers with lo <= hi"),
+        ("[random]\nn = 3", "no key to draw"),
+        ("[random]\nn = 50000\nlr = { uniform = [1e-4, 1e-3] }", "more than the 10,000 runs"),
+        ("seeds = [0, 1, 2, 3, 4]\n[grid]\nlatent_dim = [" + ", ".join(map(str, range(1, 51)))
+         + "]\nlr = [" + ", ".join(f"{i}e-4" for i in range(1, 51)) + "]",
+         "more than 10,000 runs"),
+    ],
+)  # fmt: skip
+def test_malformed_sweep_values_are_one_line_errors(tmp_path, capsys, body, needle):
+    """Wrong types, empty or inverted ranges and absurd sizes are refused when the file is
+    expanded (exit 2, one line), not with a traceback, a run that fails later, or a hang."""
+    path = _write(tmp_path, body)
+    code, err = _cli(capsys, str(path), "--dry-run")
+    assert code == 2 and needle in err and str(path) in err, err
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[grid]\nbeta = [1, 4]\n"loss.beta" = [2]', "'beta' and 'loss.beta' are the same key"),
+        ('[grid]\n"loss.beta" = [1, 4]\n[random]\nn = 2\nbeta = { uniform = [1, 2] }',
+         "loss.beta is swept by both grid and [random]"),
+        ('[random]\nn = 2\nbeta = { uniform = [1, 2] }\n[[methods]]\nloss = "betaH"\n'
+         'random = { n = 3, "loss.beta" = { uniform = [3, 4] } }',
+         "loss.beta is swept by both [random] and random"),
+        ('seeds = [0, 1]\n[grid]\n"train.seed" = [0, 1]',
+         "train.seed is swept by both grid and seeds"),
+        ("[random]\nn = 5\nbeta = { choice = [1, 2] }", "are the same run"),
+        ('[[methods]]\nname = "a/b"\nloss = "betaH"\n[[methods]]\nname = "a_b"\nloss = "betaH"',
+         "are the same run"),
+    ],
+)  # fmt: skip
+def test_a_run_made_twice_under_two_names_is_refused(tmp_path, capsys, body, needle):
+    """A key swept in two places (or spelt two ways), or a random choice drawn twice, made runs
+    with one config under two names (`-2` suffix, or `seed=1-seed=0` trained with seed 0)."""
+    text = body if "[[methods]]" in body else body + '\n[[methods]]\nloss = "betaH"'
+    code, err = _cli(capsys, str(_write(tmp_path, text)), "--dry-run")
+    assert code == 2 and needle in err, err
+
+
+def test_a_method_grid_overrides_the_shared_one_however_the_key_is_spelt(tmp_path):
+    text = '[grid]\nbeta = [1, 4]\n[[methods]]\nloss = "betaH"\ngrid = { "loss.beta" = [2] }'
+    sweep = load_sweep(_write(tmp_path, text))
+    assert [(r.name, r.config.loss.beta) for r in sweep.runs] == [("betaH-beta=2-seed=1234", 2)]
+
+
+def test_long_run_names_are_shortened_to_fit_a_directory(tmp_path):
+    """Run names are directory names (at most 255 bytes): a long method name with many swept
+    keys made `prepare` fail with OSError "File name too long"."""
+    from disvae.sweep.runner import prepare
+    from disvae.sweep.spec import MAX_NAME
+
+    keys = {"lr": "loguniform = [1e-4, 1e-3]", "beta": "uniform = [1, 10]",
+            "latent_dim": "int = [4, 12]", "lr_warmup": "int = [0, 1000]",
+            "lr_floor": "uniform = [0, 0.1]", "grad_clip": "uniform = [1, 100]",
+            "nan_lr_factor": "uniform = [0.1, 0.9]", "reg_anneal": "int = [0, 10000]",
+            "val_fraction": "uniform = [0.01, 0.1]"}  # fmt: skip
+    text = f'[[methods]]\nname = "{"m" * 120}"\nloss = "betaH"\n[random]\nn = 3\n' + "".join(
+        f'"{k}" = {{ {v} }}\n' for k, v in keys.items()
+    )
+    path = _write(tmp_path, text)
+    names = [r.name for r in load_sweep(path).runs]
+    assert names == [r.name for r in load_sweep(path).runs]  # the same on every expansion
+    assert len(set(names)) == 3 and all(len(n) <= MAX_NAME for n in names)
+    assert all(n.startswith("m" * 120 + "-lr=") for n in names)
+    todo = prepare(load_sweep(path), tmp_path / "out")
+    assert sorted(p.name for p in todo) == sorted(names)
+
+
+# --------------------------------------------------------------------------- audit: results
+
+
+def test_results_and_page_survive_damaged_run_files(tmp_path):
+    """A metrics.json (or eval_losses.json, train log, state) that is valid JSON of the wrong
+    shape crashed `write_results` with AttributeError, and with it the whole sweep (results
+    are rewritten as each run ends); such a run now only lacks those values."""
+    from disvae.sweep import build_sweep_report
+    from disvae.sweep.results import write_results
+    from disvae.sweep.runner import prepare
+
+    slots = prepare(load_sweep("tiny"), tmp_path)
+    good = {"metrics": {"mig": 0.25, "dci": {"disentanglement": 0.5}}}
+    damaged = [
+        {"metrics.json": "[]", runs.EVAL_LOSSES: '{"losses": 5}'},
+        {"metrics.json": '{"metrics": [1, 2]}', runs.TRAIN_LOG: '{"step": 2}\n[1, 2]\n'},
+        {"metrics.json": "null", runs.TRAIN_LOG: "7\n"},
+        {"metrics.json": json.dumps(good), runs.TRAIN_LOG: '{"step": 4, "loss": 3.5}\n'},
+    ]
+    for slot, files in zip(slots, damaged, strict=True):
+        (slot / S.RUN).mkdir()
+        for name, text in files.items():
+            (slot / S.RUN / name).write_text(text)
+        S.write_state(slot, status="done")
+    (slots[2] / S.STATE).write_text("[]")  # a state that is no object: pending
+    write_results(tmp_path)
+    rows = read_results(tmp_path)
+    assert [r["status"] for r in rows] == ["done", "done", "pending", "done"]
+    assert [r["mig"] for r in rows] == [None, None, None, 0.25]
+    assert rows[3]["dci/disentanglement"] == 0.5 and rows[3]["train/loss"] == 3.5
+    assert [r["step"] for r in rows] == [None, None, None, 4]
+    assert "mig" in build_sweep_report(tmp_path).read_text()
+
+
+def test_done_run_with_a_damaged_metrics_file_is_evaluated_again(tiny_sweep, tmp_path):
+    """A finished run whose metrics.json is missing or corrupt stayed `done` with empty metric
+    cells on every resume; it is now evaluated again (not trained again)."""
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny_sweep[0], out)
+    slot = out / S.RUNS / "betaH-beta=4-seed=0"
+    (slot / S.RUN / "metrics.json").write_text('{"metrics": {"mig": 0.1')  # cut short
+    weights = (slot / S.RUN / runs.MODEL).stat().st_mtime_ns
+    summary = run_sweep("tiny", out, progress=False)
+    assert summary.ran == [slot.name]
+    state = S.read_state(slot)
+    assert state["status"] == "done" and state["attempts"] == 2
+    assert (slot / S.RUN / runs.MODEL).stat().st_mtime_ns == weights  # not retrained
+    _assert_complete(read_results(out))
+
+
+def test_list_valued_swept_key_on_the_page(tmp_path):
+    """A grid over a list-valued key (``model.hidden = [[64], [128]]``) crashed the page
+    (`set` of unhashable lists)."""
+    from disvae.sweep import build_sweep_report
+    from disvae.sweep.runner import prepare
+
+    text = _tiny_with_methods(
+        '[[methods]]\nloss = "betaH"\nset = { "model.arch" = "conv" }\n'
+        'grid = { "model.hidden" = [[64], [128]] }\n'
+    )
+    slots = prepare(load_sweep(_write(tmp_path, text)), tmp_path / "out")
+    for i, slot in enumerate(slots):
+        (slot / S.RUN).mkdir()
+        (slot / S.RUN / "metrics.json").write_text(json.dumps({"metrics": {"mig": 0.1 * i}}))
+        S.write_state(slot, status="done")
+    page = build_sweep_report(tmp_path / "out").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "[128]" in page
+
+
+# --------------------------------------------------------------------------- audit: workers
+
+
+def test_worker_that_dies_before_its_run_starts_fails_it(tmp_path, capsys, monkeypatch):
+    """A worker that could not start its run (it died at import, say) left the run `pending`:
+    the sweep said "0 failed" and exited 0 with nothing trained."""
+    import sys
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\"\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    out = tmp_path / "out"
+    code, _ = _cli(capsys, str(_write(tmp_path, BROKEN)), "--out", str(out), "-q")
+    assert code == 1
+    state = S.read_state(out / S.RUNS / "betaH-seed=1234")
+    assert state["status"] == "failed"
+    assert state["error"].startswith("worker process died: exit status 1")
+    assert "No module named 'torch'" in state["error"]
+
+
+def test_record_exit_leaves_interrupted_runs_pending(tmp_path):
+    from disvae.sweep.runner import _record_exit
+
+    for rc, interrupted, status in [(130, False, "pending"), (-2, True, "pending"),
+                                    (3, False, "pending"), (1, False, "failed")]:  # fmt: skip
+        S.write_state(tmp_path, status="pending")
+        _record_exit(tmp_path, rc, interrupted)
+        assert S.read_state(tmp_path)["status"] == status, rc
+    S.write_state(tmp_path, status="done")
+    _record_exit(tmp_path, -9)
+    assert S.read_state(tmp_path)["status"] == "done"
+
+
+def test_a_stop_reaches_a_worker_started_while_the_sweep_stops(tmp_path, monkeypatch):
+    """A worker thread past its stop check but not yet in `live` when Ctrl-C/SIGTERM arrived
+    was never told to stop: its run trained on to the end while the sweep waited."""
+    import subprocess
+    import threading
+    import time
+
+    from disvae.sweep import runner
+
+    slots = [tmp_path / "a", tmp_path / "b"]
+    for slot in slots:
+        slot.mkdir()
+    a_reported = threading.Event()
+    signalled = []
+
+    class FakeWorker:
+        def __init__(self, cmd, **kw):
+            self.name = cmd[-1].rsplit("/", 1)[-1]
+            self.ended = threading.Event()
+            if self.name == "a":
+                self.ended.set()  # a finishes at once
+            else:  # b starts just as the sweep is being stopped
+                a_reported.wait(10)
+                time.sleep(0.5)
+
+        def wait(self):
+            self.ended.wait(10)
+            return 0 if self.name == "a" else 130
+
+        def send_signal(self, sig):
+            signalled.append(self.name)
+            self.ended.set()
+
+    def finished(slot):
+        a_reported.set()
+        raise KeyboardInterrupt  # Ctrl-C while the sweep records a
+
+    monkeypatch.setattr(subprocess, "Popen", FakeWorker)
+    with pytest.raises(KeyboardInterrupt):
+        runner._run_local(slots, 2, finished)
+    assert signalled == ["b"]
+
+
+# --------------------------------------------------------------------------- audit: Ray
+
+
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        (None, "cannot start a local Ray: ConnectionError: no room"),
+        ("auto", "cannot join the Ray cluster at --address auto: ConnectionError: no room"),
+        ("127.0.0.1:1", "nothing answers there"),  # refused at once, not after Ray's retries
+    ],
+)
+def test_ray_that_cannot_start_is_a_one_line_error(tmp_path, capsys, monkeypatch, address,
+                                                    needle):  # fmt: skip
+    import sys
+    import types
+
+    calls = []
+
+    def init(**kw):
+        calls.append(kw)
+        raise ConnectionError("no room\nmore lines")
+
+    fake = types.SimpleNamespace(
+        remote=lambda **kw: lambda f: f, is_initialized=lambda: False, init=init
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    args = [str(_write(tmp_path, BROKEN)), "--backend", "ray", "--out", str(tmp_path / "o"), "-q"]
+    code, err = _cli(capsys, *args, *(["--address", address] if address else []))
+    assert code == 2 and needle in err, err
+    assert len(calls) == (0 if address == "127.0.0.1:1" else 1)
+
+
+def test_the_documented_sweep_file_expands_without_duplicates(tmp_path):
+    """docs/sweep.md's example drew `choice = [50000, 100000]` twice per point: half its
+    "annealed" runs were another run's copy under a `-2` name."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "sweep.md").read_text()
+    text = doc.split("## The sweep file")[1].split("```toml")[1].split("```")[0]
+    sweep = load_sweep(_write(tmp_path, text, "beta_study.toml"))
+    assert len(sweep.runs) == 3 * 2 * 8 * (3 + 3 * 2)  # seeds × latent_dim × n × methods
+    assert not any(r.name.endswith("-2") for r in sweep.runs)

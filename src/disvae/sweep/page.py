@@ -84,8 +84,13 @@ def _cell(v: Any) -> Any:
 def _x_key(runs: list[dict[str, Any]]) -> str | None:
     """The swept key a method's runs vary most along (None: nothing varies)."""
     keys = [k for k in runs[0] if "." in k]
-    varying = [k for k in keys if len({r.get(k) for r in runs}) > 1]
-    return max(varying, key=lambda k: len({r.get(k) for r in runs})) if varying else None
+    varying = [k for k in keys if len({_hashable(r.get(k)) for r in runs}) > 1]
+    return max(varying, key=lambda k: len({_hashable(r.get(k)) for r in runs})) if varying else None
+
+
+def _hashable(v: Any) -> Any:
+    """A swept value as a key: a list (``model.hidden = [[64], [128]]``) as its text."""
+    return str(v) if isinstance(v, (list, dict)) else v
 
 
 def _metric_figure(rows: list[dict[str, Any]], metric: str) -> str:
@@ -115,7 +120,7 @@ def _spread_figure(by_method: dict[str, list[dict[str, Any]]], metric: str):
         key = _x_key(runs)
         groups: dict[Any, list[float]] = defaultdict(list)
         for r in runs:
-            groups[r.get(key) if key else method].append(float(r[metric]))
+            groups[_hashable(r.get(key)) if key else method].append(float(r[metric]))
         xs = sorted(groups, key=lambda v: (not _finite(v), v if _finite(v) else str(v)))
         numeric = key is not None and all(_finite(x) for x in xs)
         pos = [float(x) for x in xs] if numeric else list(range(len(xs)))

@@ -38,10 +38,15 @@ def run_row(slot: Path) -> dict[str, Any]:
     last = _last_log_record(run / runs.TRAIN_LOG)
     row["step"] = last.get("step")
     row.update({f"train/{k}": v for k, v in last.items() if k != "step" and _scalar(v)})
-    heldout = S.read_json(run / runs.EVAL_LOSSES).get("losses", {})
+    heldout = _object(S.read_json(run / runs.EVAL_LOSSES).get("losses"))
     row.update({f"val/{k}": v for k, v in heldout.items() if _scalar(v)})
-    row.update(_flat_metrics(S.read_json(run / "metrics.json").get("metrics", {})))
+    row.update(_flat_metrics(_object(S.read_json(run / "metrics.json").get("metrics"))))
     return row
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else ``{}`` (a damaged file gives no values)."""
+    return value if isinstance(value, dict) else {}
 
 
 def collect(out: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -100,8 +105,8 @@ def _ordered(keys: dict[str, None]) -> list[str]:
 def _last_log_record(path: Path) -> dict[str, Any]:
     try:
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, json.JSONDecodeError):
+        return _object(json.loads(lines[-1])) if lines else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
 
 

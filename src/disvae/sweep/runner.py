@@ -152,7 +152,7 @@ def prepare(sw: Sweep, out: Path, retry_failed: bool = False) -> list[Path]:
         if not old or old.get("index") != index:
             atomic_write_json(slot / S.SPEC, spec)
         state = S.read_state(slot)
-        if state["status"] == "done" and (slot / S.RUN / runs.MODEL).is_file():
+        if state["status"] == "done" and _finished(run, slot / S.RUN):
             continue
         if state["status"] == "failed" and not retry_failed:
             continue
@@ -165,6 +165,18 @@ def prepare(sw: Sweep, out: Path, retry_failed: bool = False) -> list[Path]:
     atomic_write_bytes(out / S.SWEEP_FILE, sw.text.encode())
     write_results(out)
     return todo
+
+
+def _finished(run: RunSpec, directory: Path) -> bool:
+    """Whether a run has its final weights and the evaluation's files its spec asks for (a
+    missing or damaged metrics.json is evaluated again on resume, not left empty)."""
+    if not (directory / runs.MODEL).is_file():
+        return False
+    ev = run.evaluate
+    wanted = [("metrics.json", "metrics")] if ev.metrics else []
+    if ev.heldout and run.config.data.val_fraction > 0:
+        wanted.append((runs.EVAL_LOSSES, "losses"))
+    return all(isinstance(S.read_json(directory / f).get(k), dict) for f, k in wanted)
 
 
 def check_out(out: str | Path, sw: Sweep) -> Path:
@@ -257,13 +269,15 @@ def _run_local(slots: list[Path], workers: int, finished: Callable[[Path], None]
             return slot
         with open(slot / S.WORKER_LOG, "ab") as logf:
             cmd = [sys.executable, "-m", "disvae.sweep.worker", str(slot.resolve())]
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-            with lock:
+            with lock:  # (a stop comes before this worker starts, or finds it in `live`)
+                if stop.is_set():
+                    return slot
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
                 live.add(proc)
             rc = proc.wait()
             with lock:
                 live.discard(proc)
-        _record_exit(slot, rc)
+        _record_exit(slot, rc, interrupted=stop.is_set())
         return slot
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep")
@@ -281,11 +295,15 @@ def _run_local(slots: list[Path], workers: int, finished: Callable[[Path], None]
     pool.shutdown(wait=True)
 
 
-def _record_exit(slot: Path, rc: int) -> None:
-    """A worker that died without recording its end (killed, out of memory) fails its run."""
+def _record_exit(slot: Path, rc: int, interrupted: bool = False) -> None:
+    """A worker that died without recording its end (killed, out of memory) fails its run; so
+    does one that died before it started the run (its state still ``pending``: an import or a
+    spec it could not read), unless the sweep was stopping it."""
     state = S.read_state(slot)
-    if state["status"] != "running" or rc == 3:
-        return
+    if rc == 3 or state["status"] in ("done", "failed"):
+        return  # (3: another process holds the run)
+    if state["status"] == "pending" and (rc in (0, 130) or interrupted):
+        return  # interrupted: it stays pending and is run again on resume
     how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
     if rc in (-9, 137):
         how += " (out of memory?)"
@@ -318,6 +336,34 @@ def import_ray():
     return ray
 
 
+def _init_ray(ray, address: str | None) -> None:
+    """Start a local Ray (no address) or join a cluster, or raise a one-line `UserError`; an
+    address ``host:port`` that does not answer is refused at once (Ray would retry for many
+    minutes)."""
+    where = f"join the Ray cluster at --address {address}" if address else "start a local Ray"
+    host, sep, port = (address or "").rpartition(":")
+    if sep and host and port.isdigit() and "://" not in address:
+        import socket
+
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_S).close()
+        except OSError as e:
+            raise UserError(
+                f"cannot {where}: nothing answers there ({e.strerror or e}); check the address "
+                "(`ray status` on the head node), or leave out --address for a local Ray"
+            ) from None
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, ...
+        from disvae.sweep.worker import one_line
+
+        raise UserError(
+            f"cannot {where}: {one_line(e)}"
+            + ("; start one with `ray start --head`" if address == "auto" else "")
+        ) from None
+
+
+RAY_CONNECT_S = 10.0  # how long a --address host:port may take to accept a connection
 RAY_STOP_WAIT_S = 120.0  # how long an interrupted Ray sweep waits for its runs' checkpoints
 
 
@@ -337,7 +383,7 @@ def _run_ray(
         raise UserError(f"--cpus-per-run {cpus} / --gpus-per-run {gpus}: Ray: {e}") from None
     own = not ray.is_initialized()
     if own:
-        ray.init(address=address, log_to_driver=False)
+        _init_ray(ray, address)
     refs = {task.remote(str(slot.resolve())): slot for slot in slots}
     pending = list(refs)
     try:

@@ -7,7 +7,9 @@ and the file. See docs/sweep.md for the format.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import re
 import sys
@@ -30,6 +32,8 @@ _TOP_KEYS = {"name", "seed", "seeds", "imports", "base", "evaluate", "grid", "ra
 _METHOD_KEYS = {"name", "loss", "preset", "set", "grid", "random"}
 _EVAL_KEYS = {"metrics", "heldout", "n_samples", "n_test", "seed", "dci_model", "batch_size"}
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+MAX_RUNS = 10_000  # more runs than this in one sweep is a typo (a grid or `n` too large)
+MAX_NAME = 200  # longer run names (directory names) are shortened, ending in a hash
 
 
 @dataclass(frozen=True)
@@ -156,33 +160,62 @@ def expand(doc: dict[str, Any], source: str, overrides: list[str] | None = None)
         raise UserError(f"{source}: seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
     _check_unique(seeds, source, "seeds")
     seed = doc.get("seed", 0)
+    if not (_is_int(seed) and seed >= 0):
+        raise UserError(
+            f"{source}: seed must be an integer >= 0 (of the random samples), got {seed!r}"
+        )
     evaluate = _eval_spec(doc.get("evaluate", {}), source)
-    imports = tuple(doc.get("imports", ()))
+    imports = doc.get("imports", [])
+    if not (isinstance(imports, list) and all(isinstance(m, str) and m for m in imports)):
+        raise UserError(f'{source}: imports must be a list of module names, e.g. ["mypkg.data"]')
+    imports = tuple(imports)
     _import_all(imports, source)
     base = _table(doc, "base", source)
-    shared_grid = _table(doc, "grid", source)
-    shared_random = _samples(_table(doc, "random", source), seed, source, "[random]")
+    shared_grid = _keyed(_table(doc, "grid", source), source, "[grid]")
+    shared_table = _keyed(_table(doc, "random", source), source, "[random]", random=True)
     methods = doc.get("methods", [{}])
     if not isinstance(methods, list) or not all(isinstance(m, dict) for m in methods):
         raise UserError(f"{source}: methods must be an array of tables ([[methods]])")
+    if not methods:
+        raise UserError(
+            f"{source}: methods is empty: the sweep has no runs; add a [[methods]] "
+            "table, or leave methods out to run the base alone"
+        )
+    _check_grid(shared_grid, source, "[grid]")
+    shared_random = _samples(shared_table, seed, source, "[random]")
     runs: list[RunSpec] = []
     labels: dict[str, str] = {}
+    total = 0
     for i, method in enumerate(methods):
         where = f"[[methods]] #{i + 1}"
         _check_keys(method, _METHOD_KEYS, source, where)
         cfg = _method_base(base, method, overrides or [], source, where)
-        label = str(method.get("name", cfg.loss.name))
+        label = method.get("name", cfg.loss.name)
+        if not (isinstance(label, str) and label.strip()):
+            raise UserError(f"{source}: {where} name must be a non-empty string, got {label!r}")
         if label in labels:  # the results and the page group runs by this label
             raise UserError(
                 f"{source}: {labels[label]} and {where} are both named {label!r} (a method "
                 f'without a name takes its loss\'s); give each a distinct name = "..."'
             )
         labels[label] = where
-        grid = dict(shared_grid, **_table(method, "grid", source, where))
-        own = _samples(_table(method, "random", source, where), [seed, i], source, where)
-        for point in _points(grid, shared_random, own, source, where):
+        grid = dict(shared_grid, **_keyed(_table(method, "grid", source, where), source, where))
+        _check_grid(grid, source, where)
+        own_table = _keyed(_table(method, "random", source, where), source, where, random=True)
+        _check_disjoint(grid, shared_table, own_table, "seeds" in doc, source, where)
+        own = _samples(own_table, [seed, i], source, where)
+        n_points = math.prod(len(v) for v in grid.values()) * len(seeds)
+        n_points *= max(1, len(shared_random)) * max(1, len(own))
+        total += n_points
+        if total > MAX_RUNS:  # (counted before any is made: a typo must not hang the CLI)
+            raise UserError(
+                f"{source}: the sweep expands into more than {MAX_RUNS:,} runs ({where} alone "
+                f"has {n_points:,}); shrink its grids, random n or seeds"
+            )
+        for point in _points(grid, shared_random, own):
             for s in seeds:
                 runs.append(_run(label, point, s, cfg, evaluate, imports, source))
+    _check_distinct(runs, source)
     _name_runs(runs)
     return runs
 
@@ -206,13 +239,66 @@ def _method_base(
         raise UserError(f"{source}: {e}") from None
 
 
-def _points(grid: dict, shared: list[dict], own: list[dict], source: str, where: str):
+def _check_grid(grid: dict, source: str, where: str) -> None:
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{source}: {where} grid: {key} must be a non-empty list of values")
+        _check_unique(values, source, f"{where} grid: {key}")
+
+
+def _keyed(table: dict, source: str, where: str, random: bool = False) -> dict:
+    """``table`` with its config keys written in full (``beta`` -> ``loss.beta``; ``n`` kept),
+    so that one key spelt two ways is one key; two spellings in one table are an error."""
+    full: dict[str, Any] = {}
+    spelt: dict[str, str] = {}
+    for key, value in table.items():
+        name = key if random and key == "n" else ".".join(_resolve(key, source))
+        if name in full:
+            raise UserError(
+                f"{source}: {where}: {spelt[name]!r} and {key!r} are the same key "
+                f"({name}); give it once"
+            )
+        full[name], spelt[name] = value, key
+    return full
+
+
+def _check_disjoint(
+    grid: dict, shared: dict, own: dict, seeds: bool, source: str, where: str
+) -> None:
+    """A key swept twice (by a grid and a random table, or by both random tables, or
+    ``train.seed`` besides ``seeds``) would leave one of them without effect: the same runs
+    twice under different names."""
+    sources = [("grid", set(grid)), ("[random]", set(shared) - {"n"}), ("random", set(own) - {"n"})]
+    if seeds:
+        sources.append(("seeds", {"train.seed"}))
+    for (a, keys_a), (b, keys_b) in itertools.combinations(sources, 2):
+        both = sorted(keys_a & keys_b)
+        if both:
+            raise UserError(
+                f"{source}: {where}: {both[0]} is swept by both {a} and {b}; sweep each key "
+                "in one place"
+            )
+
+
+def _check_distinct(runs: list[RunSpec], source: str) -> None:
+    """Refuse two runs with the same config (e.g. random choices drawn twice): the same run
+    would be trained twice."""
+    seen: dict[str, RunSpec] = {}
+    for run in runs:
+        key = json.dumps(C.to_dict(run.config), sort_keys=True, default=str)
+        if key in seen:
+            first = seen[key]
+            raise UserError(
+                f"{source}: method {first.method!r} {first.params} seed {first.seed} and method "
+                f"{run.method!r} {run.params} seed {run.seed} are the same run (identical "
+                "configs); remove one (a random choice drawn twice: lower n or add values)"
+            )
+        seen[key] = run
+
+
+def _points(grid: dict, shared: list[dict], own: list[dict]):
     """Every combination of the grid values with the random samples, as ``{key: value}``."""
     keys = list(grid)
-    for key in keys:
-        if not isinstance(grid[key], list) or not grid[key]:
-            raise UserError(f"{source}: {where} grid: {key} must be a non-empty list of values")
-        _check_unique(grid[key], source, f"{where} grid: {key}")
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
     for combo in combos:
         for a in shared or [{}]:
@@ -248,6 +334,9 @@ def _name_runs(runs: list[RunSpec]) -> None:
             parts.append(f"{label}={_fmt(value)}")
         parts.append(f"seed={run.seed}")
         name = re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
+        if len(name) > MAX_NAME:  # a directory name: at most 255 bytes on most file systems
+            digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+            name = f"{name[: MAX_NAME - 9]}-{digest}"
         taken[name] = taken.get(name, 0) + 1
         if taken[name] > 1:
             name = f"{name}-{taken[name]}"
@@ -272,7 +361,17 @@ def _samples(table: dict, seed: Any, source: str, where: str) -> list[dict[str, 
     n = table.get("n")
     if not _is_int(n) or n <= 0:
         raise UserError(f"{source}: {where} random needs n = <number of samples> (a positive int)")
+    if n > MAX_RUNS:
+        raise UserError(
+            f"{source}: {where} random: n = {n:,} is more than the {MAX_RUNS:,} runs "
+            "a sweep may have"
+        )
     dists = {k: v for k, v in table.items() if k != "n"}
+    if not dists:
+        raise UserError(
+            f"{source}: {where} random has n but no key to draw (its {n} samples would be the "
+            'same run), e.g. "train.lr" = { loguniform = [1e-4, 1e-3] }'
+        )
     rng = np.random.default_rng(seed)
     return [{k: _draw(k, d, rng, source, where) for k, d in dists.items()} for _ in range(n)]
 
@@ -289,8 +388,14 @@ def _draw(key: str, dist: Any, rng: np.random.Generator, source: str, where: str
         if not isinstance(arg, list) or not arg:
             raise UserError(f"{source}: {where} random {key}: choice needs a non-empty list")
         return arg[int(rng.integers(len(arg)))]
-    if not (isinstance(arg, list) and len(arg) == 2 and all(_is_num(a) for a in arg)):
-        raise UserError(f"{source}: {where} random {key}: {kind} needs [lo, hi], got {arg!r}")
+    number = _is_int if kind == "int" else _is_num
+    ok = isinstance(arg, list) and len(arg) == 2 and all(number(a) for a in arg)
+    if not (ok and all(math.isfinite(a) for a in arg) and arg[0] <= arg[1]):
+        what = "integers" if kind == "int" else "finite numbers"
+        raise UserError(
+            f"{source}: {where} random {key}: {kind} needs [lo, hi], {what} with lo <= hi, "
+            f"got {arg!r}"
+        )
     lo, hi = arg
     if kind == "int":
         return int(rng.integers(int(lo), int(hi) + 1))
@@ -323,6 +428,27 @@ def _eval_spec(table: Any, source: str) -> EvalSpec:
     metrics = table.get("metrics", [])
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+        raise UserError(
+            f'{source}: [evaluate] metrics must be a list of names, "all" or [], got {metrics!r}'
+        )
+    for key, default in vars(EvalSpec()).items():
+        value = table.get(key, default)
+        if key == "heldout" and not isinstance(value, bool):
+            raise UserError(f"{source}: [evaluate] heldout must be true or false, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            low = 0 if key == "seed" else 1
+            if not (_is_int(value) and value >= low):
+                raise UserError(
+                    f"{source}: [evaluate] {key} must be an integer >= {low}, got {value!r}"
+                )
+    from disvae.metrics.dci import DCI_MODELS
+
+    if table.get("dci_model", "gbt") not in DCI_MODELS:
+        raise UserError(
+            f"{source}: [evaluate] dci_model must be one of {', '.join(DCI_MODELS)}, "
+            f"got {table['dci_model']!r}"
+        )
     if metrics:
         from disvae.metrics import METRICS
 

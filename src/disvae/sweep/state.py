@@ -53,10 +53,13 @@ def slots(out: str | Path) -> list[Path]:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when it is missing, unreadable, corrupt or not an
+    object (``[]``, ``null``: a damaged file must not stop the sweep or its results)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def read_state(slot: Path) -> dict[str, Any]:

@@ -133,20 +133,57 @@ def from_environment(requested: str = "auto") -> Dist:
     """The `Dist` that ``torchrun`` describes in the environment; joins the process group, with
     NCCL when the run trains on CUDA (``requested`` is the run's ``--device``), else gloo.
 
-    Without ``WORLD_SIZE`` (or with 1) this is a plain single-process run.
+    Without ``WORLD_SIZE`` (or with 1) this is a plain single-process run. Variables that do
+    not describe one consistent place among the processes (``WORLD_SIZE`` without ``RANK``, a
+    rank outside ``[0, WORLD_SIZE)``, a rank > 0 alone, non-integers) are a `UserError`: a
+    rank that guessed would write the run as rank 0 or wait for peers that never come.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", None)
     if world <= 1:
+        if rank:
+            raise UserError(
+                f"RANK={rank} but WORLD_SIZE is {os.environ.get('WORLD_SIZE', 'not set')}: "
+                f"{_LAUNCH}, or unset RANK to train in one process"
+            )
         return Dist()
+    if rank is None or rank >= world:
+        got = "not set" if rank is None else f"{rank}, not in 0..{world - 1}"
+        raise UserError(f"WORLD_SIZE={world} but RANK is {got}: {_LAUNCH}")
     import torch.distributed as td
 
-    rank = int(os.environ["RANK"])
     if not td.is_initialized():
         cuda = _on_cuda(requested)
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        td.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+            torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+        try:
+            td.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+        except (ValueError, RuntimeError) as e:  # a missing MASTER_ADDR, peers that never came
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"rank {rank} of {world} could not join the others: {text}; {_LAUNCH}"
+            ) from None
     return Dist(rank=rank, world=world)
+
+
+_LAUNCH = (
+    "launch the processes with torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR "
+    "and MASTER_PORT alike), e.g. torchrun --nproc-per-node 2 -m disvae train ..."
+)
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    """The integer >= 0 in environment variable ``name`` (``default`` when unset)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(f"{name}={raw!r} must be an integer >= 0: {_LAUNCH}")
+    return value
 
 
 def _timeout():
@@ -179,7 +216,7 @@ def device_for(dist: Dist, requested: str) -> str:
     """The device a rank trains on: ``cuda:LOCAL_RANK`` when CUDA is asked for (or auto)."""
     if not dist.active or not _on_cuda(requested):
         return requested
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return f"cuda:{_env_int('LOCAL_RANK', 0)}"
 
 
 def check_batch(dist: Dist, batch_size: int) -> None:
