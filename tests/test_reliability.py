@@ -288,3 +288,47 @@ def test_a_runs_files_get_the_mode_a_plain_write_gives_not_a_private_one(tmp_pat
         assert path.stat().st_mode & 0o777 == want, path
     atomic_write_bytes(plain, b"again")  # over an existing file, too
     assert plain.stat().st_mode & 0o777 == want and plain.read_bytes() == b"again"
+
+
+def test_weights_and_checkpoints_of_another_run_are_refused(tiny_data, tmp_path, capsys):
+    """Runs A (β=4) and B (β=8) share an architecture, so B's weights load into A's model: they
+    used to be encoded as A's codes, and B's checkpoint in A's directory resumed A with them."""
+    from disvae.cli import main
+
+    a = train(_cfg("steps=10", "checkpoint_every=5", "beta=4"), tmp_path / "a", data=tiny_data,
+              progress=False)  # fmt: skip
+    b = train(_cfg("steps=10", "checkpoint_every=5", "beta=8"), tmp_path / "b", data=tiny_data,
+              progress=False)  # fmt: skip
+    same = train(_cfg("steps=5", "beta=4"), tmp_path / "same", data=tiny_data, progress=False)
+    fa, fb = runs.run_fingerprint(a), runs.run_fingerprint(b)
+    assert fa and fb and fa != fb and runs.run_fingerprint(same) == fa  # steps may differ
+    for path in (a / runs.MODEL, ckpt.checkpoint_path(a / runs.CHECKPOINTS, 5)):
+        assert ckpt.load_state(path)[1]["fingerprint"] == fa
+    with pytest.raises(UserError, match=r"holds the weights of another run .* other settings"):
+        runs.load_run(a, weights=str(b / runs.MODEL))
+    # weights of a run with the same settings are the same model's: accepted
+    assert runs.load_run(a, weights=str(same / runs.MODEL)).model is not None
+    assert main(["encode", str(a), "--weights", str(b / runs.MODEL), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the weights of another run" in err
+    assert not (a / "codes.npz").exists()
+    # B's newest checkpoint copied into A, as A's newest: the resume is refused, A untouched
+    foreign = ckpt.checkpoint_path(a / runs.CHECKPOINTS, 15)
+    foreign.write_bytes(ckpt.checkpoint_path(b / runs.CHECKPOINTS, 10).read_bytes())
+    before = (a / runs.CONFIG).read_bytes()
+    resumed = C.apply_overrides(runs.read_config(a), ["steps=20"])
+    with pytest.raises(UserError, match=f"{foreign.name}' holds the weights of another run"):
+        train(resumed, a, data=tiny_data, resume=True, progress=False)
+    assert (a / runs.CONFIG).read_bytes() == before
+
+
+def test_a_run_from_before_fingerprints_resumes_and_keeps_one(tiny_data, tmp_path):
+    run = train(_cfg("steps=5"), tmp_path / "r", data=tiny_data, progress=False)
+    record = json.loads((run / runs.CONFIG).read_text())
+    del record["fingerprint"]  # as written by disvae before fingerprints
+    (run / runs.CONFIG).write_text(json.dumps(record))
+    assert runs.run_fingerprint(run) is None
+    runs.load_run(run)  # its weights pass: nothing to compare with
+    train(C.apply_overrides(runs.read_config(run), ["steps=10"]), run, data=tiny_data,
+          resume=True, progress=False)  # fmt: skip
+    assert runs.run_fingerprint(run) == ckpt.load_state(run / runs.MODEL)[1]["fingerprint"]

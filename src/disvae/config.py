@@ -8,6 +8,7 @@ Unknown keys and values of the wrong type are `UserError`s that name the key.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -151,9 +152,9 @@ class RunConfig:
 RESUMABLE_KEYS = frozenset({
     "data.path", "data.workers", "train.steps", "train.epochs", "train.device",
     "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.snapshot_every",
-    "train.eval_every", "train.eval_metrics", "train.val_every", "train.val_images", "train.amp",
-    "train.compile", "train.compile_mode", "train.channels_last", "train.nan_check",
-    "train.deterministic", "train.cuda_graph",
+    "train.eval_every", "train.eval_metrics", "train.eval_samples", "train.val_every",
+    "train.val_images", "train.amp", "train.compile", "train.compile_mode", "train.channels_last",
+    "train.nan_check", "train.deterministic", "train.cuda_graph",
 })  # fmt: skip
 
 MAX_SEED = 2**63 - 1  # the largest TOML integer; torch and NumPy generators take it
@@ -550,6 +551,20 @@ def check_resumable(saved: RunConfig, cfg: RunConfig, run: str) -> None:
             f"default {DEFAULT_STEPS} steps (the run has {was}); give --steps or --epochs (--steps "
             f"{DEFAULT_STEPS} to mean the default)"
         )
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    """A short hash of the settings that make a run what it is (every key outside
+    `RESUMABLE_KEYS`, of the resolved config). A run records it in config.json when it starts
+    and in every weights file it writes, so that weights of another run, with the same
+    architecture but trained otherwise, are refused instead of being scored as this run's."""
+    fixed = {
+        f"{s}.{n}": getattr(getattr(cfg, s), n)
+        for s in _SECTION_TYPES
+        for n in _field_names(_SECTION_TYPES[s])
+        if f"{s}.{n}" not in RESUMABLE_KEYS
+    }
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:

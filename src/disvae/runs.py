@@ -256,8 +256,27 @@ def load_run_state(
                 "path of a .safetensors file of this run"
             )
         tensors, meta = load_state(path)
+    check_weights_of(run_dir, meta, path)
     load_module_state("model", model, tensors, str(path))
     return model, cfg, tensors, meta
+
+
+def run_fingerprint(run_dir: str | Path) -> str | None:
+    """The settings fingerprint config.json records (None for runs from before it)."""
+    return _run_record(run_dir)[1].get("fingerprint")
+
+
+def check_weights_of(run_dir: str | Path, meta: dict, path: str | Path) -> None:
+    """Refuse weights (``meta``: their file's metadata) that another run wrote: both record
+    the run's settings fingerprint (`config.fingerprint`); files and runs from before it was
+    recorded pass."""
+    ours = run_fingerprint(run_dir)
+    theirs = meta.get("fingerprint") if isinstance(meta, dict) else None
+    if ours and theirs and ours != theirs:
+        raise UserError(
+            f"{str(path)!r} holds the weights of another run (trained with other settings than "
+            f"{str(run_dir)!r}); give weights this run wrote, or use them with their own run"
+        )
 
 
 def data_at(run_dir: str | Path, data_path: str | None) -> Any:

@@ -50,6 +50,8 @@ class Trainer(TrainerState, NonFiniteHandling):
         self, cfg: C.RunConfig, out: Path, data: ArrayDataset, dist: distributed.Dist | None = None
     ) -> None:
         self.cfg, self.out, self.data = cfg, out, data
+        # whose weights (`config.fingerprint`); a resumed run keeps the one it started with
+        self.fingerprint = C.fingerprint(cfg)
         self.dist = dist or distributed.Dist()
         distributed.check_batch(self.dist, cfg.train.batch_size)
         self.device = pick_device(distributed.device_for(self.dist, cfg.train.device))
@@ -462,7 +464,9 @@ class Trainer(TrainerState, NonFiniteHandling):
         if self.best_val is None or loss < self.best_val:
             self.best_val = loss
             try:
-                validation.save_best(self.out / runs.BEST, self.model, self.disc, self.step, loss)
+                validation.save_best(
+                    self.out / runs.BEST, self.model, self.disc, self.step, loss, self.fingerprint
+                )
             except OSError as e:
                 raise runtime.disk_error(e, "best weights", self.out) from None
         return values
@@ -573,6 +577,8 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         # built before --overwrite removes the previous run, so that a refused setting leaves
         # that run as it was.
         trainer = Trainer(cfg, out, data, dist)
+        if resume:  # (a run from before fingerprints takes this version's)
+            trainer.fingerprint = runs.run_fingerprint(out) or trainer.fingerprint
         if not resume:
             _on_main(dist, device, lambda: runs.prepare_out_dir(out, overwrite))
         dist.barrier()  # the run directory is ready for every rank
@@ -597,6 +603,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
         record["total_steps"] = trainer.total_steps
         record["speed"] = trainer.forward.speed()  # what "auto" became on this device
+        record["fingerprint"] = trainer.fingerprint
         record["processes"] = dist.world
         if dist.main:
             atomic_write_json(out / runs.CONFIG, record)

@@ -35,6 +35,7 @@ class TrainerState:
             # how best_val was scored: "settled" (`validation.settled_step`); checkpoints
             # without it scored each step by its own schedules, not comparable
             "best_val_kind": "settled",
+            "fingerprint": self.fingerprint,  # whose checkpoint (`runs.check_weights_of`)
         }
         if self.disc is not None:
             tensors.update(ckpt.module_state("disc", self.disc))
@@ -83,6 +84,7 @@ class TrainerState:
                 f"--out {self.out} --overwrite` and the run's settings"
             )
         tensors, meta, path = latest
+        runs.check_weights_of(self.out, meta, path)
         ckpt.load_module_state("model", self.model, tensors, str(path))
         accel.keep_optimizer_flags(meta["opt"]["param_groups"], self.opt)
         ckpt.load_optimizer_state("opt", self.opt, tensors, meta["opt"])
@@ -122,7 +124,9 @@ class TrainerState:
         if self.disc is not None:
             tensors.update(ckpt.module_state("disc", self.disc))
         try:
-            ckpt.save_state(self.out / runs.MODEL, tensors, {"step": self.step})
+            ckpt.save_state(
+                self.out / runs.MODEL, tensors, {"step": self.step, "fingerprint": self.fingerprint}
+            )
             if self.snapshot_every:
                 from disvae import viz
 

@@ -66,6 +66,7 @@ def save_best(
     discriminator: torch.nn.Module | None,
     step: int,
     val_loss: float,
+    fingerprint: str | None = None,
 ) -> None:
     """Write the weights (model, and FactorVAE's discriminator) with ``step`` and ``val_loss``
     in the metadata, atomically, in the format of ``model.safetensors``
@@ -73,4 +74,5 @@ def save_best(
     tensors = ckpt.module_state("model", model)
     if discriminator is not None:
         tensors.update(ckpt.module_state("disc", discriminator))
-    ckpt.save_state(path, tensors, {"step": step, "val_loss": val_loss})
+    meta = {"step": step, "val_loss": val_loss, "fingerprint": fingerprint}
+    ckpt.save_state(path, tensors, {k: v for k, v in meta.items() if v is not None})
