@@ -380,3 +380,13 @@ def test_compile_mode_with_no_compile_is_refused(tmp_path, capsys):
     assert err == "disvae: error: --compile-mode compiles the model and --no-compile says not " \
                   "to; drop one\n"  # fmt: skip
     assert not run.exists()
+
+
+def test_the_rank_that_speaks_for_a_torchrun_run(monkeypatch):
+    from disvae import cli
+
+    for value, rank in (("0", 0), ("00", 0), ("1", 1), ("x", 0)):
+        monkeypatch.setenv("RANK", value)
+        assert cli._rank() == rank
+    monkeypatch.delenv("RANK")
+    assert cli._rank() == 0

@@ -31,6 +31,7 @@ from disvae.report.content import (
     display_names,
     explorer_data,
     read_eval_losses,
+    run_content,
     run_status,
 )
 from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS, _heldout_body
@@ -529,3 +530,16 @@ def test_a_run_stopped_before_its_end_shows_the_training_frames_it_stored(tmp_pa
     for got, frame in zip(shown, frames.values(), strict=True):  # under a 14-pixel caption
         np.testing.assert_array_equal(got[14:], posterize(frame, 16)[:, :, 0])
         assert (got[:14] < 128).any()  # the step's caption
+
+
+def test_the_gif_note_says_what_its_columns_are(trained, tiny_data):
+    """Without the dataset the traversal GIF starts from prior samples; the page said they were
+    posterior means of images all the same."""
+    from disvae.report.html import single_page
+
+    opts = ReportOptions(explorer_images=0)
+    without = single_page(run_content(open_run(trained, load_data=False), opts, explorer=False))
+    with_data = single_page(run_content(open_run(trained, data=tiny_data), opts, explorer=False))
+    assert "columns are codes drawn from the prior" in _section(without, "gifs")
+    assert "posterior means" not in _section(without, "gifs")
+    assert "columns are the posterior means of different images" in _section(with_data, "gifs")

@@ -406,7 +406,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=getattr(args, "overwrite", False),
         progress=False if _quiet(args) or getattr(args, "no_progress", False) else None,
     )
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    main_rank = _rank() == 0  # under torchrun, rank 0 speaks for the run
     # A stop before the last step is no finish, even where a model.safetensors is there: that
     # of the run this one extends (--resume RUN --steps MORE), older than the checkpoints.
     finished = (run / runs.MODEL).is_file() and runtime.last_stop_step is None
@@ -604,6 +604,15 @@ def _metrics_table(result: dict) -> str:
 # ---------------------------------------------------------------------- entry point
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone; a RANK that is no integer counts as 0 here:
+    training refuses it with its own message)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     """Send disvae's own log records to stderr (the library itself configures no handler)."""
     logger = logging.getLogger("disvae")
@@ -615,7 +624,7 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     handler.setFormatter(logging.Formatter(fmt))
     logger.addHandler(handler)
     # Under torchrun rank 0 speaks for the run: the others' progress lines would repeat it.
-    quiet = quiet or os.environ.get("RANK", "0") != "0"
+    quiet = quiet or _rank() != 0
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
 
 

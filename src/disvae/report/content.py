@@ -72,6 +72,7 @@ class RunContent:
     notes: list[str] = field(default_factory=list)
     eval_losses: dict[str, Any] | None = None  # `read_eval_losses`
     step: int = 0  # the step of the weights shown
+    gif_columns: str = "the posterior means of different images"  # the traversal GIF's bases
 
 
 def data_uri(payload: bytes, mime: str) -> str:
@@ -250,6 +251,7 @@ def run_content(view: RunView, opts: ReportOptions, explorer: bool = True) -> Ru
         bases = T.encode(m, x[:cols])[0]
     else:
         c.notes.append("The dataset could not be loaded: no reconstructions or posteriors.")
+        c.gif_columns = "codes drawn from the prior (the dataset could not be loaded)"
     grid, _ = gifs.traversal_gifs(
         m, bases[:5], kl=view.kl, n_frames=opts.n_frames, max_traversal=opts.max_traversal
     )

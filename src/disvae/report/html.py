@@ -140,7 +140,7 @@ def _kl_body(c: RunContent) -> str:
 def _gifs_body(c: RunContent) -> str:
     return (
         '<p class="note">Every latent moves from -max to max and back, all at once: rows are '
-        "latents by decreasing KL, columns are the posterior means of different images. "
+        f"latents by decreasing KL, columns are {escape(c.gif_columns)}. "
         "<code>disvae plot RUN gif-traversals</code> writes one GIF per latent.</p>"
         f'<div class="card" style="display:inline-block">{_img(c.gifs.get("all"), "all latents")}'
         "</div>"
