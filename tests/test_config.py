@@ -36,11 +36,21 @@ def test_rec_dist_defaults_to_dataset_and_scale_to_likelihood():
         (["loss=betaH", "beta=inf"], "--set: loss.beta must be a finite number, got inf"),
         (["lr=nan"], "train.lr must be a finite number"),
         (["split_seed=-1"], "data.split_seed must be non-negative"),
+        # a model setting the architecture would ignore: refused before any data is loaded
+        (["hidden=[64]"], "model.hidden is not used by arch 'burgess'"),
+        (["arch=conv", "fusion=[8]"], "model.fusion is not used by arch 'conv'"),
+        (["arch=stacked", "tower=burgess", "channels=[8]"],
+         "model.channels is not used by arch 'stacked' with tower 'burgess'"),
     ],
-)
+)  # fmt: skip
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(UserError, match=message):
         C.resolve(C.apply_overrides(C.RunConfig(), overrides))
+
+
+def test_model_settings_of_an_architecture_registered_elsewhere_are_left_to_it():
+    cfg = C.apply_overrides(C.RunConfig(), ["arch=mine", "hidden=[64]", "tower=x"])
+    assert C.resolve(cfg).model.hidden == (64,)  # (its builder checks what it reads)
 
 
 def test_steps_and_epochs_a_later_source_replaces_the_other(tmp_path):

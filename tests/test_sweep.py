@@ -776,3 +776,10 @@ def test_the_documented_sweep_file_expands_without_duplicates(tmp_path):
     sweep = load_sweep(_write(tmp_path, text, "beta_study.toml"))
     assert len(sweep.runs) == 3 * 2 * 8 * (3 + 3 * 2)  # seeds × latent_dim × n × methods
     assert not any(r.name.endswith("-2") for r in sweep.runs)
+
+
+def test_a_model_setting_the_architecture_ignores_fails_when_expanded(tmp_path):
+    """It used to pass expansion and fail every run seconds into its training."""
+    text = _tiny_with_methods('[[methods]]\nloss = "betaH"\nset = { "model.hidden" = [64] }\n')
+    with pytest.raises(UserError, match=r"model.hidden is not used by arch 'burgess'"):
+        load_sweep(_write(tmp_path, text))

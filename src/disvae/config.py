@@ -14,6 +14,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -57,6 +58,36 @@ class ModelConfig:
     tower: str | None = None  # each patch's encoder/decoder: conv (default) | burgess
     shared_tower: bool | None = None  # one tower for every patch (default false: one each)
     fusion: tuple[int, ...] | None = None  # dense widths fusing the towers (default [256])
+
+
+# The model settings each built-in architecture reads. `resolve` refuses one it would ignore
+# (before any data is loaded, and when a sweep file is expanded); the models check again when
+# they build (an architecture registered elsewhere checks its own).
+CONV_KEYS = ("channels", "kernels", "strides", "paddings", "hidden")
+STACKED_KEYS = ("tower", "shared_tower", "fusion")
+
+
+def model_keys(m: ModelConfig) -> tuple[tuple[str, ...], str] | None:
+    """(the ``model.*`` settings ``m``'s architecture reads, its description), or None for an
+    architecture that is not built in."""
+    if m.arch == "burgess":
+        return (), "arch 'burgess' (fixed sizes; arch 'conv' has the knobs)"
+    if m.arch == "conv":
+        return CONV_KEYS, "arch 'conv'"
+    if m.arch == "stacked" and m.tower == "burgess":
+        return STACKED_KEYS, "arch 'stacked' with tower 'burgess'"
+    if m.arch == "stacked":
+        return STACKED_KEYS + CONV_KEYS, "arch 'stacked'"
+    return None
+
+
+def reject_unused_model_keys(m: ModelConfig, used: Sequence[str], why: str) -> None:
+    """`UserError` for a setting of ``m`` that is set but not in ``used`` (as for unused loss
+    hyperparameters: a setting that would be silently ignored is an error)."""
+    for f in fields(m):
+        if f.name not in ("arch", "latent_dim", *used) and getattr(m, f.name) is not None:
+            keys = ", ".join(f"model.{k}" for k in used) or "none"
+            raise UserError(f"model.{f.name} is not used by {why} (its keys: {keys})")
 
 
 @dataclass(frozen=True)
@@ -447,6 +478,8 @@ def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
 
 def _check_values(cfg: RunConfig) -> None:
     L, T, M, D = cfg.loss, cfg.train, cfg.model, cfg.data
+    if (known := model_keys(M)) is not None:
+        reject_unused_model_keys(M, *known)
     _positive = [
         ("model.latent_dim", M.latent_dim),
         ("train.batch_size", T.batch_size),

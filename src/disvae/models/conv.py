@@ -15,17 +15,16 @@ so an impossible combination is a `UserError` naming the layer before any weight
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from itertools import pairwise
 
 from torch import nn
 
-from disvae.config import ModelConfig
+from disvae.config import CONV_KEYS, ModelConfig, reject_unused_model_keys
 from disvae.errors import UserError
 from disvae.models.vae import ARCHITECTURES
 
 # Knobs of the conv stack in `ModelConfig`; the others are the stacked architecture's.
-CONV_KEYS = ("channels", "kernels", "strides", "paddings", "hidden")
 # Layer defaults: the Burgess et al. conv (4x4, stride 2, padding 1 halves the map).
 DEFAULT_KERNEL, DEFAULT_STRIDE, DEFAULT_PADDING = 4, 2, 1
 DEFAULT_HIDDEN = (256,)
@@ -47,13 +46,8 @@ Size = tuple[int, int]
 
 
 def reject_unused(cfg: ModelConfig, used: Sequence[str], why: str) -> None:
-    """`UserError` for a knob of ``cfg`` that is set but not in ``used`` (like unused loss
-    hyperparameters, a setting that would be silently ignored is an error)."""
-    fixed = ("arch", "latent_dim")
-    for f in fields(cfg):
-        if f.name not in fixed and f.name not in used and getattr(cfg, f.name) is not None:
-            keys = ", ".join(f"model.{k}" for k in used) or "none"
-            raise UserError(f"model.{f.name} is not used by {why} (its keys: {keys})")
+    """`disvae.config.reject_unused_model_keys` (kept here for the architectures)."""
+    reject_unused_model_keys(cfg, used, why)
 
 
 def default_spec(image_shape: tuple[int, int, int]) -> ConvSpec:

@@ -25,7 +25,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from disvae.config import ModelConfig
+from disvae.config import STACKED_KEYS, ModelConfig
 from disvae.errors import UserError
 from disvae.models.burgess import burgess_spec
 from disvae.models.conv import (
@@ -39,7 +39,6 @@ from disvae.models.conv import (
 )
 from disvae.models.vae import ARCHITECTURES
 
-STACKED_KEYS = ("tower", "shared_tower", "fusion")
 TOWERS = ("conv", "burgess")
 DEFAULT_FUSION = (256,)
 
