@@ -390,3 +390,37 @@ def test_the_rank_that_speaks_for_a_torchrun_run(monkeypatch):
         assert cli._rank() == rank
     monkeypatch.delenv("RANK")
     assert cli._rank() == 0
+
+
+def test_dry_run_prints_a_config_file_and_the_runs_size_and_writes_nothing(tmp_path, capsys):
+    from disvae import config as C
+    from disvae.data import load_dataset
+
+    run = tmp_path / "r"
+    argv = ["train", "--out", str(run), *TINY, "--loss", "factor", "--epochs", "2", "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert not run.exists()
+    n = len(load_dataset("dsprites_tiny"))
+    n_val = round(n * 0.1)  # the default held-out share
+    steps = round(2 * (n - n_val) // 2 / 16)  # FactorVAE: two batches of 16 a step
+    assert f"{n - n_val:,} train, {n_val:,} held out" in out
+    assert f"# {steps:,} steps of batch 16 (2 batches a step): 2 epochs" in out
+    assert "(VAE + discriminator)" in out and f"trains into {run}" in out
+    # the output is a config file: training from it is the same run
+    saved = tmp_path / "saved.toml"
+    saved.write_text(out)
+    cfg = C.load_file(saved, C.RunConfig())
+    assert cfg.loss.gamma == C.OBJECTIVE_DEFAULTS["factor"]["gamma"]  # resolved: written out
+    assert cfg.loss.name == "factor" and cfg.train.batch_size == 16
+    assert main(["train", "--config", str(saved), "--out", str(run), "--dry-run"]) == 0
+    assert capsys.readouterr().out == out
+    # what training would refuse, the dry run refuses
+    assert main([*argv, "--set", "model.hidden=[8]"]) == 2
+    assert "model.hidden is not used by arch 'burgess'" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("")
+    assert main([*argv[:-1], "--dry-run", "--out", str(tmp_path / "full")]) == 2
+    assert "is not empty and is not a disvae run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--dry-run"]) == 2
+    assert "--dry-run shows a new run" in capsys.readouterr().err

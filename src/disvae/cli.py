@@ -116,6 +116,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--preset", help="a shipped config, e.g. betaB_dsprites (see --list-presets)")
     g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything as training would (settings, data, model, --out), print the "
+        "resolved config as TOML (a --config file) with the run's size, and exit; writes nothing",
+    )
     g.add_argument("--config", metavar="FILE", help="a TOML or JSON config file")
     g.add_argument(
         "--set",
@@ -381,6 +387,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         flags.setdefault("train.compile", True)
     overrides = getattr(args, "overrides", None) or []
+    if hasattr(args, "resume") and getattr(args, "dry_run", False):
+        raise UserError(
+            f"--dry-run shows a new run; a resumed run's settings are in {args.resume}/config.json"
+        )
     if hasattr(args, "resume"):
         cfg, out = _resume_config(args, flags, overrides)
     else:
@@ -394,6 +404,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         cfg = C.apply_overrides(cfg, overrides)
         out = Path(getattr(args, "out", None) or _default_out(cfg))
+    if getattr(args, "dry_run", False):
+        return _dry_run(cfg, out, getattr(args, "overwrite", False))
     from disvae import runs
     from disvae.training import runtime, train
 
@@ -447,6 +459,31 @@ def _toml(value: object) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # inf, -inf, nan: TOML's own literals
     return "none" if value is None else json.dumps(value)
+
+
+def _dry_run(cfg, out: Path, overwrite: bool) -> int:
+    """`train --dry-run`: the resolved config as TOML, then the run's size as TOML comments
+    (so that the output, saved, is a --config file)."""
+    from disvae import config as C
+    from disvae.training import plan
+
+    p = plan(cfg, out, overwrite=overwrite)
+    c = p["config"]
+    shape = "x".join(map(str, p["image_shape"]))
+    per_step = " (2 batches a step)" if c.loss.name == "factor" else ""
+    params = " + ".join(f"{n:,}" for n in p["parameters"])
+    print(C.dumps_toml(c).rstrip())
+    print(
+        f"\n# dataset {c.data.name}: {p['n_images']:,} images of {shape}; {p['n_train']:,} "
+        f"train, {p['n_val']:,} held out\n"
+        f"# {p['total_steps']:,} steps of batch {c.train.batch_size}{per_step}: "
+        f"{p['epochs']:.3g} epochs\n"
+        f"# model {c.model.arch}: {params} parameters"
+        f"{' (VAE + discriminator)' if len(p['parameters']) > 1 else ''}; {p['device']}, "
+        f"{p['precision']}\n"
+        f"# dry run: nothing written; without --dry-run it trains into {out}"
+    )
+    return 0
 
 
 def _quiet(args: argparse.Namespace) -> bool:

@@ -1,5 +1,5 @@
 """The training loop and checkpoints."""
 
-from disvae.training.loop import Trainer, train
+from disvae.training.loop import Trainer, plan, train
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "plan", "train"]

@@ -532,6 +532,42 @@ def train(
         distributed.shutdown(dist)
 
 
+def plan(
+    cfg: C.RunConfig, out: str | Path, *, data: ArrayDataset | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """What ``train(cfg, out)`` would train, checked as `train` checks it (the settings, the
+    data, the model's shapes, ``out``), writing nothing: the resolved config and the figures
+    that follow from it (``n_images``, ``image_shape``, ``n_train``, ``n_val``, ``total_steps``,
+    ``epochs``, ``parameters``, ``device``, ``precision``). For `disvae train --dry-run`."""
+    import dataclasses
+
+    from disvae.data import load_data
+
+    C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+    out = runs.check_out_dir(out, overwrite)
+    if data is None:
+        data = load_data(cfg.data)
+    cfg = C.resolve(cfg, data.info.default_rec_dist)
+    # The trainer's own checks, without capturing a CUDA graph (a resumable setting, so the
+    # same run).
+    no_graph = dataclasses.replace(cfg.train, cuda_graph=False)
+    t = Trainer(dataclasses.replace(cfg, train=no_graph), out, data)
+    images = t.total_steps * t.batches_per_step * cfg.train.batch_size
+    modules = [m for m in (t.model, t.disc) if m is not None]
+    return {
+        "config": cfg,
+        "n_images": len(data),
+        "image_shape": tuple(data.image_shape),
+        "n_train": len(t.train_idx),
+        "n_val": len(t.val_idx),
+        "total_steps": t.total_steps,
+        "epochs": images / len(t.train_idx),
+        "parameters": [sum(p.numel() for p in m.parameters()) for m in modules],
+        "device": str(t.device),
+        "precision": "bf16 autocast" if t.accel.amp_dtype is not None else "fp32",
+    }
+
+
 def _on_main(dist: distributed.Dist, device: torch.device, check: Callable[[], Any]) -> None:
     """Run ``check`` (a step on the run directory that rank 0 alone takes) on rank 0, and tell
     every rank whether it refused: a `UserError` there stops every rank with one line, instead
