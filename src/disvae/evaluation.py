@@ -443,8 +443,9 @@ def compute_metrics(
         t0 = time.perf_counter()
         values[name] = METRICS.get(name).compute(ctx)
         seconds[name] = round(time.perf_counter() - t0, 3)
-        # progress for long runs (the values come once, in the caller's table or the file)
-        log.info("scored %s in %.1fs", name, seconds[name])
+        # progress on stderr, with the values (a long run's log says them as they come; the
+        # CLI's table on stdout is the result, for a file or a pipe)
+        log.info("%s (%.1fs)", format_metrics({name: values[name]}), seconds[name])
         if progress:
             progress(name, 0)
     protocol = dict(params, metrics=names, points_encoded=int(n_points + cache.n_encoded),
