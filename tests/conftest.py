@@ -61,3 +61,16 @@ def _deterministic_cudnn(monkeypatch):
     no autotuner, which could pick a non-deterministic kernel). No effect on the CPU."""
     if torch.cuda.is_available():
         monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_cli_log_handler():
+    """`disvae.cli.main` gives the ``disvae`` logger a handler on the sys.stderr of its moment: a
+    test's captured stream, closed after it. Removed after each test, so that a later test's
+    library logging does not write "--- Logging error ---" tracebacks into its captured output."""
+    import logging
+
+    yield
+    logger = logging.getLogger("disvae")
+    for h in [h for h in logger.handlers if getattr(h, "_disvae_cli", False)]:
+        logger.removeHandler(h)

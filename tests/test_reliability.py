@@ -308,6 +308,7 @@ def test_weights_and_checkpoints_of_another_run_are_refused(tiny_data, tmp_path,
         runs.load_run(a, weights=str(b / runs.MODEL))
     # weights of a run with the same settings are the same model's: accepted
     assert runs.load_run(a, weights=str(same / runs.MODEL)).model is not None
+    capsys.readouterr()  # (what the trainings above logged)
     assert main(["encode", str(a), "--weights", str(b / runs.MODEL), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds the weights of another run" in err
