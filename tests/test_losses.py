@@ -46,6 +46,22 @@ def test_bernoulli_nll_is_cross_entropy_summed_over_pixels():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_nll_is_stable_at_extreme_logits(dtype):
+    # The NLL is softplus(l) - x l = max(l, 0) - x l + log1p(exp(-|l|)). Taking logs of
+    # sigmoid(l) and 1 - sigmoid(l) instead gives -log(0) = inf at l = 50 already (1 - sigmoid(50)
+    # rounds to 0, in float64 too).
+    logits = np.array([50.0, -50.0, 100.0, -100.0, 50.0, -50.0])
+    x = np.array([0.0, 1.0, 0.0, 1.0, 0.3, 0.7])
+    expected = np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
+    lg = torch.tensor(logits, dtype=dtype).view(-1, 1, 1, 1).requires_grad_()
+    got = reconstruction_nll(lg, torch.tensor(x, dtype=dtype).view(-1, 1, 1, 1), "bernoulli", None)
+    np.testing.assert_allclose(got.detach().double().numpy(), expected, rtol=1e-6)
+    got.sum().backward()
+    # d NLL / d logit = sigmoid(l) - x: finite, and +-1 where the prediction is confidently wrong
+    np.testing.assert_allclose(lg.grad.flatten().double().numpy(), _sigmoid(logits) - x, atol=1e-6)
+
+
 @pytest.mark.parametrize("scale", [0.1, 0.5, 2.0])
 def test_gaussian_nll_matches_scipy(scale):
     pdf = stats.norm.pdf(X, loc=_sigmoid(LOGITS), scale=scale)
@@ -102,6 +118,41 @@ def test_log_normal_matches_scipy_with_broadcasting():
     got = log_normal(_t(z), _t(mu), _t(logvar))
     assert got.shape == (3, 2)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("logvar", [-100.0, -90.0, -20.0, 0.0, 20.0, 80.0])
+def test_log_normal_is_finite_at_extreme_log_variances(logvar):
+    # At z = mu (codes that are posterior means; or a sample mu + sigma * eps that rounds to mu)
+    # log N(mu; mu, e^lv) = -(log 2 pi + lv) / 2 exactly. exp(-lv) alone overflows float32 below
+    # lv = -88.7, and 0 * inf was NaN.
+    mu = torch.tensor([[0.3, -1.7, 0.0]])
+    lv = torch.full_like(mu, logvar, requires_grad=True)
+    got = log_normal(mu, mu, lv)
+    torch.testing.assert_close(got, torch.full_like(mu, -0.5 * (math.log(2 * math.pi) + logvar)))
+    got.sum().backward()
+    torch.testing.assert_close(lv.grad, torch.full_like(mu, -0.5))
+    # One standard deviation away: -(log 2 pi + lv + 1) / 2.
+    z = mu + math.exp(0.5 * logvar)
+    if bool((z != mu).all()):
+        ref = stats.norm.logpdf(z.double().numpy(), mu.double().numpy(), math.exp(0.5 * logvar))
+        np.testing.assert_allclose(log_normal(z, mu, lv).detach().numpy(), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampling", ["mws", "mss"])
+def test_tc_decomposition_is_finite_for_collapsed_posteriors(sampling):
+    # Posterior means as codes (eval mode) with a variance of e^-100 in some dimensions: every
+    # density is finite (float32), so the three terms must be too, and telescope as always.
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(5, 3, generator=g)
+    logvar = torch.tensor([-100.0, -1.0, 0.5]).expand(5, 3).clone().requires_grad_()
+    parts = tc_decomposition(mu, mu, logvar, dataset_size=50, sampling=sampling)
+    for value in parts.values():
+        assert torch.isfinite(value).all()
+    total = parts["mi"] + parts["tc"] + parts["dw_kl"]
+    expected = (-0.5 * logvar - 0.5 * (-mu.pow(2))).sum(1)  # log q(mu|x) - log p(mu)
+    torch.testing.assert_close(total, expected)
+    total.sum().backward()
+    assert torch.isfinite(logvar.grad).all()
 
 
 # --------------------------------------------------------------------------- permutations
@@ -188,6 +239,78 @@ def test_mws_tc_is_offset_by_d_minus_one_log_n_when_the_batch_is_the_dataset():
     torch.testing.assert_close(mws["tc"], mss["tc"] + 2 * math.log(n))
     torch.testing.assert_close(mws["mi"], mss["mi"] + math.log(n))
     torch.testing.assert_close(mws["dw_kl"], mss["dw_kl"] - 3 * math.log(n))
+
+
+def _reference_tc(z, mu, logvar, n, sampling):
+    """mi, tc, dw_kl by plain loops over the batch (Chen et al. 2018, Eq. 2 and App. C), with
+    the mixture weights written out: mws 1/(NB) each; mss 1/N for the sample's own posterior,
+    (N - 1)/(N (B - 1)) for each other batch member."""
+    b, d = z.shape
+    sd = np.exp(0.5 * logvar)
+
+    def w(i, j):
+        if sampling == "mws":
+            return 1.0 / (n * b)
+        return 1.0 / n if i == j else (n - 1) / (n * (b - 1))
+
+    out = {"mi": np.zeros(b), "tc": np.zeros(b), "dw_kl": np.zeros(b)}
+    for i in range(b):
+        log_qzx = sum(stats.norm.logpdf(z[i, k], mu[i, k], sd[i, k]) for k in range(d))
+        log_pz = sum(stats.norm.logpdf(z[i, k]) for k in range(d))
+        qz = sum(w(i, j) * np.prod(stats.norm.pdf(z[i], mu[j], sd[j])) for j in range(b))
+        log_prod = sum(
+            math.log(sum(w(i, j) * stats.norm.pdf(z[i, k], mu[j, k], sd[j, k]) for j in range(b)))
+            for k in range(d)
+        )
+        out["mi"][i] = log_qzx - math.log(qz)
+        out["tc"][i] = math.log(qz) - log_prod
+        out["dw_kl"][i] = log_prod - log_pz
+    return out
+
+
+@pytest.mark.parametrize("sampling", ["mws", "mss"])
+@pytest.mark.parametrize("batch, n", [(1, 1000), (2, 1000), (2, 2), (5, 1000), (5, 3), (5, 1)])
+def test_tc_decomposition_matches_a_plain_loop(sampling, batch, n):
+    # Batches of 1 and 2, and datasets smaller than the batch (N = 1: every batch member is
+    # the same image, so q(z) is its posterior and the others weigh 0 under mss).
+    rng = np.random.default_rng(batch * 100 + n)
+    mu = rng.normal(size=(batch, 3))
+    logvar = rng.normal(scale=0.7, size=(batch, 3))
+    z = mu + np.exp(0.5 * logvar) * rng.normal(size=(batch, 3))
+    got = tc_decomposition(_t(z), _t(mu), _t(logvar), dataset_size=n, sampling=sampling)
+    if sampling == "mss" and batch == 1:
+        # No other member: only the sample's own posterior, weight 1/N.
+        expected = _reference_tc(z, mu, logvar, n, "mws")
+    else:
+        expected = _reference_tc(z, mu, logvar, n, sampling)
+    for key in ("mi", "tc", "dw_kl"):
+        np.testing.assert_allclose(got[key].numpy(), expected[key], rtol=1e-9, atol=1e-9)
+    if sampling == "mss" and n == 1:
+        np.testing.assert_allclose(got["mi"].numpy(), 0.0, atol=1e-12)
+
+
+def test_mss_mixture_is_unbiased_for_q_z_and_its_marginals():
+    # Over every batch of B = 3 out of N = 6 data points that contains the sample's own point i
+    # (a uniform draw without replacement), the mss mixture averages to q(z) = (1/N) sum_n
+    # q(z|x_n) exactly, for the joint and for each dimension's marginal q(z_d).
+    from itertools import combinations
+
+    from disvae.losses.terms import _log_mixture_weights
+
+    n, b = 6, 3
+    g = torch.Generator().manual_seed(5)
+    mu = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    logvar = 0.4 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    z = torch.randn(2, generator=g, dtype=torch.float64)
+    dens = log_normal(z, mu, logvar).exp()  # (N, D): q(z_d | x_n)
+    exact_joint, exact_marg = dens.prod(1).mean(), dens.mean(0)
+    w = _log_mixture_weights(b, n, "mss", mu)[0].exp()  # row of batch member 0 = point i
+    for i in range(n):
+        batches = [[i, *o] for o in combinations([j for j in range(n) if j != i], b - 1)]
+        joint = torch.stack([(w * dens[idx].prod(1)).sum() for idx in batches]).mean()
+        marg = torch.stack([(w[:, None] * dens[idx]).sum(0) for idx in batches]).mean(0)
+        torch.testing.assert_close(joint, exact_joint, rtol=1e-12, atol=0)
+        torch.testing.assert_close(marg, exact_marg, rtol=1e-12, atol=0)
 
 
 def test_tc_decomposition_rejects_unknown_sampling():

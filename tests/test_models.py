@@ -33,6 +33,51 @@ def test_burgess_layer_sizes_match_the_paper():
     assert n == enc + dec
 
 
+def test_burgess_layer_sequence_matches_the_paper():
+    # Burgess et al. (2018), §A.1: conv 32x4x4 stride 2 (x4 at 64 px), dense 256, 256, then 2D
+    # (mean, log-variance); the decoder is the transpose, ReLU between layers, logits out (no
+    # activation after the last layer, else the Bernoulli mean could not go below 1/2).
+    model = build_model(ModelConfig("burgess", latent_dim=10), (3, 64, 64))
+    nn = torch.nn
+
+    def describe(seq):
+        out = []
+        for m in seq:
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                out.append((type(m).__name__, m.in_channels, m.out_channels, m.kernel_size,
+                            m.stride, m.padding))  # fmt: skip
+            elif isinstance(m, nn.Linear):
+                out.append(("Linear", m.in_features, m.out_features))
+            elif isinstance(m, nn.ReLU):
+                out.append("ReLU")
+        return out
+
+    conv = [("Conv2d", c, 32, (4, 4), (2, 2), (1, 1)) for c in (3, 32, 32, 32)]
+    assert describe(model.encoder) == [
+        *[x for c in conv for x in (c, "ReLU")],
+        ("Linear", 512, 256), "ReLU", ("Linear", 256, 256), "ReLU", ("Linear", 256, 20),
+    ]  # fmt: skip
+    deconv = [("ConvTranspose2d", 32, c, (4, 4), (2, 2), (1, 1)) for c in (32, 32, 32, 3)]
+    assert describe(model.decoder) == [
+        ("Linear", 10, 256), "ReLU", ("Linear", 256, 256), "ReLU", ("Linear", 256, 512), "ReLU",
+        deconv[0], "ReLU", deconv[1], "ReLU", deconv[2], "ReLU", deconv[3],
+    ]  # fmt: skip
+    # The last 2D outputs: mean first, then log-variance.
+    x = torch.rand(2, 3, 64, 64)
+    stats = model.encoder(x)
+    mu, logvar = model.encode(x)
+    assert torch.equal(mu, stats[:, :10]) and torch.equal(logvar, stats[:, 10:])
+
+
+def test_training_forward_is_the_reparameterised_sample():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("burgess", latent_dim=4), (1, 32, 32)).train()
+    x, eps = torch.rand(3, 1, 32, 32), torch.randn(3, 4)
+    out = model(x, eps)
+    torch.testing.assert_close(out.z, out.mu + torch.exp(0.5 * out.logvar) * eps)
+    torch.testing.assert_close(out.logits, model.decode(out.z))
+
+
 def test_eval_uses_the_mean_and_training_samples():
     torch.manual_seed(0)
     model = build_model(ModelConfig("burgess", latent_dim=4), (1, 64, 64))

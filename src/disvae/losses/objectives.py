@@ -74,9 +74,17 @@ def compute_loss(
     """The objective named ``cfg.name`` on a batch x (B, C, H, W) and its forward pass ``out``.
 
     ``cfg`` must have been filled by `disvae.config.resolve`. An unknown name is a `UserError`
-    listing the valid ones.
+    listing the valid ones. Half-precision inputs (a forward under bf16 autocast) are cast to
+    float32 first, so every term is computed in float32 whatever the caller passed.
     """
-    return OBJECTIVES.get(cfg.name)(out, x, step, cfg, ctx)
+    objective = OBJECTIVES.get(cfg.name)
+    out = VAEOutput(_fp32(out.logits), _fp32(out.mu), _fp32(out.logvar), _fp32(out.z))
+    return objective(out, _fp32(x), step, cfg, ctx)
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a 16-bit float (no copy otherwise)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _shared(out: VAEOutput, x: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor, Tensor]:

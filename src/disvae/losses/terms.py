@@ -66,8 +66,13 @@ def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """Elementwise log density log N(z; mu, exp(logvar)); the three tensors broadcast together."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
+    """Elementwise log density log N(z; mu, exp(logvar)); the three tensors broadcast together.
+
+    The difference is scaled by exp(-logvar / 2) before squaring: exp(-logvar) overflows float32
+    below logvar = -88.7 and 0 * inf (z = mu, e.g. codes that are posterior means) is NaN, where
+    the density is finite; the scaled form stays finite down to logvar = -177.
+    """
+    return -0.5 * (LOG_2PI + logvar + ((z - mu) * torch.exp(-0.5 * logvar)).pow(2))
 
 
 def log_standard_normal(z: Tensor) -> Tensor:
@@ -117,7 +122,7 @@ def tc_decomposition(
       weight 1 / N; the other N - 1 data points are represented evenly by the other B - 1 batch
       members, each with weight (N - 1) / (N (B - 1)). The weights sum to 1, and the mixture is
       unbiased for q(z_i) and each q(z_id) when the batch is a uniform draw without
-      replacement.
+      replacement. (B = 1 leaves only the own weight 1/N: no member represents the others.)
 
     Args:
         z: reparameterised samples (B, D), z_i ~ q(z|x_i).
