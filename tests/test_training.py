@@ -269,3 +269,46 @@ def test_the_python_api_refuses_to_resume_with_another_setting(tiny_data, tmp_pa
     with pytest.raises(UserError, match=r"default 300000 steps \(the run has steps = 10\)"):
         train(unbounded, run, data=tiny_data, resume=True, progress=False)
     assert [r["step"] for r in _log(run)] == [5, 10]
+
+
+def test_factor_vae_steps_train_only_their_own_network(tiny_data, tmp_path):
+    """Kim & Mnih (2018), Alg. 2: the VAE's loss (with the discriminator's TC estimate) must not
+    move the discriminator, and the discriminator's loss must not move the VAE."""
+    from disvae.training.loop import Trainer
+
+    trainer = Trainer(C.resolve(_cfg("factor", "steps=3")), tmp_path / "r", tiny_data)
+
+    def state(module):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    def grads(module):  # (None where a step left no gradient)
+        return {n: None if p.grad is None else p.grad.clone() for n, p in module.named_parameters()}
+
+    for _ in range(2):  # the second step: Adam has moments for both networks
+        disc_before, model_before = state(trainer.disc), state(trainer.model)
+        seen = {}
+        vae_update = trainer._vae_update
+
+        def spy(*args, vae_update=vae_update, seen=seen):
+            result = vae_update(*args)
+            seen["model"], seen["disc"] = state(trainer.model), state(trainer.disc)
+            seen["grads"] = grads(trainer.model)
+            return result
+
+        trainer._vae_update = spy
+        assert trainer.train_step() is not None
+        trainer.step += 1
+        del trainer._vae_update
+        assert not same(seen["model"], model_before)  # the VAE step trained the VAE
+        assert same(seen["disc"], disc_before)  # ... and not the discriminator
+        assert same(state(trainer.model), seen["model"])  # the discriminator's left the VAE
+        # ... and its loss sent no gradient into the encoder for a later VAE step to apply
+        after = grads(trainer.model)
+        assert all(
+            (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+            for a, b in ((after[n], seen["grads"][n]) for n in after)
+        )
+        assert not same(state(trainer.disc), disc_before)  # ... and trained itself
