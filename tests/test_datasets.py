@@ -889,6 +889,23 @@ def test_stacked_index_with_a_bom_or_an_unnamed_csv_column(tmp_path: Path) -> No
         load_dataset("stacked", str(tmp_path / "b"), workers=1)
 
 
+def test_blank_lines_in_a_csv_index_are_skipped(tmp_path: Path) -> None:
+    """An editor's blank last line (or blank lines between blocks) made "row N has 0 cells"."""
+    make_stacked(tmp_path / "a", n=3, fmt="csv")
+    csv_file = tmp_path / "a" / "index.csv"
+    plain = load_dataset("stacked", str(tmp_path / "a"), img_size=16, workers=1)
+    lines = csv_file.read_text().splitlines()
+    csv_file.write_text("\n".join([*lines[:2], "", "  ", *lines[2:], "", ""]) + "\n")
+    blanks = load_dataset("stacked", str(tmp_path / "a"), img_size=16, workers=1)
+    assert len(blanks) == 3
+    np.testing.assert_array_equal(
+        blanks.numpy_images(np.arange(3)), plain.numpy_images(np.arange(3))
+    )
+    csv_file.write_text("\n".join([*lines[:2], "", "faces/0.png"]) + "\n")
+    with pytest.raises(DataError, match=r"row 4 has 1 cells"):  # (numbered as in the file)
+        load_dataset("stacked", str(tmp_path / "a"), img_size=16, workers=1)
+
+
 def test_plain_pickle_refusal_of_a_global_named_with_a_newline_is_one_line() -> None:
     """STACK_GLOBAL takes its names from strings of the file, which may hold a newline: the
     refusal quotes the name rather than print a second line of the attacker's text."""

@@ -126,6 +126,8 @@ def parse_csv(file: Path) -> Index:
     factors = [h for h in header[1:] if not h.startswith("patch:")]
     index = Index(file, _names(file, {"p": patches}, "p"), _names(file, {"f": factors}, "f"))
     for row, cells in enumerate(rows[1:]):
+        if not any(c.strip() for c in cells):
+            continue  # a blank line (an editor's last one, or between blocks of rows)
         if len(cells) != len(header):
             raise index.fail(f"row {row + 2} has {len(cells)} cells, the header {len(header)}")
         cell = dict(zip(header, cells, strict=True))
