@@ -386,22 +386,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--compile-mode compiles the model and --no-compile says not to; drop one"
             )
         flags.setdefault("train.compile", True)
+    flag_sets = [f"{k}={_toml(v)}" for k, v in flags.items()]  # (as --set would give them)
     overrides = getattr(args, "overrides", None) or []
     if hasattr(args, "resume") and getattr(args, "dry_run", False):
         raise UserError(
             f"--dry-run shows a new run; a resumed run's settings are in {args.resume}/config.json"
         )
     if hasattr(args, "resume"):
-        cfg, out = _resume_config(args, flags, overrides)
+        cfg, out = _resume_config(args, flag_sets + list(overrides))
     else:
         cfg = C.RunConfig()
         if hasattr(args, "preset"):
             cfg = C.load_preset(args.preset, cfg)
         if hasattr(args, "config"):
             cfg = C.load_file(args.config, cfg)
-        cfg = C.apply_overrides(
-            cfg, [f"{k}={_toml(v)}" for k, v in flags.items()], source="command line"
-        )
+        cfg = C.apply_overrides(cfg, flag_sets, source="command line")
         cfg = C.apply_overrides(cfg, overrides)
         out = Path(getattr(args, "out", None) or _default_out(cfg))
     if getattr(args, "dry_run", False):
@@ -433,7 +432,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 128 + stopped_by
 
 
-def _resume_config(args, flags, overrides):
+def _resume_config(args, changes: list[str]):
     from disvae import config as C
     from disvae import runs
 
@@ -444,7 +443,6 @@ def _resume_config(args, flags, overrides):
         if hasattr(args, bad):
             raise UserError(f"--{bad} cannot be combined with --resume")
     saved = runs.read_config(run)
-    changes = [f"{k}={_toml(v)}" for k, v in flags.items()] + list(overrides)
     cfg = C.apply_overrides(saved, changes)
     C.check_resumable(saved, cfg, str(run))  # (before minutes of loading the data)
     return cfg, run

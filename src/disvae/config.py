@@ -476,6 +476,13 @@ def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
     return cfg
 
 
+def check(cfg: RunConfig) -> None:
+    """Every value of ``cfg`` checked as `resolve` checks it, before the dataset (and so its
+    default likelihood) is known: a scale alone implies a non-Bernoulli likelihood. For failing
+    fast, before touching the disk or loading data."""
+    resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+
+
 def _check_values(cfg: RunConfig) -> None:
     L, T, M, D = cfg.loss, cfg.train, cfg.model, cfg.data
     if (known := model_keys(M)) is not None:
@@ -566,15 +573,14 @@ def check_resumable(saved: RunConfig, cfg: RunConfig, run: str) -> None:
     the run had one. The trainer checks resolved configs; the CLI checks the run's config with
     the command line's changes applied, before loading the data. A setting given the run's own
     value is no change (the first command line again, with --resume)."""
-    for section in _SECTION_TYPES:
-        for name in _field_names(_SECTION_TYPES[section]):
-            key, was = f"{section}.{name}", getattr(getattr(saved, section), name)
-            if key not in RESUMABLE_KEYS and getattr(getattr(cfg, section), name) != was:
-                raise UserError(
-                    f"cannot change {key} when resuming {run!r} (the run has "
-                    f"{'none' if was is None else json.dumps(was)}; another value makes it "
-                    f"another run); only {', '.join(sorted(RESUMABLE_KEYS))} may change"
-                )
+    now = _fixed_settings(cfg)
+    for key, was in _fixed_settings(saved).items():
+        if now[key] != was:
+            raise UserError(
+                f"cannot change {key} when resuming {run!r} (the run has "
+                f"{'none' if was is None else json.dumps(was)}; another value makes it "
+                f"another run); only {', '.join(sorted(RESUMABLE_KEYS))} may change"
+            )
     # A length set to none would not mean "as before" but the default 300,000 steps.
     length = (saved.train.steps, saved.train.epochs)
     if (cfg.train.steps, cfg.train.epochs) == (None, None) and length != (None, None):
@@ -591,13 +597,19 @@ def fingerprint(cfg: RunConfig) -> str:
     `RESUMABLE_KEYS`, of the resolved config). A run records it in config.json when it starts
     and in every weights file it writes, so that weights of another run, with the same
     architecture but trained otherwise, are refused instead of being scored as this run's."""
-    fixed = {
+    fixed = json.dumps(_fixed_settings(cfg), sort_keys=True)
+    return hashlib.sha256(fixed.encode()).hexdigest()[:16]
+
+
+def _fixed_settings(cfg: RunConfig) -> dict[str, Any]:
+    """``{"section.key": value}`` of every setting outside `RESUMABLE_KEYS`, in the config's
+    order: what makes a run the run it is."""
+    return {
         f"{s}.{n}": getattr(getattr(cfg, s), n)
         for s in _SECTION_TYPES
         for n in _field_names(_SECTION_TYPES[s])
         if f"{s}.{n}" not in RESUMABLE_KEYS
     }
-    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:

@@ -317,7 +317,7 @@ def _run(
     if seed is not None:
         cfg = _assign(cfg, "train.seed", seed, source, "seeds")
     try:  # every value checked now, as `train` would (the dataset's likelihood is not known yet)
-        C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+        C.check(cfg)
     except UserError as e:
         raise UserError(f"{source}: method {label!r} {params}: {e}") from None
     return RunSpec("", label, params, cfg.train.seed, cfg, ev, imports)

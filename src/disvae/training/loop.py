@@ -543,7 +543,7 @@ def plan(
 
     from disvae.data import load_data
 
-    C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+    C.check(cfg)
     out = runs.check_out_dir(out, overwrite)
     if data is None:
         data = load_data(cfg.data)
@@ -589,13 +589,11 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
 
     from disvae.data import load_data
 
-    # Fail fast on bad values, before touching the disk or loading data (the dataset's default
-    # likelihood is not known yet; a scale alone implies a non-Bernoulli one).
-    C.resolve(cfg, "gaussian" if cfg.loss.rec_scale is not None else "bernoulli")
+    C.check(cfg)  # fail fast on bad values, before touching the disk or loading data
     distributed.check_batch(dist, cfg.train.batch_size)
     device = pick_device(distributed.device_for(dist, cfg.train.device))  # (for the agreements)
     if resume:
-        runs.read_config(out)  # a clear error when `out` is not a run
+        saved = runs.read_config(out)  # (a clear error when `out` is not a run)
     else:
         _on_main(dist, device, lambda: runs.check_out_dir(out, overwrite))
     if data is None:
@@ -604,8 +602,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         runs.check_preprocessing(out, data)
     cfg = C.resolve(cfg, data.info.default_rec_dist)
     if resume:  # (the CLI checks this too; a script's config is checked here)
-        saved = C.resolve(runs.read_config(out), data.info.default_rec_dist)
-        C.check_resumable(saved, cfg, str(out))
+        C.check_resumable(C.resolve(saved, data.info.default_rec_dist), cfg, str(out))
     with ExitStack() as held:
         lock = runs.RunLock(out, create=not resume)
         _on_main(dist, device, lambda: held.enter_context(lock))  # rank 0 holds the run
