@@ -703,7 +703,7 @@ def test_a_stop_reaches_a_worker_started_while_the_sweep_stops(tmp_path, monkeyp
     slots = [tmp_path / "a", tmp_path / "b"]
     for slot in slots:
         slot.mkdir()
-    a_reported = threading.Event()
+    b_starting = threading.Event()
     signalled = []
 
     class FakeWorker:
@@ -712,8 +712,8 @@ def test_a_stop_reaches_a_worker_started_while_the_sweep_stops(tmp_path, monkeyp
             self.ended = threading.Event()
             if self.name == "a":
                 self.ended.set()  # a finishes at once
-            else:  # b starts just as the sweep is being stopped
-                a_reported.wait(10)
+            else:  # b is starting (past its stop check) when the sweep is stopped
+                b_starting.set()
                 time.sleep(0.5)
 
         def wait(self):
@@ -725,7 +725,9 @@ def test_a_stop_reaches_a_worker_started_while_the_sweep_stops(tmp_path, monkeyp
             self.ended.set()
 
     def finished(slot):
-        a_reported.set()
+        # (waiting here makes the order certain: b's thread may not have begun when a ends,
+        # and a b that never passed its stop check is rightly never started nor signalled)
+        assert b_starting.wait(10)
         raise KeyboardInterrupt  # Ctrl-C while the sweep records a
 
     monkeypatch.setattr(subprocess, "Popen", FakeWorker)
