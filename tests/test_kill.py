@@ -47,8 +47,8 @@ def _log(run: Path) -> list[dict]:
 def test_sigkill_and_sigterm_at_random_moments_then_resume_is_exact(tmp_path):
     env = dict(os.environ, DISVAE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     whole = tmp_path / "whole"
+    # (the uninterrupted run trains beside the first interrupted one: one thread each)
     done = _start(["train", *ARGS, "--out", str(whole)], env)
-    assert done.wait(timeout=600) == 0, done.stderr.read()
 
     rng = random.Random(0)
     run = tmp_path / "killed"
@@ -72,6 +72,7 @@ def test_sigkill_and_sigterm_at_random_moments_then_resume_is_exact(tmp_path):
             newest = list_checkpoints(run / "checkpoints")[-1][0]
             assert said and int(said[1]) == newest, said
         argv = ["train", "--resume", str(run), "--no-progress", "-q"]
+    assert done.wait(timeout=600) == 0, done.stderr.read()
     proc = _start(argv, env)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
 

@@ -31,7 +31,7 @@ def _log(run) -> list[dict]:
 
 @pytest.mark.parametrize("loss", OBJECTIVES)
 def test_each_objective_lowers_its_loss(loss, tiny_data, tmp_path):
-    extra = ["c_steps=120"] if loss == "betaB" else []
+    extra = {"betaB": ["c_steps=120"], "factor": ["batch_size=16"]}.get(loss, [])
     run = train(_cfg(loss, "steps=150", *extra), tmp_path / loss, data=tiny_data, progress=False)
     log = _log(run)
     assert [r["step"] for r in log] == list(range(25, 151, 25))
