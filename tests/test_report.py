@@ -543,3 +543,21 @@ def test_the_gif_note_says_what_its_columns_are(trained, tiny_data):
     assert "columns are codes drawn from the prior" in _section(without, "gifs")
     assert "posterior means" not in _section(without, "gifs")
     assert "columns are the posterior means of different images" in _section(with_data, "gifs")
+
+
+def test_the_explorer_block_is_strict_json_when_a_kl_is_not_finite(run_dir):
+    """A diverged latent's KL (inf) or a NaN code would make Python write Infinity/NaN, which
+    the page's JSON.parse refuses: the whole explorer would then stay blank."""
+    from disvae.report.html import _explorer_body
+
+    ex = explorer_data(open_run(run_dir), ReportOptions(n_cols=3, explorer_steps=3))
+    ex["kl"][0] = float("inf")
+    ex["bases"][0]["code"][1] = float("nan")
+    block = re.search(r'id="explorer-data">(.*?)</script>', _explorer_body(ex), re.S).group(1)
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    data = json.loads(block, parse_constant=refuse)  # as strict as a browser's JSON.parse
+    assert data["kl"][0] is None and data["bases"][0]["code"][1] is None
+    assert data["kl"][1:] == ex["kl"][1:] and data["values"] == ex["values"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from html import escape
 from typing import Any
@@ -147,10 +148,23 @@ def _gifs_body(c: RunContent) -> str:
     )
 
 
+def _strict_json(v: Any) -> Any:
+    """``v`` with every non-finite float replaced by None."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_strict_json(x) for x in v]
+    return v
+
+
 def _explorer_body(ex: dict[str, Any] | None) -> str:
     if ex is None:
         return '<p class="note">Not available.</p>'
-    data = json.dumps(ex).replace("</", "<\\/")
+    # (strict JSON for the page's JSON.parse: a non-finite number, e.g. the KL of a diverged
+    # latent, is null there; Python's json would write Infinity, which no browser parses)
+    data = json.dumps(_strict_json(ex), allow_nan=False).replace("</", "<\\/")
     buttons = "".join(
         f'<button type="button" title="{escape(b["label"])}">'
         f'<img src="{b["thumb"]}" alt="{escape(b["label"])}"></button>'
