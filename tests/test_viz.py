@@ -539,3 +539,17 @@ def test_plot_says_the_folder_it_wrote_into(tmp_path, capsys):
     assert _plot([str(run), "gif-traversals", "kl", "-r", "1", "-c", "2", "--n-steps", "2"]) == 0
     assert capsys.readouterr().out == f"wrote 3 file(s) into {run / 'plots'}\n"
     assert (run / "plots" / "kl.png").is_file()
+
+
+def test_fewer_gif_rows_remove_the_per_latent_gifs_of_an_earlier_call(tmp_path):
+    run = make_run(tmp_path / "r")
+    gifs = run / "plots" / "gif-traversals"
+    mine = gifs / "zoom.gif"
+    assert _plot([str(run), "gif-traversals", "-r", "3", "-c", "1", "--n-steps", "2"]) == 0
+    first = sorted(p.name for p in gifs.glob("z[0-9]*.gif"))
+    assert len(first) == 3
+    mine.write_bytes(b"a file of the user's")
+    assert _plot([str(run), "gif-traversals", "-r", "1", "-c", "1", "--n-steps", "2"]) == 0
+    left = sorted(p.name for p in gifs.glob("z[0-9]*.gif"))
+    assert len(left) == 1 and left[0] in first
+    assert (gifs / "all.gif").is_file() and mine.read_bytes() == b"a file of the user's"

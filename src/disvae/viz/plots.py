@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,4 +364,14 @@ def plot_run(
                 raise UserError(
                     f"cannot write {str(path)!r}: {e.strerror or e}; pass a writable --out-dir"
                 ) from None
+        if name == "gif-traversals":
+            _remove_stale_latent_gifs(out / "gif-traversals", set(figures))
     return written
+
+
+def _remove_stale_latent_gifs(folder: Path, kept: set[str]) -> None:
+    """Per-latent GIFs of an earlier call with more rows (``z7.gif`` after ``--rows 5``)
+    would sit beside the new set as if they belonged to it."""
+    for path in folder.glob("z*.gif"):
+        if re.fullmatch(r"z\d+\.gif", path.name) and f"gif-traversals/{path.name}" not in kept:
+            path.unlink(missing_ok=True)
