@@ -424,3 +424,23 @@ def test_dry_run_prints_a_config_file_and_the_runs_size_and_writes_nothing(tmp_p
     assert "is not empty and is not a disvae run" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--dry-run"]) == 2
     assert "--dry-run shows a new run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--los", "btcvae"], "disvae train: error: unknown option --los (did you mean "
+         "--loss?); see `disvae train --help`"),
+        (["train", "--los=btcvae", "--steps", "3"], "unknown option --los (did you mean --loss?)"),
+        (["evaluate", "RUN", "--metric", "mig"], "disvae evaluate: error: unknown option --metric "
+         "(did you mean --metrics?)"),
+        (["plot", "RUN", "--row", "3"], "unknown option --row (did you mean --rows?)"),
+        (["train", "--zzz", "3"], "disvae train: error: unknown option --zzz; see"),
+    ],
+)  # fmt: skip
+def test_options_are_spelt_in_full_and_a_misspelling_names_the_nearest(argv, message, capsys):
+    """argparse's prefix matching took --los for --loss and --metric for --metrics; an option
+    added later could change what such a saved command means."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err

@@ -62,10 +62,31 @@ def _positive_int_or_all(text: str) -> int | None:
 
 class _Parser(argparse.ArgumentParser):
     """Errors in one line (the project's rule for bad input), pointing at --help instead of
-    printing the usage, which runs to 25 lines for `disvae train`; exit code 2 as argparse's."""
+    printing the usage, which runs to 25 lines for `disvae train`; exit code 2 as argparse's.
+
+    Options must be spelled in full: argparse's prefix matching would take ``--metric`` for
+    ``--metrics`` or ``--los`` for ``--loss``, and an option added later could silently change
+    what a saved command means. A misspelt option is refused by its own command's parser, with
+    the nearest option named."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        flags = [a.split("=", 1)[0] for a in extras if a.startswith("--")]
+        if flags and " " in self.prog:  # a command's parser: `disvae train`
+            import difflib
+
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            near = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            self.error(f"unknown option {flags[0]}{hint}")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
