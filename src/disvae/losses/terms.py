@@ -56,13 +56,17 @@ def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 
     -KL = 1/2 (1 + log sigma^2 - mu^2 - sigma^2) (Kingma & Welling 2014, Appendix B).
 
+    ``sigma^2 - 1`` is computed as ``expm1(logvar)``: ``exp(logvar) - 1 - logvar`` cancels near
+    logvar = 0 (a collapsed dimension), where in float32 it came out negative (-8e-9 at
+    logvar = -1e-4) or 100 times too large; ``expm1(x) >= x`` keeps every term >= 0.
+
     Args:
         mu, logvar: posterior parameters (B, D).
 
     Returns:
         (B, D) the KL of each latent dimension, in nats.
     """
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    return 0.5 * (mu.pow(2) + torch.expm1(logvar) - logvar)
 
 
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

@@ -98,12 +98,15 @@ def discretize(codes: np.ndarray, n_bins: int = 20) -> np.ndarray:
 
 
 def entropy(labels: np.ndarray) -> np.ndarray:
-    """Discrete entropy in nats of each column of int labels (N, K) -> (K,)."""
+    """Discrete entropy in nats of each column of labels (N, K) -> (K,).
+
+    Any labels the metrics accept as factor classes (integers of any range, integral floats,
+    bools): only which rows share a value matters (`mig_chen` and `aam` pass their raw factors).
+    """
     labels = np.asarray(labels)
     out = np.empty(labels.shape[1])
     for k in range(labels.shape[1]):
-        p = np.bincount(labels[:, k] - labels[:, k].min()) / len(labels)
-        p = p[p > 0]
+        p = np.unique(labels[:, k], return_counts=True)[1] / len(labels)
         out[k] = -np.sum(p * np.log(p))
     return out
 
@@ -113,7 +116,11 @@ def mutual_info_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     (N, K), both int labels >= 0: returns (D, K).
 
     Plug-in estimate from the joint histogram (the same quantity as
-    ``sklearn.metrics.mutual_info_score``), one ``bincount`` per pair.
+    ``sklearn.metrics.mutual_info_score``), one ``bincount`` per pair. The ratio p(a, b) /
+    (p(a) p(b)) is taken on the integer counts, n_ab n / (n_a n_b): exactly 1 for columns that
+    are independent in the sample (a constant code above all), so their MI is exactly 0. From
+    probabilities, p(a) summed over b rounds, leaving MI ~1e-17 > 0 for a constant code, which
+    modularity (invariant to the scale of the MI) turned into a score of 1.
     """
     a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     n = len(a)
@@ -121,15 +128,16 @@ def mutual_info_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for k in range(b.shape[1]):
         bk = b[:, k]
         nb = int(bk.max()) + 1
-        pb = np.bincount(bk, minlength=nb) / n
+        cb = np.bincount(bk, minlength=nb)
         for j in range(a.shape[1]):
             aj = a[:, j]
             na = int(aj.max()) + 1
-            joint = np.bincount(aj * nb + bk, minlength=na * nb).reshape(na, nb) / n
-            pa = joint.sum(axis=1)
+            joint = np.bincount(aj * nb + bk, minlength=na * nb).reshape(na, nb)
+            ca = joint.sum(axis=1)
             nz = joint > 0
-            outer = pa[:, None] * pb[None, :]
-            out[j, k] = float(np.sum(joint[nz] * np.log(joint[nz] / outer[nz])))
+            nij = joint[nz]
+            ratio = (nij * n) / (ca[:, None] * cb[None, :])[nz]  # exact integers, one rounding
+            out[j, k] = float(np.sum(nij / n * np.log(ratio)))
     return np.maximum(out, 0.0)
 
 

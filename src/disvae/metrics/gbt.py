@@ -207,7 +207,9 @@ def gbt_importance(
     x, x_test = np.asarray(x, np.float64), np.asarray(x_test, np.float64)
     y, y_test = np.asarray(y), np.asarray(y_test)
     thresholds = bin_thresholds(x, n_bins)
-    b = max(len(t) for t in thresholds) + 1
+    # Bins per feature: at least 2, so that codes whose every dimension is constant (no
+    # threshold anywhere: a collapsed encoder) give trees that never split, not an empty argmax.
+    b = max(1, *(len(t) for t in thresholds)) + 1
     bins, bins_test = apply_bins(x, thresholds), apply_bins(x_test, thresholds)
     onehot_bins = bin_matrix(bins, b)
     groups, onehot, raw0 = _targets(y)

@@ -115,7 +115,9 @@ def mig_chen(
     n_samples: int | None = 10_000,
     rng: np.random.Generator | int | None = 0,
 ) -> float:
-    """MIG (Chen et al. 2018, Sec. 4.1) with the posterior-based MI estimator, in [0, 1].
+    """MIG (Chen et al. 2018, Sec. 4.1) with the posterior-based MI estimator: in [0, 1] up to
+    the estimator's Monte-Carlo noise (a near-perfect code on few points can come out a little
+    above 1; not clipped, as in the paper).
 
     Args: as `chen_mutual_info`: mu, logvar (N, D), factors (N, K) int classes.
     """

@@ -34,7 +34,9 @@ def modularity_score(mi: np.ndarray) -> float:
     mi = np.asarray(mi, dtype=np.float64)
     d, k = mi.shape
     if k < 2:
-        return 1.0
+        # One factor: every informative dimension is perfectly modular (delta_i = 0); one with
+        # no information (theta_i = 0) still scores 0, as for any K.
+        return float(np.mean(np.abs(mi).max(axis=1) > 0))
     sq = mi**2
     top = sq.max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):

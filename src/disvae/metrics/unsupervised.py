@@ -13,9 +13,10 @@ from disvae.metrics.mig_chen import aggregate_entropies
 
 def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """Mean over points of KL(q(z_j|x) || N(0, 1)) in nats, shape (D,), from (N, D) posteriors
-    (Kingma & Welling 2014, Appendix B)."""
+    (Kingma & Welling 2014, Appendix B); ``expm1`` as in `disvae.losses.kl_normal` (no
+    cancellation near logvar = 0, never negative)."""
     mu, logvar = check_posteriors(mu, logvar)
-    return 0.5 * np.mean(mu**2 + np.exp(logvar) - logvar - 1.0, axis=0)
+    return 0.5 * np.mean(mu**2 + np.expm1(logvar) - logvar, axis=0)
 
 
 def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
