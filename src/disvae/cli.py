@@ -471,13 +471,10 @@ def _resume_config(args, changes: list[str]):
 
 def _toml(value: object) -> str:
     """A flag's value as a TOML value for `apply_overrides` (inf and nan as TOML spells them,
-    so that the config's check names them)."""
-    import json
-    import math
+    so that the config's check names them; None as the bare word none)."""
+    from disvae import config as C
 
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # inf, -inf, nan: TOML's own literals
-    return "none" if value is None else json.dumps(value)
+    return "none" if value is None else C.toml_value(value)
 
 
 def _dry_run(cfg, out: Path, overwrite: bool) -> int:

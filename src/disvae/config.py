@@ -301,6 +301,9 @@ def _near(word: str, choices: Any, prefix: str = "") -> str:
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if isinstance(value, str) and type(None) in allowed and str not in allowed:
+        if value.strip().lower() in ("none", "null"):  # TOML has no null: val_images = "none"
+            value = None
     if value is None and type(None) in allowed:
         return None
     if value is None and str in allowed:  # `--set amp=none` parses as "no value"
@@ -597,7 +600,9 @@ def fingerprint(cfg: RunConfig) -> str:
     `RESUMABLE_KEYS`, of the resolved config). A run records it in config.json when it starts
     and in every weights file it writes, so that weights of another run, with the same
     architecture but trained otherwise, are refused instead of being scored as this run's."""
-    fixed = json.dumps(_fixed_settings(cfg), sort_keys=True)
+    # (+ 0.0 turns -0.0, equal to 0.0 for every check, into 0.0: the same settings, one hash)
+    fixed = {k: v + 0.0 if isinstance(v, float) else v for k, v in _fixed_settings(cfg).items()}
+    fixed = json.dumps(fixed, sort_keys=True)
     return hashlib.sha256(fixed.encode()).hexdigest()[:16]
 
 
@@ -629,12 +634,38 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def dumps_toml(cfg: RunConfig) -> str:
-    """The config as TOML (keys whose value is None are left out: None is their default)."""
+    """The config as TOML that `load_config` reads back as the same config. TOML has no null:
+    a None whose default is None is left out, any other (``val_images``: all) is ``"none"``."""
     lines = []
+    defaults = to_dict(RunConfig())
     for section, values in to_dict(cfg).items():
         lines.append(f"[{section}]")
         for k, v in values.items():
-            if v is not None:
-                lines.append(f"{k} = {json.dumps(v)}")
+            if v is not None or defaults[section][k] is not None:
+                lines.append(f"{k} = {toml_value(v)}")
         lines.append("")
     return "\n".join(lines)
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                 "\r": "\\r"}  # fmt: skip
+
+
+def toml_value(v: Any) -> str:
+    """A config value as a TOML value: None as ``"none"`` (what ``--set key=none`` means),
+    strings as TOML basic strings (every character but the ones TOML requires escaped is
+    written as itself; JSON's surrogate pairs for characters beyond U+FFFF are not TOML)."""
+    if v is None:
+        return '"none"'
+    if isinstance(v, str):
+        out = "".join(
+            _TOML_ESCAPES.get(ch)
+            or (f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch)
+            for ch in v
+        )
+        return f'"{out}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # inf, -inf, nan: TOML's own literals
+    return json.dumps(v)  # bool, int, finite float: the same spelling in TOML
