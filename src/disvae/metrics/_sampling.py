@@ -18,14 +18,25 @@ from disvae.metrics._utils import check_count, nonfinite_rows
 EncodeFn = Callable[[Any], Any]
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    """``encode``'s output as float64 (B, D); ValueError for non-finite codes (a diverged or
-    damaged encoder), which would otherwise turn into a silent 0 or a classifier's traceback."""
+def _to_numpy(x: Any, n_images: int | None = None) -> np.ndarray:
+    """``encode``'s output for ``n_images`` images as float64 (B, D); ValueError for codes that
+    are not real numbers, not one row of D >= 1 numbers per image, or not finite (a diverged or
+    damaged encoder), which would otherwise turn into a silent 0, a dropped imaginary part, a
+    reshape error or a classifier's traceback."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+        raise ValueError(f"encode must return real numeric codes, got dtype {x.dtype}")
+    x = x.astype(np.float64)
     if x.ndim == 1:
         x = x[:, None]  # one code dimension
+    if x.ndim != 2 or x.shape[1] < 1 or (n_images is not None and len(x) != n_images):
+        want = "(B, D)" if n_images is None else f"({n_images}, D)"
+        raise ValueError(
+            f"encode must return codes of shape {want} with D >= 1, one row per image; got "
+            f"shape {x.shape}"
+        )
     bad = int(nonfinite_rows(x).sum())
     if bad:
         raise ValueError(
@@ -61,7 +72,7 @@ class CachedEncoder:
         self.n_encoded = 0
 
     def __call__(self, images: Any) -> np.ndarray:
-        return _to_numpy(self.encode(images))
+        return _to_numpy(self.encode(images), len(images))
 
     def missing(self, index: np.ndarray) -> np.ndarray:
         """The distinct indices among ``index`` whose codes are not known yet."""
@@ -71,6 +82,9 @@ class CachedEncoder:
     def _store(self, chunk: np.ndarray, codes: np.ndarray) -> None:
         if self._codes is None:
             self._codes = np.zeros((len(self.dataset), codes.shape[1]), dtype=np.float32)
+        if codes.shape[1] != self._codes.shape[1]:
+            raise ValueError(f"encode returned codes of {codes.shape[1]} dimensions after "
+                             f"{self._codes.shape[1]}; one D is needed")  # fmt: skip
         self._codes[chunk] = codes
         self._done[chunk] = True
         self.n_encoded += len(chunk)
@@ -107,10 +121,13 @@ def encode_classes(
     """Codes (N, D) of the images with factor classes (N, K), in ``batch_size`` chunks."""
     if isinstance(encode, CachedEncoder):
         return encode.codes_at(dataset.index_of(classes))
-    out = [
-        _to_numpy(encode(dataset.sample_observations_from_factors(classes[s : s + batch_size])))
-        for s in range(0, len(classes), batch_size)
-    ]
+    out = []
+    for s in range(0, len(classes), batch_size):
+        chunk = classes[s : s + batch_size]
+        out.append(_to_numpy(encode(dataset.sample_observations_from_factors(chunk)), len(chunk)))
+    if len({o.shape[1] for o in out}) > 1:
+        raise ValueError(f"encode returned codes of {sorted({o.shape[1] for o in out})} "
+                         "dimensions for different batches; one D is needed")  # fmt: skip
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 

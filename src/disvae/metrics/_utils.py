@@ -19,7 +19,9 @@ def _numeric(x: object, name: str) -> np.ndarray:
 
 def nonfinite_rows(a: np.ndarray) -> np.ndarray:
     """Boolean (N,): the rows of an (N, ...) array holding a NaN or an infinity."""
-    return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    # Reduced over the trailing axes, not reshaped: ``reshape(0, -1)`` of no rows is an error
+    # ("cannot reshape array of size 0"), which hid "at least 2 points are needed".
+    return ~np.isfinite(a).all(axis=tuple(range(1, a.ndim)))
 
 
 def check_codes(codes: np.ndarray, name: str = "codes") -> np.ndarray:
@@ -173,3 +175,15 @@ def top_two_gap(matrix: np.ndarray) -> np.ndarray:
     """Per column of (D, K), the largest entry minus the second largest (the largest when D=1)."""
     s = np.sort(matrix, axis=0)[::-1]
     return s[0] - (s[1] if len(s) > 1 else 0.0)
+
+
+def varied_factors(dataset: object) -> np.ndarray:
+    """Indices of the factors of a ground-truth dataset that take more than one value; ValueError
+    when none does (the batch scores draw their labels among them: nothing to score)."""
+    varied = np.flatnonzero(np.asarray(dataset.factor_sizes) > 1)  # type: ignore[attr-defined]
+    if not len(varied):
+        raise ValueError(
+            f"every factor of the dataset takes a single value (factor sizes "
+            f"{tuple(dataset.factor_sizes)}): no factor to score"  # type: ignore[attr-defined]
+        )
+    return varied

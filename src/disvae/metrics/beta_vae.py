@@ -20,15 +20,14 @@ from typing import Any
 import numpy as np
 
 from disvae.metrics._sampling import EncodeFn, as_rng, encode_classes
-from disvae.metrics._utils import check_count
+from disvae.metrics._utils import check_count, varied_factors
 
 
 def beta_vae_points(
     dataset: Any, encode: EncodeFn, n: int, batch_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points of the β-VAE protocol: features (n, D) and factor labels (n,)."""
-    sizes = np.array(dataset.factor_sizes)
-    varied = np.flatnonzero(sizes > 1)
+    varied = varied_factors(dataset)
     labels = varied[rng.integers(0, len(varied), size=n)]
     a = dataset.sample_factors(n * batch_size, rng)
     b = dataset.sample_factors(n * batch_size, rng)
@@ -69,6 +68,7 @@ def beta_vae_score(
 
     for name, value in (("batch_size", batch_size), ("n_train", n_train), ("n_eval", n_eval)):
         check_count(value, name)
+    varied_factors(dataset)  # ValueError when no factor varies
     rng = as_rng(rng)
     x, y = beta_vae_points(dataset, encode, n_train, batch_size, rng)
     x_eval, y_eval = beta_vae_points(dataset, encode, n_eval, batch_size, rng)

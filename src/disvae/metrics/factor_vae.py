@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from disvae.metrics._sampling import EncodeFn, as_rng, encode_classes, sample_codes
-from disvae.metrics._utils import check_count
+from disvae.metrics._utils import check_count, varied_factors
 
 
 def factor_vae_votes(
@@ -31,8 +31,7 @@ def factor_vae_votes(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` votes: (argmin code dimension among all D, factor index), both (n,)."""
-    sizes = np.array(dataset.factor_sizes)
-    varied = np.flatnonzero(sizes > 1)
+    varied = varied_factors(dataset)
     labels = varied[rng.integers(0, len(varied), size=n)]
     classes = dataset.sample_factors(n * batch_size, rng)
     fixed_value = dataset.sample_factors(n, rng)[np.arange(n), labels]
@@ -73,6 +72,7 @@ def factor_vae_score(
     for name, value, least in (("batch_size", batch_size, 2), ("n_train", n_train, 1),
                                ("n_eval", n_eval, 1), ("n_variance", n_variance, 2)):  # fmt: skip
         check_count(value, name, least)
+    varied_factors(dataset)  # ValueError when no factor varies
     rng = as_rng(rng)
     codes, _ = sample_codes(dataset, encode, n_variance, rng)
     global_var = codes.var(axis=0, ddof=1)

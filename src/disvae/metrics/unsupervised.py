@@ -22,12 +22,24 @@ def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
 def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
     """Dimensions whose posterior mean varies across the data: Var_x(E_q[z_j|x]) > threshold
     (Burda et al. 2016, "Importance Weighted Autoencoders", Sec. 5.2). ``mu``: (N, D)."""
-    return int(np.sum(np.var(check_codes(mu, "mu"), axis=0) > threshold))
+    mu = check_codes(mu, "mu")
+    if len(mu) < 2:
+        raise ValueError(f"a variance needs at least 2 points, got {len(mu)}")
+    return int(np.sum(np.var(mu, axis=0) > threshold))
+
+
+MIN_EIGENVALUE = 1e-12  # of the codes' correlation matrix (see gaussian_total_correlation)
 
 
 def gaussian_total_correlation(mu: np.ndarray) -> float:
     """TC of a Gaussian fitted to the codes (N, D): 0.5 (sum_j log Sigma_jj - log det Sigma)
-    (the unsupervised score of Locatello et al. 2019, Sec. 4, ``unsupervised_metrics.py``)."""
+    (the unsupervised score of Locatello et al. 2019, Sec. 4, ``unsupervised_metrics.py``).
+
+    Computed as -0.5 log det R of the correlation matrix R, with R's eigenvalues floored at
+    ``1e-12``: codes with an exact linear dependence (a duplicated dimension) have an infinite
+    TC, which rounding made either inf or ~18 nats depending on the sign of a tiny determinant;
+    each degenerate direction now counts as 0.5 log 1e12 = 13.8 nats, a finite number for
+    metrics.json."""
     mu = check_codes(mu, "mu")
     if len(mu) < 2:
         raise ValueError(f"a covariance needs at least 2 points, got {len(mu)}")
@@ -38,8 +50,9 @@ def gaussian_total_correlation(mu: np.ndarray) -> float:
         cov, diag = cov[np.ix_(keep, keep)], diag[keep]
     if len(diag) == 0:
         return 0.0
-    sign, logdet = np.linalg.slogdet(cov)
-    return float(0.5 * (np.sum(np.log(diag)) - logdet)) if sign > 0 else float("inf")
+    sd = np.sqrt(diag)
+    eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))
+    return float(max(0.0, -0.5 * np.sum(np.log(np.maximum(eig, MIN_EIGENVALUE)))))
 
 
 def total_correlation(
