@@ -18,6 +18,7 @@ import time
 import tokenize
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,16 @@ def open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
         return None
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if isinstance(arr, np.lib.npyio.NpzFile):  # a file that starts like a zip
+            arr.close()
         ok = (
             isinstance(arr, np.memmap)
             and arr.shape == tuple(shape)
             and arr.dtype == np.uint8
+            and arr.flags.c_contiguous  # the rows as the writer wrote them (not Fortran order)
             and path.stat().st_size == arr.offset + arr.nbytes
         )
-    except (*NPY_HEADER_ERRORS, OSError, EOFError):
+    except (*NPY_HEADER_ERRORS, OSError, EOFError, zipfile.BadZipFile):
         ok = False
     if not ok:
         warnings.warn(f"cache {path} is incomplete or corrupt; rebuilding it", stacklevel=3)

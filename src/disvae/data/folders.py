@@ -164,7 +164,7 @@ def read_celeba_attributes(file: Path, images: list[str]) -> tuple[list[str], np
             raise fail("the first line is not 'image_id,' and the attribute names")
         names, body = rows[0][1:], rows[1:]
     else:
-        if len(lines) < 2 or not lines[0].strip().isdigit():
+        if len(lines) < 2 or not lines[0].strip().isdecimal():  # (isdigit: '²', not an int)
             raise fail("the first line is not the number of images")
         names, body = lines[1].split(), [line.split() for line in lines[2:] if line.strip()]
         if len(body) != int(lines[0]):

@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 from disvae.errors import DataError
 
@@ -77,6 +77,18 @@ def to_array(img: Image.Image, size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+# EXIF orientation -> the transposition that shows the picture upright (as ImageOps.exif_transpose)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _upright_8bit(im: Image.Image) -> Image.Image:
     """``im`` as it is meant to be seen: turned by its EXIF orientation (a phone's photo is
     stored sideways with a tag saying so), and 16-bit greyscale (16-bit PNGs, TIFFs) scaled to
@@ -84,7 +96,12 @@ def _upright_8bit(im: Image.Image) -> Image.Image:
     integer image is taken as 16-bit data when a value exceeds 255, else kept as it is; a 32-bit
     float image as values in [0, 1] when none exceeds 1 (Pillow would clip them to black), else
     in 0..255."""
-    im = ImageOps.exif_transpose(im) or im
+    im.load()  # (a PNG may keep its EXIF after the pixels)
+    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    # Not ImageOps.exif_transpose: it also re-packs the EXIF block without the tag, which raises
+    # struct.error or AttributeError on a damaged tag that the pixels never needed.
+    if isinstance(orientation, int) and orientation in _TRANSPOSE:
+        im = im.transpose(_TRANSPOSE[orientation])
     if im.mode.startswith("I;16"):  # 16-bit greyscale: the top 8 bits
         return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
     if im.mode == "I":  # 32-bit ints: 16-bit data when above 255, else 8-bit values as they are

@@ -28,8 +28,10 @@ MAX_DEPTH = 32  # nesting of containers and records (plain data needs a few leve
 
 _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
-# the only calls plain data is pickled with (numpy 1 and 2 name their module differently)
-_KNOWN = {("_codecs", "encode"), ("numpy", "dtype"),
+# the only calls plain data is pickled with (numpy 1 and 2 name their module differently; an
+# empty bytes is bytes() at protocols 0-2, written as __builtin__.bytes)
+_KNOWN = {("_codecs", "encode"), ("numpy", "dtype"), ("__builtin__", "bytes"),
+          ("builtins", "bytes"),
           *((m, n) for m in _MULTIARRAY for n in ("_reconstruct", "scalar")),
           *((m, "_frombuffer") for m in _NUMERIC)}  # fmt: skip
 # dtypes of plain numeric data, by their kind and size (no objects, no structured types)
@@ -245,6 +247,8 @@ class _Resolver:
             # Python 3 bytes at protocol 2 and below: encode(text, "latin1")
             if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
                 return args[0].encode("latin-1")
+        elif f.name == "bytes" and args == () and state is None:
+            return b""  # an empty Python 3 bytes at protocol 2 and below: bytes()
         elif (f.module, f.name) == ("numpy", "dtype"):
             return _dtype(args, state)
         elif _is_reconstruct(f):

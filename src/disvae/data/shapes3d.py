@@ -30,6 +30,9 @@ FACTOR_SIZES = (10, 10, 10, 8, 4, 15)  # a module constant, so tests can shrink 
 SIZE = 64
 CHUNK = 4096  # images converted per read
 _VERSION = 1
+# What h5py raises on a damaged file besides OSError: RuntimeError (a broken B-tree or heap),
+# TypeError (a garbled name read as bytes), ValueError (a float type it cannot map), KeyError.
+H5_ERRORS = (OSError, RuntimeError, TypeError, ValueError, KeyError)
 
 
 def _fail(file: Path, problem: str) -> DataError:
@@ -73,8 +76,12 @@ def _open(file: Path):
 
     try:
         return h5py.File(file, "r")
-    except OSError as err:
-        raise _fail(file, f"is not a readable HDF5 file ({err})") from None
+    except H5_ERRORS as err:
+        raise _fail(file, f"is not a readable HDF5 file ({_line(err)})") from None
+
+
+def _line(err: Exception) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def _read_labels(file: Path, h5) -> np.ndarray:
@@ -110,8 +117,8 @@ def _chunks(file: Path, size: int):
         for start in range(0, images.shape[0], CHUNK):
             try:
                 block = images[start : start + CHUNK]
-            except OSError as err:
-                raise _fail(file, f"images cannot be read ({err})") from None
+            except H5_ERRORS as err:
+                raise _fail(file, f"images cannot be read ({_line(err)})") from None
             yield resize_array(block.transpose(0, 3, 1, 2), size)
 
 
@@ -123,7 +130,10 @@ def load_shapes3d(
     size = img_size or SIZE
     file = h5_path(path)
     with _open(file) as h5:
-        labels = _read_labels(file, h5)
+        try:
+            labels = _read_labels(file, h5)
+        except H5_ERRORS as err:  # (its own DataErrors pass: they are none of these)
+            raise _fail(file, f"is damaged ({_line(err)})") from None
     values = grid_values(file, labels)
     shape = (len(labels), 3, size, size)
     images = cached_source("shapes3d", [file], shape, lambda: _chunks(file, size), v=_VERSION)

@@ -2,8 +2,9 @@
 
 No pickle anywhere: a checkpoint is a safetensors file whose tensors hold weights, optimizer
 moments and RNG states, and whose string metadata holds a JSON document (step, optimizer
-hyperparameters, Python/NumPy RNG state, data order) and a SHA-256 over the tensors. Loading a
-file therefore cannot run code, and a torn or corrupted file is detected.
+hyperparameters, Python/NumPy RNG state, data order), a SHA-256 over the tensors and one over
+the metadata. Loading a file therefore cannot run code, and a torn or corrupted file is
+detected.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def save_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any
     # One metadata key: safetensors writes several in no fixed order, and identical state must
     # give identical bytes.
     header = {"format": FORMAT, "version": VERSION, "sha256": tensor_digest(tensors), "meta": meta}
+    header["meta_sha256"] = _meta_digest(json.loads(json.dumps(meta)))  # (as it will load)
     atomic_write_bytes(path, st_save(tensors, metadata={"disvae": json.dumps(header)}))
 
 
@@ -72,14 +74,24 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         ) from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a disvae checkpoint")
-    if not isinstance(header.get("version"), int) or header["version"] > VERSION:
+    if not isinstance(header.get("version"), int) or "meta" not in header:
+        raise CheckpointError(f"{str(path)!r} has a damaged header (corrupt)")
+    if header["version"] > VERSION:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint format {header['version']}, newer than this disvae "
             f"reads ({VERSION}); upgrade disvae"
         )
     if tensor_digest(tensors) != header.get("sha256"):
         raise CheckpointError(f"{str(path)!r} fails its checksum (corrupt)")
+    # (checkpoints written before the metadata had a checksum have none)
+    if "meta_sha256" in header and header["meta_sha256"] != _meta_digest(header["meta"]):
+        raise CheckpointError(f"{str(path)!r} fails the checksum of its metadata (corrupt)")
     return tensors, header["meta"]
+
+
+def _meta_digest(meta: Any) -> str:
+    """SHA-256 of the JSON text of ``meta`` (step, RNG states, data order, ...)."""
+    return hashlib.sha256(json.dumps(meta).encode()).hexdigest()
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:
