@@ -201,15 +201,24 @@ def test_ranks_agree_on_file_decisions_and_on_skipped_steps(tmp_path):
         assert all(np.isnan(v) for v in [*w[0], *b])
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
-def test_bad_collective_timeout_is_one_line_and_exit_2(mnist, tmp_path, value):
-    env = dict(_env(), WORLD_SIZE="2", RANK="0", DISVAE_DIST_TIMEOUT=value)
+def test_bad_collective_timeout_is_one_line_and_exit_2(mnist, tmp_path):
+    env = dict(_env(), WORLD_SIZE="2", RANK="0", DISVAE_DIST_TIMEOUT="abc")
     cmd = [sys.executable, "-m", "disvae", "train", *_args(mnist, tmp_path / "t", 2)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "DISVAE_DIST_TIMEOUT" in lines[0] and "positive" in lines[0]
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "1e400", ""])
+def test_every_bad_collective_timeout_is_refused(value, monkeypatch):
+    """(the process above shows how a refusal reaches the command line, once)"""
+    from disvae.training.distributed import _timeout
+
+    monkeypatch.setenv("DISVAE_DIST_TIMEOUT", value)
+    with pytest.raises(UserError, match=r"DISVAE_DIST_TIMEOUT=.* must be a positive, finite"):
+        _timeout()
 
 
 def test_collective_timeout_default_and_value(monkeypatch):
