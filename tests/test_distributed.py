@@ -56,6 +56,16 @@ def _train(args: list[str], procs: int = 1) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+def _assert_same_training(b: torch.Tensor, a: torch.Tensor, name: str) -> None:
+    """Weights of the same steps on 1 and on 2 processes: equal up to summation order. Adam
+    divides each gradient by its own running scale, so for a weight whose gradient is ~0 that
+    rounding can move the update by a good part of the learning rate (1e-3): a few such weights
+    may differ by ~1e-4 after 6 steps, while a wrong share or average moves most of them."""
+    off = (b - a).abs() > 1e-5 + 1e-4 * a.abs()
+    assert off.float().mean() <= 0.001, f"{name}: {int(off.sum())} of {off.numel()} differ"
+    torch.testing.assert_close(b, a, rtol=0, atol=3e-4, msg=name)
+
+
 def _weights(run: Path, prefix: str = "model") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -93,7 +103,7 @@ def test_two_processes_equal_one_and_resume_with_one(mnist, tmp_path):
     a, b = _weights(single), _weights(multi)
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+        _assert_same_training(b[k], a[k], k)
     la = (single / "train_log.jsonl").read_text().splitlines()
     lb = (multi / "train_log.jsonl").read_text().splitlines()
     assert json.loads(la[0])["loss"] == pytest.approx(json.loads(lb[0])["loss"], rel=1e-5)
@@ -150,7 +160,7 @@ def test_factor_vae_on_two_processes_equals_one(mnist, tmp_path):
         a, b = _weights(runs[1], prefix), _weights(runs[2], prefix)
         assert a and a.keys() == b.keys()
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+            _assert_same_training(b[k], a[k], k)
 
 
 def _collectives_worker(rank: int, store_path: str, out_path: str) -> None:
