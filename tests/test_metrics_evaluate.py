@@ -38,7 +38,7 @@ def run(tmp_path_factory):
     cfg = C.apply_overrides(
         C.RunConfig(),
         ["loss=betaH", "dataset=dsprites_tiny", "batch_size=32", "steps=30", "log_every=10",
-         "checkpoint_every=100", "lr=1e-3"],
+         "checkpoint_every=100", "lr=1e-3", "snapshot_every=0"],
     )  # fmt: skip
     return train(cfg, tmp_path_factory.mktemp("m") / "r", data=small_grid(), progress=False)
 

@@ -22,7 +22,8 @@ from disvae.training import checkpoint as ckpt
 from disvae.training import train
 from disvae.training.loop import NonFiniteError, Trainer
 
-FAST = ["dataset=dsprites_tiny", "batch_size=16", "log_every=5", "lr=1e-3"]
+# (no training frames: snapshot_every defaults to steps // 50, a frame every step here)
+FAST = ["dataset=dsprites_tiny", "batch_size=16", "log_every=5", "lr=1e-3", "snapshot_every=0"]
 
 
 def _cfg(*extra: str) -> C.RunConfig:

@@ -31,8 +31,10 @@ def _log(run) -> list[dict]:
 
 @pytest.mark.parametrize("loss", OBJECTIVES)
 def test_each_objective_lowers_its_loss(loss, tiny_data, tmp_path):
-    extra = {"betaB": ["c_steps=120"], "factor": ["batch_size=16"]}.get(loss, [])
-    run = train(_cfg(loss, "steps=150", *extra), tmp_path / loss, data=tiny_data, progress=False)
+    # (batch 16: recon ratios 0.20-0.33 over seeds 0 and 1 on every objective, 0.18-0.25 at 32)
+    extra = ["c_steps=120"] if loss == "betaB" else []
+    run = train(_cfg(loss, "steps=150", "batch_size=16", *extra), tmp_path / loss,
+                data=tiny_data, progress=False)  # fmt: skip
     log = _log(run)
     assert [r["step"] for r in log] == list(range(25, 151, 25))
     first, last = log[0], log[-1]
@@ -54,6 +56,7 @@ def test_each_objective_lowers_its_loss(loss, tiny_data, tmp_path):
 def test_resume_equals_an_uninterrupted_run(loss, tiny_data, tmp_path):
     # (training frames, off in these tests for time, on for one: they must not move training)
     snap = [f"snapshot_every={3 if loss == 'vae' else 0}"]
+    snap += ["batch_size=16"] if loss == "factor" else []  # (two batches a step)
     whole = train(_cfg(loss, "steps=40", "checkpoint_every=10", "log_every=5", *snap),
                   tmp_path / "whole", data=tiny_data, progress=False)  # fmt: skip
     part = train(_cfg(loss, "steps=20", "checkpoint_every=10", "log_every=5", *snap),
