@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from disvae.data import DATASETS, ArrayDataset, DatasetInfo
 
@@ -17,6 +18,17 @@ TINY_N = 2048
 # too; set for the session, so that no test's ``monkeypatch.undo()`` lifts it). The bf16 path is
 # tested where a test asks for it (``amp=bf16``, or this variable set to 1 in that test).
 os.environ["DISVAE_CPU_BF16"] = "0"
+
+# Property tests (tests/test_properties*.py) run the same generated inputs on every run (CI
+# reproducible), without per-example deadlines (metrics take their time on a loaded machine);
+# each test sets its own max_examples.
+settings.register_profile(
+    "disvae",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("disvae")
 
 
 def make_tiny_dsprites(n: int = TINY_N, seed: int = 0) -> ArrayDataset:

@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import special, stats
@@ -33,15 +33,6 @@ from disvae.metrics.dci import dci_importance, disentanglement_completeness
 from disvae.metrics.modularity import modularity_score
 
 
-def _settings(n: int) -> settings:
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
-
 def _floats(lo: float, hi: float) -> st.SearchStrategy[float]:
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
 
@@ -53,7 +44,7 @@ def _t(a) -> torch.Tensor:
 # ===================================================================================== losses
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(
         np.float64, st.tuples(st.integers(1, 4), st.integers(1, 5)), elements=_floats(-30, 30)
@@ -77,7 +68,7 @@ def test_gaussian_kl_is_cross_entropy_minus_entropy_and_nonnegative(mu, data):
     assert (metrics.kl_per_dim(mu, logvar) >= 0).all()
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(
         np.float32,
@@ -102,7 +93,7 @@ def test_gaussian_kl_of_a_nearly_collapsed_dimension_is_accurate_in_float32(logv
     np.testing.assert_allclose(metrics.kl_per_dim(mu64, lv64), ref.mean(0), rtol=1e-9, atol=0)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(
         np.float64, st.tuples(st.integers(1, 4), st.integers(1, 4)), elements=_floats(-40, 40)
@@ -122,7 +113,7 @@ _IMAGE_SHAPES = st.tuples(
 )
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(np.float64, _IMAGE_SHAPES, elements=_floats(-30, 30)),
     st.data(),
@@ -151,7 +142,7 @@ def _posterior(data, b: int, d: int, mu_range=3.0, lv_lo=-3.0, lv_hi=2.0, dtype=
     return z.astype(dtype), mu.astype(dtype), logvar.astype(dtype)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     st.integers(1, 6),
     st.integers(1, 4),
@@ -188,7 +179,7 @@ def _exact_mixture_terms(z, mu, logvar):
     return {"mi": log_qzx - log_qz, "tc": log_qz - log_prod, "dw_kl": log_prod - log_pz}
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(st.integers(2, 6), st.integers(1, 4), st.data())
 def test_when_the_batch_is_the_dataset_mss_is_exact_and_mws_is_offset_by_log_n(b, d, data):
     z, mu, logvar = _posterior(data, b, d)
@@ -202,7 +193,7 @@ def test_when_the_batch_is_the_dataset_mss_is_exact_and_mws_is_offset_by_log_n(b
         np.testing.assert_allclose(mws[key].numpy(), exact[key] + offset[key], rtol=1e-9, atol=1e-9)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     st.integers(1, 6),
     st.integers(1, 4),
@@ -229,7 +220,7 @@ def test_tc_terms_and_their_gradients_stay_finite_for_extreme_float32_posteriors
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@_settings(100)
+@settings(max_examples=100)
 @given(_floats(-100, 100), _floats(-100, 100), st.integers(-5, 500), st.integers(-20, 700))
 def test_linear_schedule_stays_between_its_ends_is_monotone_and_tensor_steps_agree(
     start, end, n_steps, step
@@ -258,7 +249,7 @@ _labels = hnp.arrays(
 )
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(_labels, st.integers(-(10**12), 10**12), st.integers(1, 10**6))
 def test_entropy_matches_scipy_and_depends_only_on_which_rows_share_a_value(labels, shift, scale):
     h = entropy(labels)
@@ -273,7 +264,7 @@ def test_entropy_matches_scipy_and_depends_only_on_which_rows_share_a_value(labe
     np.testing.assert_allclose(entropy(binary), entropy(binary.astype(np.int64)), atol=1e-12)
 
 
-@_settings(50)
+@settings(max_examples=50)
 @given(_labels, st.data())
 def test_mutual_info_is_symmetric_bounded_and_i_x_x_is_h_x(a, data):
     b = data.draw(
@@ -292,7 +283,7 @@ def test_mutual_info_is_symmetric_bounded_and_i_x_x_is_h_x(a, data):
             assert ab[j, k] == pytest.approx(mutual_info_score(a[:, j], b[:, k]), abs=1e-9)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(np.float64, st.tuples(st.integers(2, 6), st.integers(1, 5)), elements=_floats(-5, 5))
 )
@@ -310,7 +301,7 @@ _dyadic_codes = hnp.arrays(
 )
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(_dyadic_codes, st.integers(1, 25), st.integers(-3, 3), st.integers(-100, 100))
 def test_discretize_is_monotone_spans_its_bins_and_ignores_exact_positive_affine_maps(
     codes, n_bins, exponent, shift
@@ -330,7 +321,7 @@ def test_discretize_is_monotone_spans_its_bins_and_ignores_exact_positive_affine
     np.testing.assert_array_equal(discretize(codes * 2.0**exponent + shift, n_bins), bins)
 
 
-@_settings(200)
+@settings(max_examples=200)
 @given(
     st.integers(2, 80),
     st.one_of(st.none(), st.integers(1, 100)),
@@ -360,7 +351,7 @@ def _grid(sizes: tuple[int, ...], repeats: int) -> np.ndarray:
     return np.tile(g, (repeats, 1))
 
 
-@_settings(25)
+@settings(max_examples=25)
 @given(
     st.lists(st.integers(2, 5), min_size=1, max_size=3),
     st.integers(1, 3),
@@ -384,7 +375,7 @@ def test_mig_is_one_for_codes_that_are_the_factors_of_a_full_grid(
     assert (mi[~np.eye(len(sizes), dtype=bool)] == 0).all()
 
 
-@_settings(25)
+@settings(max_examples=25)
 @given(_dyadic_codes, st.data())
 def test_mig_is_invariant_to_code_order_factor_order_relabelling_and_positive_affine_maps(
     codes, data
@@ -405,7 +396,7 @@ def test_mig_is_invariant_to_code_order_factor_order_relabelling_and_positive_af
     assert metrics.mig(codes * 2.0**exps + shifts, f) == pytest.approx(m, abs=1e-12)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(
         np.float64,
@@ -436,7 +427,7 @@ def test_modularity_score_is_the_ridgeway_zemel_formula(mi, data):
     assert modularity_score(mi[rows][:, cols] * scale) == pytest.approx(got, rel=1e-9, abs=1e-12)
 
 
-@_settings(10)
+@settings(max_examples=10)
 @given(st.integers(40, 120), st.integers(1, 3), st.integers(2, 4), st.integers(0, 1000))
 def test_modularity_of_codes_without_information_is_zero_with_one_varied_factor_too(
     n, d, classes, seed
@@ -454,7 +445,7 @@ def test_modularity_of_codes_without_information_is_zero_with_one_varied_factor_
     assert metrics.modularity(codes, f, n_train=None, n_test=10)["modularity"] == 0.0
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(
         np.float64, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=_floats(0, 10)
@@ -476,7 +467,7 @@ def test_dci_disentanglement_completeness_invariances_and_bounds(r, data):
     )
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(st.integers(2, 5), st.data())
 def test_dci_of_a_scaled_permutation_is_one_and_of_a_uniform_matrix_zero(n, data):
     weights = np.array(data.draw(st.lists(_floats(0.1, 10), min_size=n, max_size=n)))
@@ -494,7 +485,7 @@ def test_dci_of_a_scaled_permutation_is_one_and_of_a_uniform_matrix_zero(n, data
     )
 
 
-@_settings(5)
+@settings(max_examples=5)
 @given(st.integers(30, 80), st.integers(1, 3), st.integers(1, 2), _floats(-5, 5), st.data())
 def test_dci_of_constant_codes_has_no_importance_and_predicts_the_majority(n, d, k, value, data):
     # A collapsed encoder: every dimension constant, no split threshold anywhere. The boosted
@@ -516,7 +507,7 @@ def test_dci_of_constant_codes_has_no_importance_and_predicts_the_majority(n, d,
     assert skl == pytest.approx(out)
 
 
-@_settings(8)
+@settings(max_examples=8)
 @given(st.integers(40, 80), st.integers(1, 3), st.integers(0, 1000))
 def test_dci_trees_are_invariant_to_strictly_increasing_maps_of_each_code(n, d, seed):
     # Codes with few distinct values: the trees' thresholds sit between consecutive values, so
@@ -530,7 +521,7 @@ def test_dci_trees_are_invariant_to_strictly_increasing_maps_of_each_code(n, d, 
     assert a == b
 
 
-@_settings(8)
+@settings(max_examples=8)
 @given(st.integers(40, 80), st.integers(2, 3), st.integers(1, 2), st.integers(0, 1000), st.data())
 def test_sap_and_modularity_are_invariant_to_the_order_of_codes_and_factors(n, d, k, seed, data):
     rng = np.random.default_rng(seed)
@@ -552,7 +543,7 @@ def test_sap_and_modularity_are_invariant_to_the_order_of_codes_and_factors(n, d
         assert other["explicitness"] == pytest.approx(m["explicitness"], abs=1e-6)
 
 
-@_settings(10)
+@settings(max_examples=10)
 @given(st.integers(20, 60), st.integers(1, 2), st.integers(0, 1000))
 def test_mig_chen_and_aam_take_any_factor_labels_the_metrics_accept(n, k, seed):
     # Factor classes are any integers (or integral floats, bools): only which rows share a value
@@ -570,7 +561,7 @@ def test_mig_chen_and_aam_take_any_factor_labels_the_metrics_accept(n, k, seed):
         assert metrics.aam(mu, lv, labels, n_samples=None, rng=seed) == pytest.approx(ref_aam)
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(
     st.integers(5, 200),
     _floats(-0.95, 0.95),
@@ -593,7 +584,7 @@ def test_gaussian_tc_of_two_codes_is_minus_half_log_one_minus_rho_squared(n, rho
     )
 
 
-@_settings(20)
+@settings(max_examples=20)
 @given(st.integers(1, 50), st.integers(1, 4), st.data())
 def test_tc_of_identical_posteriors_is_zero_and_kl_matches_the_loss_term(n, d, data):
     # N copies of one Gaussian posterior: the aggregate posterior is that Gaussian, which
@@ -619,7 +610,7 @@ def _binary_images(draw):
     return draw(hnp.arrays(np.uint8, (n, c, h, w), elements=st.integers(0, 1)))
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(_binary_images(), st.data(), st.sampled_from([torch.int64, torch.int32]))
 def test_packed_batches_unpack_to_numpy_fancy_indexing(images, data, index_dtype):
     n, c, h, w = images.shape
@@ -636,7 +627,7 @@ def test_packed_batches_unpack_to_numpy_fancy_indexing(images, data, index_dtype
     np.testing.assert_array_equal(plain.numpy_images(idx), images[idx] * 255)
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.data())
 def test_grid_index_and_classes_are_inverse_row_major(sizes, data):
     n = int(np.prod(sizes))
@@ -651,7 +642,7 @@ def test_grid_index_and_classes_are_inverse_row_major(sizes, data):
     np.testing.assert_array_equal(ds.values_of(classes), classes * 0.5)
 
 
-@_settings(100)
+@settings(max_examples=100)
 @given(
     st.integers(2, 300),
     _floats(0, 0.9),
@@ -675,7 +666,7 @@ def test_split_indices_is_a_seeded_disjoint_partition_of_the_used_images(n, frac
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     st.integers(1, 30),
     st.integers(0, 2**31),
@@ -780,7 +771,7 @@ def _get(cfg: C.RunConfig, key: str):
     return getattr(getattr(cfg, section), name)
 
 
-@_settings(80)
+@settings(max_examples=80)
 @given(_override_lists)
 def test_set_overrides_set_exactly_the_value_and_survive_a_json_round_trip(items):
     cfg = _apply(items)
@@ -794,7 +785,7 @@ def test_set_overrides_set_exactly_the_value_and_survive_a_json_round_trip(items
     assert C.fingerprint(back) == C.fingerprint(cfg)
 
 
-@_settings(80)
+@settings(max_examples=80)
 @given(_override_lists)
 def test_toml_dump_reads_back_as_the_same_config(items):
     cfg = _apply(items)
@@ -811,7 +802,7 @@ def test_toml_dump_writes_characters_beyond_the_bmp():
     assert C.from_dict(C.tomllib.loads(C.dumps_toml(cfg))) == cfg
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.text(max_size=12))
 def test_toml_dump_writes_any_string_as_itself(text):
     """Quotes, backslashes, control characters, DEL (which TOML requires escaped) and
@@ -836,7 +827,7 @@ _FIXED_KEYS = [
 ]
 
 
-@_settings(80)
+@settings(max_examples=80)
 @given(_override_lists, _override_lists)
 def test_fingerprint_changes_exactly_when_a_setting_outside_the_resumable_keys_changes(a, b):
     ca, cb = _apply(a), _apply(b)

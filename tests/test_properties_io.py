@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageSequence
 
@@ -50,16 +50,6 @@ from disvae.losses.schedules import capacity, warmup
 from disvae.training import checkpoint as ckpt
 from disvae.training.schedules import decay_steps, for_run, lr_factor
 from disvae.viz import images as I
-
-
-def _settings(n: int) -> settings:
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -118,7 +108,7 @@ def _mnist_files(root: Path, seed: int, n_train: int, n_test: int, gz: bool):
     return imgs, labels
 
 
-@_settings(25)
+@settings(max_examples=25)
 @given(
     SEEDS,
     st.integers(1, 4),
@@ -149,7 +139,7 @@ def test_idx_files_read_back_as_written(tmp_path_factory, seed, n_train, n_test,
     np.testing.assert_allclose(batch, expected / 255.0, rtol=0, atol=1e-7)
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(
     SEEDS,
     st.booleans(),
@@ -177,7 +167,7 @@ def test_damaged_idx_files_are_data_errors(tmp_path_factory, seed, gz, which, cu
 # ================================================================================== CIFAR-10
 
 
-@_settings(20)
+@settings(max_examples=20)
 @given(
     SEEDS,
     st.integers(1, 3),
@@ -271,7 +261,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-@_settings(120)
+@settings(max_examples=120)
 @given(PLAIN, st.integers(0, 5))
 @example(b"", 2)  # an empty bytes is bytes() at protocols 0-2: it was refused
 def test_plain_pickle_reads_any_plain_data_as_pickle_wrote_it(value, protocol):
@@ -279,7 +269,7 @@ def test_plain_pickle_reads_any_plain_data_as_pickle_wrote_it(value, protocol):
     assert _same(got, value), (got, value)
 
 
-@_settings(80)
+@settings(max_examples=80)
 @given(PLAIN, st.integers(0, 5), CUTS, EDITS, st.none() | GARBAGE)
 def test_damaged_pickles_are_refused_with_pickle_data_error_only(value, protocol, cut, edits, junk):
     raw = pickle.dumps(value, protocol=protocol)
@@ -358,7 +348,7 @@ def _picture_files(draw, max_files=4):
     return s, specs
 
 
-@_settings(30)
+@settings(max_examples=30)
 @given(_picture_files())
 def test_folder_images_read_back_centre_cropped_in_rgb(tmp_path_factory, files):
     """Every mode PIL opens, as RGB, cut to the centred square; the square is ``img_size``, so
@@ -376,7 +366,7 @@ def test_folder_images_read_back_centre_cropped_in_rgb(tmp_path_factory, files):
     np.testing.assert_array_equal(data.numpy_images(np.arange(len(specs))), np.stack(expected))
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(
     st.sampled_from(MODES),
     st.integers(4, 12),
@@ -424,7 +414,7 @@ _ORIENT = {  # EXIF orientation tag: how the stored pixels map to the upright pi
 }
 
 
-@_settings(30)
+@settings(max_examples=30)
 @given(st.integers(1, 8), st.integers(1, 9), st.integers(1, 9), SEEDS)
 def test_images_are_turned_upright_by_their_exif_orientation(tmp_path_factory, tag, w, h, seed):
     root = _fresh(tmp_path_factory)
@@ -464,7 +454,7 @@ _ENCODINGS = (
 )
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.sampled_from(_ENCODINGS), CUTS, EDITS, st.none() | GARBAGE, st.sampled_from([1, 3]))
 # a damaged EXIF tag: ImageOps.exif_transpose, re-packing the EXIF block, raised struct.error
 # (WebP) or AttributeError (JPEG)
@@ -500,7 +490,7 @@ def _grids(draw):
     return tuple(sizes), values
 
 
-@_settings(20)
+@settings(max_examples=20)
 @given(_grids(), SEEDS, st.sampled_from(["<f8", "<f4", ">f8"]), st.integers(1, 5))
 def test_shapes3d_file_reads_back_as_the_grid_written(tmp_path_factory, grid, seed, dtype, chunk):
     sizes, values = grid
@@ -530,7 +520,7 @@ def _shapes3d_bytes() -> bytes:
     return buf.getvalue()
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(CUTS, EDITS.filter(bool), st.booleans(), st.none() | GARBAGE)
 # damaged HDF5 metadata: h5py raised RuntimeError (a B-tree, 'key in file'), TypeError (a
 # dataset name read as bytes)
@@ -584,7 +574,7 @@ def _stacked(draw):
     return s, images, patches, factors, samples
 
 
-@_settings(30)
+@settings(max_examples=30)
 @given(_stacked(), st.sampled_from(["json", "csv"]), st.booleans())
 def test_stacked_index_reads_back_the_boxes_and_factors_written(tmp_path_factory, spec, fmt, text):
     s, images, patches, factors, samples = spec
@@ -657,7 +647,7 @@ _FIELDS = [
 ]
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.sampled_from(_FIELDS), JSON, st.none() | st.text(max_size=40), st.booleans())
 def test_any_stacked_index_loads_or_is_a_data_error(tmp_path_factory, field, value, csv, drop):
     """A valid JSON index with one field replaced by any JSON value (or removed), or a CSV of
@@ -693,7 +683,7 @@ def test_any_stacked_index_loads_or_is_a_data_error(tmp_path_factory, field, val
 # ========================================================================== CelebA attributes
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(
     st.lists(
         st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True),
@@ -729,7 +719,7 @@ def test_celeba_attribute_table_reads_back_as_written(tmp_path_factory, names, n
 DIGITS = st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=3)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     st.one_of(DIGITS, st.integers(-1, 4).map(str), st.text(max_size=4)),
     st.text(max_size=30),
@@ -775,7 +765,7 @@ def _cache_damage(draw):
     return kind, None
 
 
-@_settings(50)
+@settings(max_examples=50)
 @given(_cache_arrays(), _cache_damage())
 # a header that says Fortran order over the rows the writer wrote in C order was trusted
 @example(
@@ -848,7 +838,7 @@ def _batches(draw):
     return rng.uniform(-0.5, 1.5, (n, c, h, w))
 
 
-@_settings(80)
+@settings(max_examples=80)
 @given(_batches(), st.integers(1, 5), st.integers(0, 4))
 def test_make_grid_is_the_hand_built_layout(images, n_cols, pad):
     n, c, h, w = images.shape
@@ -866,7 +856,7 @@ def test_make_grid_is_the_hand_built_layout(images, n_cols, pad):
     np.testing.assert_array_equal(I.make_grid(images, n_cols, pad), expected)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), SEEDS)
 def test_tile_patches_puts_each_patch_beside_the_previous(n, p, h, w, seed):
     c = 3
@@ -887,7 +877,7 @@ def _pictures(draw):
     return rng.uniform(-0.2, 1.2, shape)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(_pictures())
 def test_png_files_hold_the_pictures_pixels(tmp_path_factory, picture):
     path = I.save_png(picture, _fresh(tmp_path_factory) / "a" / "b.png")
@@ -903,7 +893,7 @@ def test_png_files_hold_the_pictures_pixels(tmp_path_factory, picture):
         )
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(
     st.integers(1, 5),
     st.integers(1, 10),
@@ -944,7 +934,7 @@ def test_gif_frames_read_back_as_given_when_they_fit_a_palette(
         np.testing.assert_array_equal(a, b)
 
 
-@_settings(80)
+@settings(max_examples=80)
 @given(_pictures(), st.integers(2, 256))
 def test_posterize_rounds_to_the_nearest_of_levels_even_steps(picture, levels):
     got = I.posterize(picture, levels)
@@ -960,7 +950,7 @@ def test_posterize_rounds_to_the_nearest_of_levels_even_steps(picture, levels):
 # ================================================================================ schedules
 
 
-@_settings(200)
+@settings(max_examples=200)
 @given(
     st.integers(0, 2000),
     st.sampled_from(["none", "step", "cosine"]),
@@ -1003,7 +993,7 @@ def test_lr_factor_is_its_closed_form(step, schedule, total, warm, every, decay,
         assert got == pytest.approx(floor, abs=1e-12)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     st.sampled_from(["none", "step", "cosine"]),
     st.integers(0, 50),
@@ -1028,7 +1018,7 @@ def test_a_runs_lr_schedule_is_lr_factor_with_its_decay_epochs_in_steps(
     assert for_run(cfg, total, per_epoch)(step) == expected
 
 
-@_settings(100)
+@settings(max_examples=100)
 @given(st.integers(-10, 600), st.integers(-3, 500), st.floats(0, 50), st.floats(0, 50))
 def test_warmup_and_capacity_are_clamped_ramps(step, n, c0, c1):
     frac = 1.0 if n <= 0 else min(max(step / n, 0.0), 1.0)
@@ -1099,7 +1089,7 @@ def _equal_state(a: dict, b: dict) -> bool:
     )
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(_state_dicts(), META)
 def test_checkpoints_round_trip_any_state_dict_and_metadata(tmp_path_factory, tensors, meta):
     path = _fresh(tmp_path_factory) / "step_000000001.safetensors"
@@ -1114,7 +1104,7 @@ def test_checkpoints_round_trip_any_state_dict_and_metadata(tmp_path_factory, te
 ALNUM = b"0123456789abcdefgmnstvxyzAMN"
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     _state_dicts(),
     META,

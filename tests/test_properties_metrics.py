@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
@@ -33,15 +33,6 @@ from disvae.evaluation import (
 from disvae.metrics._utils import mutual_info_matrix, relabel, top_two_gap
 from disvae.metrics._utils import train_test_split as metric_split
 from disvae.metrics.sap import sap_matrix
-
-
-def _settings(n: int) -> settings:
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 def _floats(lo: float, hi: float) -> st.SearchStrategy[float]:
@@ -74,7 +65,7 @@ _sizes = st.lists(st.integers(3, 5), min_size=2, max_size=4)
 # ============================================================== β-VAE and FactorVAE scores
 
 
-@_settings(8)
+@settings(max_examples=8)
 @given(_sizes, st.integers(0, 2), st.integers(0, 2), st.data())
 def test_batch_scores_of_the_factors_themselves_are_perfect(sizes, n_const, n_noise, data):
     # Code = the factor classes, permuted, scaled by |s| in [0.5, 8] with random signs, plus
@@ -106,7 +97,7 @@ def test_batch_scores_of_the_factors_themselves_are_perfect(sizes, n_const, n_no
     assert bv == {"train_accuracy": 1.0, "eval_accuracy": 1.0}
 
 
-@_settings(6)
+@settings(max_examples=6)
 @given(_sizes, st.integers(1, 4), st.integers(0, 10**6))
 def test_batch_scores_of_an_encoder_blind_to_the_factors_are_at_chance(sizes, d, seed):
     # Codes drawn afresh, independently of the images: every evaluation label is uniform over
@@ -142,7 +133,7 @@ def _table_encoder(ds: GridDataset, d: int, seed: int):
     return table, encode
 
 
-@_settings(8)
+@settings(max_examples=8)
 @given(_sizes, st.integers(2, 4), st.integers(0, 1000), st.data())
 def test_batch_score_invariances(sizes, d, seed, data):
     ds = _grid(tuple(sizes))
@@ -178,7 +169,7 @@ def test_batch_score_invariances(sizes, d, seed, data):
     # L2-regularised logistic regression, C = 1), so a rescaled code can score differently.
 
 
-@_settings(10)
+@settings(max_examples=10)
 @given(_sizes, st.integers(1, 4), st.integers(0, 1000), st.data())
 def test_factor_vae_prunes_exactly_the_dimensions_whose_std_is_below_the_threshold(
     sizes, d, seed, data
@@ -210,7 +201,7 @@ def test_factor_vae_prunes_exactly_the_dimensions_whose_std_is_below_the_thresho
         assert 0 < out["train_accuracy"] <= 1  # a majority vote gets at least its own votes
 
 
-@_settings(5)
+@settings(max_examples=5)
 @given(_sizes, st.integers(0, 2**31))
 def test_batch_scores_are_deterministic_for_a_seed(sizes, seed):
     ds = _grid(tuple(sizes))
@@ -231,7 +222,7 @@ def test_batch_scores_are_deterministic_for_a_seed(sizes, seed):
 # ============================================================================ sample_codes
 
 
-@_settings(8)
+@settings(max_examples=8)
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.integers(200, 2000),
        st.integers(1, 700), st.integers(0, 2**31))  # fmt: skip
 def test_sample_codes_draws_uniform_classes_and_encodes_their_images(sizes, n, batch, seed):
@@ -267,7 +258,7 @@ def test_sample_codes_draws_uniform_classes_and_encodes_their_images(sizes, n, b
 # ===================================================================================== SAP
 
 
-@_settings(15)
+@settings(max_examples=15)
 @given(st.lists(st.integers(2, 4), min_size=1, max_size=3), st.integers(1, 3),
        st.integers(0, 2), st.data())  # fmt: skip
 def test_sap_matrix_of_matched_constant_and_other_factor_codes_on_a_full_grid(
@@ -302,7 +293,7 @@ def test_sap_matrix_of_matched_constant_and_other_factor_codes_on_a_full_grid(
         np.testing.assert_allclose(gap[binary], 1.0, atol=1e-12)  # one dimension: no second
 
 
-@_settings(10)
+@settings(max_examples=10)
 @given(st.integers(60, 200), st.integers(1, 4), st.integers(1, 3), st.integers(0, 1000),
        st.data())  # fmt: skip
 def test_sap_is_in_unit_range_sign_invariant_and_independent_of_global_random_state(
@@ -326,7 +317,7 @@ def test_sap_is_in_unit_range_sign_invariant_and_independent_of_global_random_st
 # ===================================================================================== DCI
 
 
-@_settings(3)
+@settings(max_examples=3)
 @given(st.integers(90, 140), st.integers(2, 3), st.integers(0, 1000))
 def test_dci_vectorised_trees_agree_with_sklearn_on_codes_with_few_values(n, d, seed):
     # docs/metrics.md: `model="gbt"` runs scikit-learn's algorithm with thresholds among <= 256
@@ -344,7 +335,7 @@ def test_dci_vectorised_trees_agree_with_sklearn_on_codes_with_few_values(n, d, 
     assert ours["informativeness"] == pytest.approx(ref["informativeness"], abs=2.01 / 40)
 
 
-@_settings(5)
+@settings(max_examples=5)
 @given(st.lists(st.integers(2, 4), min_size=1, max_size=3), st.integers(0, 2), st.data())
 def test_dci_of_the_factors_themselves_is_informative_and_disentangled(sizes, n_const, data):
     # Codes = factor classes (permuted, plus constant dims) on a 4-times repeated full grid:
@@ -361,7 +352,7 @@ def test_dci_of_the_factors_themselves_is_informative_and_disentangled(sizes, n_
     assert out["disentanglement"] > 0.95 and out["completeness"] > 0.95
 
 
-@_settings(15)
+@settings(max_examples=15)
 @given(st.integers(3, 8), st.integers(40, 200), _floats(0.2, 5), _floats(-5, 5),
        st.integers(0, 2), _floats(0.001, 0.05), st.integers(0, 1000))  # fmt: skip
 def test_dci_lasso_of_an_exact_linear_code_has_the_closed_form_informativeness(
@@ -391,7 +382,7 @@ def test_dci_lasso_of_an_exact_linear_code_has_the_closed_form_informativeness(
 # ========================================================== Chen's MI, AAM (deterministic)
 
 
-@_settings(6)
+@settings(max_examples=6)
 @given(st.lists(st.integers(2, 3), min_size=1, max_size=2), st.integers(150, 300),
        st.integers(0, 1000))  # fmt: skip
 def test_chen_mi_of_nearly_deterministic_codes_is_the_plug_in_mi_of_the_code(sizes, n, seed):
@@ -414,7 +405,7 @@ def test_chen_mi_of_nearly_deterministic_codes_is_the_plug_in_mi_of_the_code(siz
     assert metrics.mig_from_mi(mi, f) == pytest.approx(metrics.mig_from_mi(ref, f), abs=tol)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     hnp.arrays(
         np.float64,
@@ -449,7 +440,7 @@ def test_aam_is_the_axis_alignment_formula_and_bounded_by_the_gap_over_the_top(m
 # ================================================================ unsupervised measures
 
 
-@_settings(25)
+@settings(max_examples=25)
 @given(st.lists(st.integers(-6, 3), min_size=1, max_size=6), st.integers(1, 40), st.data())
 def test_active_units_count_dimensions_whose_mean_varies_more_than_the_threshold(exps, half, data):
     # Column j is +-2^e_j, balanced over 2 * half points: its variance is exactly 4^e_j.
@@ -467,7 +458,7 @@ def test_active_units_count_dimensions_whose_mean_varies_more_than_the_threshold
     assert out["kl"] == pytest.approx(float(np.sum(a**2 / 2)))
 
 
-@_settings(15)
+@settings(max_examples=15)
 @given(st.integers(100, 400), st.integers(2, 5), st.integers(0, 10**6))
 def test_gaussian_tc_of_independent_codes_is_within_its_sampling_error(n, d, seed):
     # Gaussian TC = -0.5 log det R (R the sample correlation). For independent Gaussian codes,
@@ -483,7 +474,7 @@ def test_gaussian_tc_of_independent_codes_is_within_its_sampling_error(n, d, see
     assert metrics.gaussian_total_correlation(mu * 3 - 1) == pytest.approx(tc, abs=1e-9)
 
 
-@_settings(10)
+@settings(max_examples=10)
 @given(st.integers(50, 200), _floats(-3, 3).filter(lambda s: abs(s) > 0.1), st.integers(0, 999))
 def test_tc_of_a_duplicated_dimension_is_large(n, factor, seed):
     # A code dimension copied (times a factor): the Gaussian fit is singular, TC = +inf in exact
@@ -510,7 +501,7 @@ _BATCH = {"beta_vae", "factor_vae"}
 _FACTORLESS = {"unsupervised"}
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.lists(st.sampled_from([*_NAMES, "all"]), max_size=6),
        st.sampled_from(["grid", "labels", "none", True, False]), st.booleans())  # fmt: skip
 def test_resolve_metric_names_expands_all_checks_what_the_data_offers_and_keeps_order(
@@ -542,7 +533,7 @@ def test_resolve_metric_names_lists_the_valid_names_for_an_unknown_one():
         resolve_metric_names("mig,mig2", "grid")
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=4, unique=True),
        st.integers(0, 200), st.integers(0, 100))  # fmt: skip
 def test_check_sample_sizes_refuses_exactly_below_the_minimum_and_names_the_first(
@@ -559,7 +550,7 @@ def test_check_sample_sizes_refuses_exactly_below_the_minimum_and_names_the_firs
         check_sample_sizes(names, n_samples, n_test)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(st.dictionaries(
     st.text("abc_", min_size=1, max_size=4),
     st.one_of(_floats(-1e6, 1e6), st.integers(-100, 100),
@@ -623,7 +614,7 @@ _ARRAY_METRICS = {
 }
 
 
-@_settings(6)
+@settings(max_examples=6)
 @given(st.integers(12, 30), st.integers(1, 3), st.integers(1, 3), st.integers(0, 1000))
 def test_every_array_metric_refuses_malformed_input_with_a_value_error_naming_it(n, d, k, seed):
     rng = np.random.default_rng(seed)
@@ -681,7 +672,7 @@ def _bad_encoders():
     ]
 
 
-@_settings(3)
+@settings(max_examples=3)
 @given(st.lists(st.integers(2, 4), min_size=1, max_size=3), st.booleans(), st.integers(0, 99))
 def test_batch_scores_refuse_a_malformed_encoder_or_grid_with_a_value_error_naming_it(
     sizes, cached, seed

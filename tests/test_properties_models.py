@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from disvae import config as C
@@ -15,16 +15,6 @@ from disvae.errors import UserError
 from disvae.models import build_model
 from disvae.models.conv import _out, plan, spec_from_config
 from disvae.sweep import spec as S
-
-
-def _settings(n: int) -> settings:
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-
 
 # ------------------------------------------------------------------ conv stacks of any shape
 
@@ -39,7 +29,7 @@ _layers = st.integers(1, 3).flatmap(
 _shapes = st.tuples(st.integers(1, 3), st.integers(1, 24), st.integers(1, 24))
 
 
-@_settings(150)
+@settings(max_examples=150)
 @given(_shapes, _layers, st.lists(st.integers(1, 8), max_size=2), st.integers(1, 4))
 def test_a_conv_stack_either_is_refused_or_returns_the_input_shape(shape, layers, hidden, d):
     """Any kernels/strides/paddings/sizes: either a one-line `UserError` at build time, or a
@@ -67,7 +57,7 @@ def test_a_conv_stack_either_is_refused_or_returns_the_input_shape(shape, layers
         assert model.decode(mu).shape == x.shape
 
 
-@_settings(40)
+@settings(max_examples=40)
 @given(st.integers(1, 3), st.integers(8, 300), st.integers(8, 300))
 def test_default_stacks_halve_every_size_to_4_to_7_and_come_back(c, h, w):
     spec = spec_from_config(C.ModelConfig(arch="conv"), (c, h, w))
@@ -85,7 +75,7 @@ def test_default_stacks_halve_every_size_to_4_to_7_and_come_back(c, h, w):
 _values = st.lists(st.integers(1, 50).map(lambda v: v / 10), min_size=1, max_size=3, unique=True)
 
 
-@_settings(60)
+@settings(max_examples=60)
 @given(
     st.lists(
         st.sampled_from(["betaH", "btcvae", "factor", "vae"]), min_size=1, max_size=3, unique=True
@@ -119,7 +109,7 @@ def test_a_sweep_is_the_product_of_its_methods_grid_and_seeds_with_unique_names(
     assert [r.name for r in S.expand(doc, "prop.toml")] == [r.name for r in runs]  # stable
 
 
-@_settings(30)
+@settings(max_examples=30)
 @given(st.integers(1, 20), st.integers(0, 2**31), st.floats(1e-5, 1e-4), st.floats(2.0, 10.0))
 def test_random_samples_are_reproducible_and_inside_their_range(n, seed, lo, ratio):
     hi = lo * ratio
