@@ -68,7 +68,6 @@ def beta_vae_score(
 
     for name, value in (("batch_size", batch_size), ("n_train", n_train), ("n_eval", n_eval)):
         check_count(value, name)
-    varied_factors(dataset)  # ValueError when no factor varies
     rng = as_rng(rng)
     x, y = beta_vae_points(dataset, encode, n_train, batch_size, rng)
     x_eval, y_eval = beta_vae_points(dataset, encode, n_eval, batch_size, rng)
