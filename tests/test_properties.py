@@ -321,6 +321,20 @@ def test_discretize_is_monotone_spans_its_bins_and_ignores_exact_positive_affine
     np.testing.assert_array_equal(discretize(codes * 2.0**exponent + shift, n_bins), bins)
 
 
+@settings(max_examples=50)
+@given(
+    st.lists(st.floats(-1.0, 1.0), min_size=2, max_size=30).filter(lambda v: max(v) > min(v)),
+    st.integers(1, 25),
+)
+def test_discretize_of_codes_spanning_more_than_the_largest_float_is_that_of_the_halved_codes(
+    values, n_bins
+):
+    """Codes near +-1e308 span a range that overflows to inf: their bins are those of the
+    same codes halved (an exact map), not all 0."""
+    codes = np.asarray(values)[:, None] * np.finfo(np.float64).max
+    np.testing.assert_array_equal(discretize(codes, n_bins), discretize(codes / 2, n_bins))
+
+
 @settings(max_examples=200)
 @given(
     st.integers(2, 80),

@@ -49,6 +49,9 @@ def _to_numpy(x: Any, n_images: int | None = None) -> np.ndarray:
 class CachedEncoder:
     """``encode`` plus a table of the codes of the dataset's images, filled on demand.
 
+    The table holds float32 (the models' precision; for the full dSprites and D = 10 it is
+    30 MB instead of 59), so codes of a float64 ``encode`` come back rounded to float32.
+
     Args:
         dataset: a `GridDataset` (or any object with ``batch(index_tensor)`` and ``len``).
         encode: images (B, C, H, W) -> codes (B, D).

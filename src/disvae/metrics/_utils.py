@@ -94,7 +94,13 @@ def discretize(codes: np.ndarray, n_bins: int = 20) -> np.ndarray:
     check_count(n_bins, "n_bins")
     codes = np.asarray(codes, dtype=np.float64)
     lo, hi = codes.min(axis=0), codes.max(axis=0)
-    width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if not np.isfinite(span).all():
+        # a range wider than the largest float (codes near +-1e308): halving every value is
+        # exact and brings the range back; the bins are the same equal-width cuts
+        codes, lo, span = codes / 2, lo / 2, hi / 2 - lo / 2
+    width = np.where(span > 0, span / n_bins, 1.0)
     bins = np.floor((codes - lo) / width).astype(np.int64)
     return np.clip(bins, 0, n_bins - 1)
 
