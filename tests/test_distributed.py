@@ -120,8 +120,10 @@ def test_batch_that_does_not_divide_is_a_clear_error(mnist, tmp_path):
 def test_a_refusal_of_rank_0_alone_stops_every_rank_with_one_line(mnist, tmp_path):
     """The run directory's checks happen on rank 0 (an --out that holds a run, the run's lock):
     the other ranks learn of its refusal and stop with one line too, not on a closed socket."""
+    from disvae.cli import main
+
     run = tmp_path / "r"
-    assert _train(_args(mnist, run, 2)).returncode == 0
+    assert main(["train", *_args(mnist, run, 2)]) == 0  # in-process: only the refusal is torchrun's
     before = sorted(p.name for p in run.iterdir())
     r = _train(_args(mnist, run, 2), procs=2)
     assert r.returncode != 0
