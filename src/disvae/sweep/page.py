@@ -46,7 +46,9 @@ def render_sweep_report(out: Path) -> str:
     failed = [[r["name"], r.get("error") or ""] for r in rows if r["status"] == "failed"]
     if failed:
         summary += "<h3>Failed runs</h3>" + _table(["run", "error"], failed)
-    summary += f"<h3>Sweep file</h3><pre>{escape((out / S.SWEEP_FILE).read_text())}</pre>"
+    # (a damaged byte shows as "\ufffd" rather than stopping the page)
+    sweep_file = (out / S.SWEEP_FILE).read_bytes().decode("utf-8", errors="replace")
+    summary += f"<h3>Sweep file</h3><pre>{escape(sweep_file)}</pre>"
     plotted = metrics + [c for c in ("val/recon", "val/kl") if c in columns]
     plots = "".join(_metric_figure(done, m) for m in plotted) or _note("No finished run yet.")
     corr = _spearman_table(done, metrics, _table)
@@ -100,7 +102,7 @@ def _metric_figure(rows: list[dict[str, Any]], metric: str) -> str:
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if _finite(r.get(metric)):
-            by_method[r["method"]].append(r)
+            by_method[_hashable(r["method"])].append(r)  # (a damaged spec's: a list)
     if not by_method:
         return ""
     fig = _spread_figure(by_method, metric)

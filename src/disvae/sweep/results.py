@@ -31,7 +31,7 @@ def run_row(slot: Path) -> dict[str, Any]:
         "method": spec.get("method"),
         "status": state["status"],
         "seed": spec.get("seed"),
-        **spec.get("params", {}),
+        **_object(spec.get("params")),
         "duration_s": state.get("duration_s"),
         "error": state.get("error"),
     }
@@ -81,7 +81,9 @@ def write_results(out: str | Path) -> Path:
     out = Path(out)
     columns, rows = collect(out)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    # (the csv module's own line end, "\r\n": with "\n" alone, a value holding a "\r" is written
+    # unquoted, and `read_results` splits its row there)
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(v) for k, v in row.items()})
@@ -103,11 +105,19 @@ def _ordered(keys: dict[str, None]) -> list[str]:
 
 
 def _last_log_record(path: Path) -> dict[str, Any]:
+    """The last JSON line of a train log (``{}`` when it is no object). Lines that are not JSON
+    are passed over, as `disvae.viz.curves.read_train_log` passes over them: a last line torn
+    by a crash (a killed run's row kept none of its values), bytes that are not UTF-8."""
     try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        return _object(json.loads(lines[-1])) if lines else {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        lines = path.read_bytes().splitlines()
+    except OSError:
         return {}
+    for raw in reversed(lines):
+        try:
+            return _object(json.loads(raw.decode("utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return {}
 
 
 def _flat_metrics(values: dict[str, Any]) -> dict[str, float]:

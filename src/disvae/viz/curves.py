@@ -53,6 +53,15 @@ def figure_to_array(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
+def _kind(value: Any) -> str | int | None:
+    """What a logged value is: ``"number"``, the length of a list of numbers, or None."""
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list) and value and all(isinstance(x, (int, float)) for x in value):
+        return len(value)
+    return None
+
+
 def loss_terms(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Names of the logged terms in first-seen order (numbers or lists of numbers)."""
     names: list[str] = []
@@ -60,9 +69,17 @@ def loss_terms(records: Sequence[Mapping[str, Any]]) -> list[str]:
         for k, v in rec.items():
             if k in _NOT_TERMS or k in names:
                 continue
-            if isinstance(v, (int, float)) or (isinstance(v, list) and v):
+            if _kind(v) is not None:
                 names.append(k)
     return names
+
+
+def _points(records: Sequence[Mapping[str, Any]], name: str) -> list[tuple[Any, Any]]:
+    """``(step, value)`` of the records whose ``name`` is of the kind of its first value (a
+    number, or a list of numbers that long): a value of another kind (a damaged line) is left
+    out with its step, so that no value is drawn at another record's step."""
+    kind = next(_kind(r[name]) for r in records if _kind(r.get(name)) is not None)
+    return [(r["step"], r[name]) for r in records if _kind(r.get(name)) == kind]
 
 
 def loss_curves(records: Sequence[Mapping[str, Any]], title: str = ""):
@@ -80,13 +97,13 @@ def loss_curves(records: Sequence[Mapping[str, Any]], title: str = ""):
     fig = _figure(4.0 * n_cols, 2.6 * n_rows)
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     for ax, name in zip(axes, names, strict=False):
-        pts = [(r["step"], r[name]) for r in records if name in r]
+        pts = _points(records, name)
         steps = np.array([p[0] for p in pts])
         marker = "o" if len(pts) == 1 else None  # a line through one point draws nothing
         if isinstance(pts[0][1], list):
-            values = np.array([p[1] for p in pts if len(p[1]) == len(pts[0][1])], dtype=float)
+            values = np.array([p[1] for p in pts], dtype=float)
             for d in range(values.shape[1]):
-                ax.plot(steps[: len(values)], values[:, d], lw=1, marker=marker, label=f"z{d}")
+                ax.plot(steps, values[:, d], lw=1, marker=marker, label=f"z{d}")
             if values.shape[1] <= 12:
                 ax.legend(fontsize=6, ncol=2)
         else:

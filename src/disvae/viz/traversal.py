@@ -25,7 +25,8 @@ def traversal_range(max_traversal: float) -> float:
     if max_traversal < 0.5:
         from scipy.stats import norm
 
-        return float(norm.ppf(1.0 - max_traversal))
+        # Φ⁻¹(1 - q) as -Φ⁻¹(q): 1 - q rounds to 1 below q ≈ 1e-16, and ppf(1) is inf
+        return float(norm.isf(max_traversal))
     return float(max_traversal)
 
 
@@ -80,7 +81,10 @@ def encode(
 
 def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """Mean over images of KL(q(z_d|x) || N(0, 1)) per dimension, shape (D,), in nats."""
-    kl = 0.5 * (mu.astype(np.float64) ** 2 + np.exp(logvar) - 1.0 - logvar)
+    # In float64, with expm1: e^lv - 1 - lv of a collapsed latent (lv ≈ 0) is ~lv²/2, below
+    # the rounding of a float32 e^lv, which made its KL negative (labelled "KL -4.4e-08").
+    logvar = np.asarray(logvar, np.float64)
+    kl = 0.5 * (np.asarray(mu, np.float64) ** 2 + (np.expm1(logvar) - logvar))
     return kl.mean(axis=0)
 
 
