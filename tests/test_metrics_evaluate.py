@@ -210,7 +210,8 @@ def test_minimum_points_cover_every_metric_and_training_names_eval_samples(run):
 
     assert set(MIN_POINTS) == set(METRICS.names())
     model, _ = runs.load_run(run)
-    with pytest.raises(UserError, match="got eval_samples 20; pass eval_samples 100"):
+    need = r"needs eval_samples 100 or more during training, got 20; pass --set eval_samples=100$"
+    with pytest.raises(UserError, match=need):
         metrics_during_training(model, small_grid(), ["mig"], 1, 20)
     with pytest.raises(UserError, match="seed must be a non-negative integer"):
         metrics_during_training(model, small_grid(), ["mig"], -1, 200)

@@ -103,6 +103,20 @@ def test_evaluate_covers_the_whole_split_whatever_the_batch(tiny_data, tmp_path)
     assert a["losses"]["recon"] == pytest.approx(recon, rel=1e-4)
     assert a["losses"]["kl"] == pytest.approx(kl, rel=1e-4)
     assert json.loads((run / runs.EVAL_LOSSES).read_text())["losses"] == b["losses"]
+    # A seeded subset (training's val_images), with the images counted as they are scored.
+    from disvae.training.validation import val_subset
+
+    done: list[int] = []
+    c = evaluate(run, data=tiny_data, batch_size=4, device="cpu", n_images=9,
+                 progress=done.append)  # fmt: skip
+    assert c["n_images"] == 9 and done == [4, 4, 1]
+    x = tiny_data.batch(torch.as_tensor(val_subset(val, 9, 0)))
+    with torch.no_grad():
+        out = model(x)
+        recon = reconstruction_nll(out.logits, x, "bernoulli", None).mean().item()
+    assert c["losses"]["recon"] == pytest.approx(recon, rel=1e-4)
+    with pytest.raises(UserError, match="n_images must be a positive integer"):
+        evaluate(run, data=tiny_data, device="cpu", n_images=0)
 
 
 def test_load_run_while_training_uses_the_latest_checkpoint(tiny_data, tmp_path):
@@ -114,6 +128,58 @@ def test_load_run_while_training_uses_the_latest_checkpoint(tiny_data, tmp_path)
     assert cfg.loss.name == "vae" and not final_model.training
     for p, q in zip(final_model.parameters(), ckpt_model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_damaged_final_weights_name_the_resume_which_writes_them_again(tiny_data, tmp_path,
+                                                                       caplog):  # fmt: skip
+    run = train(_cfg("vae", "steps=10", "checkpoint_every=5"), tmp_path / "d",
+                data=tiny_data, progress=False)  # fmt: skip
+    good = runs.load_run(run).model.state_dict()
+    data = bytearray((run / runs.MODEL).read_bytes())
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])  # (inside the last tensor's bytes)
+    (run / runs.MODEL).write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"fails its checksum.*disvae train --resume .* writes it"):
+        runs.load_run(run)
+    with caplog.at_level("INFO", logger="disvae"):
+        train(runs.read_config(run), run, data=tiny_data, resume=True, progress=False)
+    assert "writing it again from the last checkpoint" in caplog.text
+    again = runs.load_run(run).model.state_dict()
+    assert all(torch.equal(again[k], good[k]) for k in good)  # the step-10 checkpoint's
+    assert [r["step"] for r in _log(run)] == [10]  # no step trained twice
+
+
+def test_without_a_bar_training_reports_progress_lines(tiny_data, tmp_path, caplog):
+    """A batch job's log (stderr not a terminal): the log steps as lines, the first and the
+    last always (between them at most one per 10 s, `logs.ProgressLines`)."""
+    with caplog.at_level("INFO", logger="disvae"):
+        run = train(_cfg("betaH", "steps=10", "log_every=5"), tmp_path / "p", data=tiny_data,
+                    progress=False)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [x.split()[:3] for x in lines] == [["step", "5/10", "(50%)"],
+                                              ["step", "10/10", "(100%)"]]  # fmt: skip
+    last = _log(run)[-1]
+    assert f"loss={last['loss']:.4g}" in lines[1] and "eta" in lines[0] and "eta" not in lines[1]
+    with caplog.at_level("INFO", logger="disvae"):
+        train(C.apply_overrides(runs.read_config(run), ["steps=15"]), run, data=tiny_data,
+              resume=True, progress=False)  # fmt: skip
+    assert "resumed " + str(run) + " at step 10: training betaH on to step 15" in caplog.text
+
+
+def test_progress_lines_are_throttled_but_the_last_step_always_shows():
+    from disvae.training.logs import ProgressLines
+
+    now = [100.0]
+    lines = ProgressLines(total=400, start=0, every_s=10.0, clock=lambda: now[0])
+    shown = []
+    for step in range(20, 401, 20):  # a log step every 2 s: 100 steps per 10 s
+        now[0] += 2.0
+        text = lines.line({"step": step, "loss": 1.5}, last=step == 400)
+        shown += [step] if text is not None else []
+    assert shown == [20, 120, 220, 320, 400]
+    # 10 steps per second since the start: 200 to go at step 200 is 20 s
+    lines = ProgressLines(total=400, start=100, clock=lambda: now[0])
+    now[0] += 10.0
+    assert lines.line({"step": 200}, last=False) == "step 200/400 (50%)  eta 0:00:20"
 
 
 def test_load_run_chooses_its_weights(tiny_data, tmp_path):

@@ -31,13 +31,15 @@ def heldout_losses(
     dataset_size: int,
     discriminator: torch.nn.Module | None = None,
     batch_size: int = 1000,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Mean of every loss term over *all* images at ``indices`` (not a first batch).
 
     The model is put in eval mode: codes are the posterior means (no sampling), as in the
     held-out losses of the disentangling-vae project. Terms that depend on the minibatch
     (β-TCVAE's q(z) estimate) are computed per batch of ``batch_size`` and averaged, weighted by
-    batch length. ``step`` fixes schedule values (β-VAE_B's capacity, warm-up).
+    batch length. ``step`` fixes schedule values (β-VAE_B's capacity, warm-up). ``progress``:
+    called with the number of images of each batch done.
     """
     from disvae.losses import LossContext, compute_loss
 
@@ -56,6 +58,8 @@ def heldout_losses(
         result = compute_loss(model(x), x, step, loss_cfg, ctx)
         for k, v in result.terms.items():
             sums[k] = sums.get(k, 0) + v.double() * len(x)
+        if progress is not None:
+            progress(len(x))
     model.train(was_training)
     return {k: (v / len(index)).tolist() for k, v in sums.items()}
 
@@ -98,24 +102,33 @@ def evaluate(
     data: ArrayDataset | None = None,
     batch_size: int = 1000,
     device: str = "auto",
+    n_images: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Held-out losses of a run, written to ``run_dir/eval_losses.json`` and returned."""
+    """Held-out losses of a run, written to ``run_dir/eval_losses.json`` and returned.
+
+    ``n_images``: score a seeded subset of that many held-out images (the one training's
+    ``val_images`` scores) instead of the whole split. ``progress``: called with the number of
+    images of each batch done.
+    """
     from disvae.data.batching import split_indices
     from disvae.models.discriminator import Discriminator
     from disvae.training.checkpoint import load_module_state
-    from disvae.training.validation import settled_step
+    from disvae.training.validation import settled_step, val_subset
     from disvae.utils import atomic_write_json
 
     run_dir = Path(run_dir)
     from disvae.utils import tune_allocator
 
     check_batch_size(batch_size)
+    check_batch_size(n_images, "n_images")  # (None: all)
     tune_allocator()
     model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device)
     model = inference_copy(model.to(dev))
     train_idx, val_idx = split_indices(
         len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
     )
+    val_idx = val_subset(val_idx, n_images, cfg.data.split_seed)
     disc = None
     if cfg.loss.name == "factor":
         disc = Discriminator(cfg.model.latent_dim)
@@ -127,6 +140,7 @@ def evaluate(
     losses = heldout_losses(
         model.to(dev), data, val_idx, cfg.loss, settled_step(cfg.loss, meta["step"]),
         dataset_size=len(train_idx), discriminator=disc, batch_size=batch_size,
+        progress=progress,
     )  # fmt: skip
     bad = [k for k, v in losses.items() if not np.all(np.isfinite(v))]
     if bad:  # a NaN would also make eval_losses.json invalid JSON for strict readers
@@ -345,15 +359,14 @@ def check_sample_sizes(
     names: Sequence[str],
     n_samples: int,
     n_test: int,
-    flags: tuple[str, str] = ("--n-samples", "--n-test"),
 ) -> None:
     """`UserError` naming the first metric of ``names`` (resolved, no ``all``) whose protocol
     needs more training or test points than ``n_samples`` / ``n_test`` (`MIN_POINTS`)."""
     for name in names:
         need_train, need_test = MIN_POINTS.get(name, (1, 0))
         for have, need, flag, what in (
-            (n_samples, need_train, flags[0], "training"),
-            (n_test, need_test, flags[1], "test"),
+            (n_samples, need_train, "--n-samples", "training"),
+            (n_test, need_test, "--n-test", "test"),
         ):
             if have < need:
                 raise UserError(
@@ -486,7 +499,14 @@ def check_metrics_during_training(
     for unknown names, missing factors or too few points (naming ``eval_samples``). The trainer
     calls it before training starts."""
     resolved = resolve_metric_names(names, factor_kind(dataset))
-    check_sample_sizes(resolved, n_samples, _test_points(n_samples), ("eval_samples",) * 2)
+    for name in resolved:
+        need_train, need_test = MIN_POINTS.get(name, (1, 0))
+        need = max(need_train, 2 * need_test)  # (its test points are half of them)
+        if n_samples < need:
+            raise UserError(
+                f"metric {name!r} needs eval_samples {need} or more during training, got "
+                f"{n_samples}; pass {C.typed('train.eval_samples', need)}"
+            )
     return resolved
 
 

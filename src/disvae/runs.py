@@ -232,7 +232,12 @@ def load_run_state(
     """(model, config, all saved tensors, metadata) of a run, from the weights chosen by
     ``weights`` (see `load_run`). The tensors include the discriminator of a FactorVAE run."""
     from disvae.models import build_model
-    from disvae.training.checkpoint import load_latest, load_module_state, load_state
+    from disvae.training.checkpoint import (
+        CheckpointError,
+        load_latest,
+        load_module_state,
+        load_state,
+    )
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
@@ -255,7 +260,16 @@ def load_run_state(
                 f"weights {weights!r}: no such file; give one of {', '.join(WEIGHTS)} or the "
                 "path of a .safetensors file of this run"
             )
-        tensors, meta = load_state(path)
+        try:
+            tensors, meta = load_state(path)
+        except CheckpointError as e:
+            if path != final:
+                raise
+            # (training wrote the file from its last checkpoint, which can write it again)
+            raise CheckpointError(
+                f"{e}; `disvae train --resume {run_dir}` writes it again from the run's "
+                "last checkpoint"
+            ) from None
     check_weights_of(run_dir, meta, path)
     load_module_state("model", model, tensors, str(path))
     return model, cfg, tensors, meta

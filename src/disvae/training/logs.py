@@ -30,6 +30,41 @@ def postfix(record: dict[str, Any]) -> dict[str, str]:
     return {k.replace("img_per_s", "img/s"): f"{record[k]:.4g}" for k in keys if k in record}
 
 
+class ProgressLines:
+    """Progress as plain log lines, for when there is no progress bar (stderr is a file: a
+    batch job's log, ``nohup``, a notebook): at a log step, at most one line per ``every_s``
+    seconds, and always at the last step, e.g.
+    ``step 200/300 (67%)  loss=596 recon=592.1 kl=3.9 img/s=523  eta 0:00:15``.
+    ``clock``: seconds (`time.monotonic`; a test passes its own)."""
+
+    def __init__(self, total: int, start: int, every_s: float = 10.0, clock: Any = None) -> None:
+        import time
+
+        self.total, self.every_s = total, every_s
+        self.clock = clock or time.monotonic
+        self.t0, self.step0 = self.clock(), start
+        self.t_last: float | None = None
+
+    def line(self, record: dict[str, Any], last: bool) -> str | None:
+        """The line for a log step's ``record``, or None when the last one is too recent."""
+        now = self.clock()
+        if not last and self.t_last is not None and now - self.t_last < self.every_s:
+            return None
+        self.t_last = now
+        step = record["step"]
+        parts = [f"step {step}/{self.total} ({100 * step // max(self.total, 1)}%)"]
+        parts.append(" ".join(f"{k}={v}" for k, v in postfix(record).items()))
+        rate = (step - self.step0) / max(now - self.t0, 1e-9)  # steps/s since the start
+        if not last and step > self.step0:
+            parts.append(f"eta {_duration((self.total - step) / rate)}")
+        return "  ".join(p for p in parts if p)
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written after the checkpoint a resume starts from), a last
     line torn by a crash, and lines that are not JSON (e.g. garbled bytes)."""

@@ -11,6 +11,7 @@ device (`accel.DeferredGuard`), so the device never waits for the host.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -292,6 +293,7 @@ class Trainer(TrainerState, NonFiniteHandling):
     def run(self, progress: bool | None = None) -> None:
         """Train from `self.step` to `self.total_steps`, logging and checkpointing."""
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         cfg = self.cfg.train
         if progress is None:
@@ -310,6 +312,9 @@ class Trainer(TrainerState, NonFiniteHandling):
             dynamic_ncols=True,
             desc=self.cfg.loss.name,
         )
+        # Without a bar (stderr is a batch job's log file, a notebook, --no-progress) the log
+        # steps are reported as lines (at INFO: silent in a library, shown by the CLI unless -q)
+        lines = None if progress else logs.ProgressLines(self.total_steps, self.step)
         t_last, step_last = time.perf_counter(), self.step
         fresh = self.dist.main and not ckpt.list_checkpoints(self.out / runs.CHECKPOINTS)
         if self.dist.main_says(fresh, self.device):  # rank 0 may be writing it already
@@ -339,6 +344,9 @@ class Trainer(TrainerState, NonFiniteHandling):
                 rate = (self.step - step_last) * cfg.batch_size * self.batches_per_step
                 record = self.write_log(rate / max(now - t_last, 1e-9), writer, extra)
                 bar.set_postfix(logs.postfix(record), refresh=False)
+                text = lines.line(record, last) if lines is not None and self.dist.main else None
+                if text is not None:
+                    log.info("%s", text)
                 t_last, step_last = now, self.step
             if self.snapshot_every and (self.step % self.snapshot_every == 0 or last):
                 self.snapshot()
@@ -353,8 +361,14 @@ class Trainer(TrainerState, NonFiniteHandling):
             after_step(last=True, stop=False)
         first = True
         stop = False
+        # (log lines, such as "first step done", go above the bar instead of onto its line)
+        redirect = (
+            logging_redirect_tqdm([logging.getLogger("disvae")], tqdm_class=tqdm)
+            if progress
+            else contextlib.nullcontext()
+        )
         try:
-            with runtime.stop_on_signals(self):
+            with runtime.stop_on_signals(self), redirect:
                 while self.step < self.total_steps:
                     terms = self.train_step()
                     self.step += 1
@@ -584,6 +598,21 @@ def _on_main(dist: distributed.Dist, device: torch.device, check: Callable[[], A
         raise UserError("rank 0 refused the run (its error says why); every process stops")
 
 
+def _final_weights_readable(out: Path) -> bool:
+    """Whether the run's final weights are there and pass their checksums. Damaged ones are
+    left to the resume, which writes them again from the last checkpoint (the run goes on
+    from it and saves the final weights at its end, at once when it is the last step)."""
+    path = out / runs.MODEL
+    if not path.is_file():
+        return False
+    try:
+        ckpt.load_state(path)
+    except ckpt.CheckpointError as e:
+        log.warning("%s; writing it again from the last checkpoint", e)
+        return False
+    return True
+
+
 def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) -> Path:
     from contextlib import ExitStack
 
@@ -625,7 +654,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
                     f"{trainer.total_steps} steps asked for; give --steps (or --epochs) beyond "
                     "it to train on"
                 )
-            finished = dist.main_says((out / runs.MODEL).is_file(), trainer.device)
+            finished = dist.main_says(_final_weights_readable(out), trainer.device)
             if trainer.step == trainer.total_steps and finished:
                 log.info("%s already finished its %d steps; nothing to do", out, trainer.step)
                 return out
@@ -646,9 +675,12 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
 
             trainer.forward.on_fall_back = fell_back
         precision = "bf16 autocast" if trainer.accel.amp_dtype is not None else "fp32"
-        log.info(
-            "training %s for %d steps into %s (%s, %s)",
-            cfg.loss.name, trainer.total_steps, out, trainer.device, precision,
-        )  # fmt: skip
+        where = f"({trainer.device}, {precision})"
+        if resume:
+            log.info("resumed %s at step %d: training %s on to step %d %s", out, trainer.step,
+                     cfg.loss.name, trainer.total_steps, where)  # fmt: skip
+        else:
+            log.info("training %s for %d steps into %s %s", cfg.loss.name, trainer.total_steps,
+                     out, where)  # fmt: skip
         trainer.run(progress)
     return out

@@ -115,7 +115,6 @@ class TrainerState:
             from disvae import viz
 
             viz.prune_training_frames(self.out, after_step=self.step)
-        log.info("resumed %s at step %d", self.out, self.step)
 
     def save_final(self) -> None:
         if not self.dist.main:
