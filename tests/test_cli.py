@@ -56,7 +56,12 @@ def test_train_evaluate_resume_round(tmp_path, capsys):
     assert main(["evaluate", str(run), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "recon" in out and "capacity" in out
+    assert "schedules (β-VAE_B's capacity, warm-up) at their final values" in out
     assert json.loads((run / "eval_losses.json").read_text())["step"] == 20
+    assert main(["evaluate", str(run), "--val-images", "3", "--metrics", "mig"]) == 2
+    assert "the metrics take --n-samples and --n-test" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--val-images", "3"]) == 0
+    assert json.loads((run / "eval_losses.json").read_text())["n_images"] == 3
     # Resuming behind the run's step is refused; resuming a finished run changes nothing.
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert main(["train", "--resume", str(run), "--steps", "10", "--no-progress"]) == 2
@@ -438,6 +443,12 @@ def test_dry_run_prints_a_config_file_and_the_runs_size_and_writes_nothing(tmp_p
          "(did you mean --metrics?)"),
         (["plot", "RUN", "--row", "3"], "unknown option --row (did you mean --rows?)"),
         (["train", "--zzz", "3"], "disvae train: error: unknown option --zzz; see"),
+        (["train", "--frob"], "unknown option --frob; see"),  # (was "did you mean --lr?")
+        (["train", "-stpes", "3"], "unknown option -stpes (did you mean --steps?)"),
+        (["evaluate", "RUN1", "RUN2"], "disvae evaluate: error: unexpected argument 'RUN2'; see "
+         "`disvae evaluate --help`"),
+        (["-q", "train"], "disvae: error: -q before the command; options go after the command's "
+         "name (`disvae CMD -q`)"),
     ],
 )  # fmt: skip
 def test_options_are_spelt_in_full_and_a_misspelling_names_the_nearest(argv, message, capsys):

@@ -1,6 +1,7 @@
 """Config: defaults per objective, overrides, files, presets, and errors that name the key."""
 
 import json
+import typing
 
 import pytest
 
@@ -208,3 +209,135 @@ def test_seeds_beyond_64_bits_are_refused_with_the_limit():
 
 def test_apply_overrides_takes_one_string_as_one_override():
     assert C.apply_overrides(C.RunConfig(), "steps=10").train.steps == 10
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss=btcvea"], r"unknown loss 'btcvea' \(did you mean btcvae\?\); choose one of: vae"),
+        (["rec_dist=gausian"], r"unknown rec_dist 'gausian' \(did you mean gaussian\?\); choose"),
+        (["loss=btcvae", "sampling=msw"], r"must be mws or mss, got 'msw' \(did you mean mws\?\)"),
+        (["lr_schedule=cosin"], r"got 'cosin' \(did you mean cosine\?\)$"),
+        (["datset=mnist"], r"unknown config key 'datset' \(did you mean dataset\?\)"),
+        (["los=btcvae"], r"unknown config key 'los' \(did you mean loss\?\)"),
+    ],
+)
+def test_a_mistyped_name_or_choice_names_the_near_one(overrides, message):
+    """As a mistyped preset did: `--loss btcvea` listed the losses but named none."""
+    with pytest.raises(UserError, match=message):
+        C.resolve(C.apply_overrides(C.RunConfig(), overrides))
+    with pytest.raises(UserError) as e:  # nothing near: no guess
+        C.resolve(C.apply_overrides(C.RunConfig(), ["loss=zzz"]))
+    assert "did you mean" not in str(e.value)
+
+
+def test_every_registry_names_the_near_name():
+    from disvae.data import DATASETS
+    from disvae.losses.objectives import OBJECTIVES
+    from disvae.metrics import METRICS
+    from disvae.models.vae import ARCHITECTURES
+
+    for registry, typo, near in [
+        (DATASETS, "dsprite", "dsprites"),
+        (ARCHITECTURES, "burges", "burgess"),
+        (METRICS, "migg", "mig"),
+        (OBJECTIVES, "betah", "betaH"),
+    ]:
+        with pytest.raises(UserError, match=rf"unknown \w+ '{typo}' \(did you mean {near}\?\); "
+                                            "choose one of: "):  # fmt: skip
+            registry.get(typo)
+        with pytest.raises(UserError) as e:
+            registry.get("zzzzzz")
+        assert "did you mean" not in str(e.value)
+
+
+def test_metric_names_of_evaluate_and_eval_metrics_name_the_near_one():
+    from disvae.evaluation import resolve_metric_names
+
+    with pytest.raises(UserError, match=r"unknown metric 'dcii' \(did you mean dci\?\)"):
+        resolve_metric_names("mig,dcii", "grid")
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        # None or 0 means "all"/"off": the word is refused with the spelling that means it
+        ("val_images=all", r"--set: train.val_images must be int or null, got 'all'; "
+                           r"--set val_images=none means all held-out images$"),
+        ("subset=all", r"--set subset=none means all images$"),
+        ("workers=all", r"--set workers=none means all CPUs$"),
+        ("grad_clip=off", r"--set grad_clip=none means no clipping$"),
+        ("eval_every=never", r"--eval-every 0 means no metrics during training$"),
+        ("val_every=off", r"--val-every 0 means no held-out losses$"),
+        ("snapshot_every=off", r"--snapshot-every 0 means no training.gif$"),
+        ("compile=off", r"train.compile must be bool, got 'off'; write --compile or --no-compile$"),
+        ("shared_tower=yes", r"write --set shared_tower=true or --set shared_tower=false$"),
+        ("lr=fast", r"train.lr must be float, got 'fast'$"),  # nothing to suggest
+        # the word none for a string key: the flag, else a --set the shell leaves intact
+        ("amp=none", r"train.amp must be a string; for the word none write --amp none$"),
+        ("nan_check=none", r"""for the word none write --set 'nan_check="none"'$"""),
+    ],
+)  # fmt: skip
+def test_a_word_for_all_or_off_names_its_spelling(item, message):
+    """`--set val_images=all` said `must be int or null, got 'all'`, not how to say all."""
+    with pytest.raises(UserError, match=message):
+        C.apply_overrides(C.RunConfig(), [item])
+
+
+def test_the_spelling_follows_the_source(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nval_images = "all"\n')
+    with pytest.raises(UserError, match=r'; val_images = "none" means all held-out images$'):
+        C.load_file(path)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"eval_every": "never"}}))
+    with pytest.raises(UserError, match=r'; "eval_every": 0 means no metrics during training$'):
+        C.load_file(path)
+
+
+def test_special_values_are_real_keys_and_accepted():
+    for key, (value, _) in C.SPECIAL_VALUES.items():
+        section, _, name = key.partition(".")
+        cfg = C.from_dict({section: {name: value}})
+        C.check(cfg)
+        assert getattr(getattr(cfg, section), name) == value
+
+
+def test_typed_names_the_flag_or_a_set_the_parser_and_config_accept():
+    """Messages name a setting as it is typed: `pass eval_samples 100` named no flag."""
+    import shlex
+
+    from disvae import cli
+
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {o for a in train._actions for o in a.option_strings}
+    for key in cli.FLAG_KEYS.values():  # every flag of a key is a real option
+        assert C.typed(key, 1).split()[0] in options
+        section, _, name = key.partition(".")
+        if "bool" in str(typing.get_type_hints(type(getattr(C.RunConfig(), section)))[name]):
+            assert C.typed(key, False) in options  # --no-compile
+    assert C.typed("train.eval_samples", 100) == "--set eval_samples=100"
+    assert C.typed("train.lr", 1e-3) == "--lr 0.001"
+    assert C.typed("train.cuda_graph", False) == "--no-cuda-graph"
+    assert C.typed("data.name", None) == "--set data.name=none"  # two sections have `name`
+    for key, value in [
+        ("train.nan_check", "none"),
+        ("train.nan_check", "deferred"),
+        ("model.tower", "true"),
+        ("data.subset", None),
+        ("train.eval_samples", 5),
+    ]:
+        words = shlex.split(C.typed(key, value))
+        assert words[0] == "--set"
+        section, _, name = key.partition(".")
+        cfg = C.apply_overrides(C.RunConfig(), words[1:])
+        assert getattr(getattr(cfg, section), name) == value
+
+
+def test_combination_errors_name_flags_or_set():
+    with pytest.raises(UserError, match=r"; use --set nan_check=auto or drop --cuda-graph$"):
+        C.check(C.apply_overrides(C.RunConfig(), ["cuda_graph=true", "nan_check=step"]))
+    graph_and_compile = ["cuda_graph=true", "compile=true", "compile_mode=max-autotune"]
+    message = r"use --compile-mode default or --compile-mode max-autotune-no-cudagraphs with "
+    with pytest.raises(UserError, match=message + "--cuda-graph$"):
+        C.check(C.apply_overrides(C.RunConfig(), graph_and_compile))

@@ -892,3 +892,52 @@ def test_wrong_synopsis_python_and_toml_are_reported(tmp_path):
     assert "unknown key loss.nam" in check_toml(bad_toml)[0]
     bad_sweep = Block(ROOT / "README.md", 1, "toml", [(2, "[[methods]]"), (3, 'loss = "betaX"')])
     assert check_toml(bad_sweep)
+
+
+# Every error line docs/train.md and docs/data.md quote (`disvae ...: error: ...`), with a command
+# that prints it; "..." in a quote stands for any text.
+QUOTED_ERRORS = {
+    "disvae: error: ...": ["train", "--loss", "nope", "--dry-run"],
+    "disvae: error: unknown loss 'btcvea' (did you mean btcvae?); choose one of: vae, betaH, "
+    "betaB, factor, btcvae": ["train", "--loss", "btcvea", "--dry-run"],
+    "disvae train: error: argument --steps: invalid int value: 'x'; see `disvae train --help`": [
+        "train", "--steps", "x"],
+    "disvae train: error: unknown option --los (did you mean --loss?); see `disvae train "
+    "--help`": ["train", "--los", "btcvae"],
+    "disvae train: error: unexpected argument 'extra'; see `disvae train --help`": [
+        "train", "--dry-run", "extra"],
+    "disvae: error: --quiet before the command; options go after the command's name "
+    "(`disvae CMD --quiet`); see `disvae --help`": ["--quiet", "train", "--dry-run"],
+}  # fmt: skip
+
+
+def quoted_errors(doc: Path) -> list[tuple[int, str]]:
+    """(line, text) of the code spans of ``doc`` (single or double backticks, outside fenced
+    blocks) that quote an error line."""
+    fenced = {n for b in blocks(doc) for n in range(b.line, b.lines[-1][0] + 2 if b.lines else 0)}
+    lines = doc.read_text().splitlines()
+    text = "\n".join("" if i + 1 in fenced else s for i, s in enumerate(lines))
+    found = []
+    for m in re.finditer(r"(?<!`)(``?)(?!`)(.+?)(?<!`)\1(?!`)", text, re.S):
+        span = " ".join(m.group(2).split())
+        if re.match(r"^disvae[\w ]*: error:", span):
+            found.append((text.count("\n", 0, m.start()) + 1, span))
+    return found
+
+
+@pytest.mark.parametrize("page", ["train.md", "data.md"])
+def test_quoted_error_messages_are_what_the_commands_print(page, capsys):
+    """docs/train.md quoted `disvae: error: unrecognized arguments: ...` for an unknown option
+    long after it became `disvae train: error: unknown option --frob (did you mean ...?)`."""
+    problems = []
+    for line, quote in quoted_errors(ROOT / "docs" / page):
+        at = where(ROOT / "docs" / page, line)
+        if quote not in QUOTED_ERRORS:
+            problems.append(f"{at}: `{quote}`: add it to QUOTED_ERRORS with a command")
+            continue
+        code = cli.main(QUOTED_ERRORS[quote])
+        err = capsys.readouterr().err.strip()
+        pattern = ".*".join(map(re.escape, quote.split("...")))
+        if code != 2 or not re.fullmatch(pattern, err):
+            problems.append(f"{at}: `{quote}`: the command prints `{err}` (exit {code})")
+    assert not problems, "\n".join(problems)

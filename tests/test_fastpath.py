@@ -84,7 +84,7 @@ def test_schedule_values_at_hand_computed_steps():
     [("lr_schedule=linear", "train.lr_schedule must be one of"), ("lr_decay=2", "at most 1"),
      ("grad_clip=0", "train.grad_clip must be positive"), ("amp=fp16", "train.amp must be"),
      ("val_every=-1", "non-negative"), ("nan_check=never", "train.nan_check"),
-     ("amp=none", 'for the word none write amp="none"')],
+     ("amp=none", "for the word none write --amp none")],
 )  # fmt: skip
 def test_bad_schedule_and_speed_values_name_the_key(item, message):
     with pytest.raises(C.UserError, match=message):

@@ -78,14 +78,20 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         namespace, extras = super().parse_known_args(args, namespace)
-        flags = [a.split("=", 1)[0] for a in extras if a.startswith("--")]
+        flags = [a.split("=", 1)[0] for a in extras if a.startswith("-") and a != "-"]
         if flags and " " in self.prog:  # a command's parser: `disvae train`
-            import difflib
+            from disvae.errors import closest
 
-            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-            near = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]}?)" if near else ""
+            # (compared without the "--" every option shares, which made --frob near --lr)
+            known = {o[2:]: o for a in self._actions for o in a.option_strings if o[:2] == "--"}
+            near = closest(flags[0].lstrip("-"), known)
+            hint = f" (did you mean {known[near]}?)" if near else ""
             self.error(f"unknown option {flags[0]}{hint}")
+        if extras and " " in self.prog:  # a word too many: `disvae evaluate RUN1 RUN2`
+            self.error(f"unexpected argument {extras[0]!r}")
+        if extras:  # (a command's parser has refused its own): before the command, `disvae -q ..`
+            self.error(f"{extras[0]} before the command; options go after the command's name "
+                       f"(`disvae CMD {extras[0]}`)")  # fmt: skip
         return namespace, extras
 
 
@@ -281,6 +287,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="training points of the metrics (MIG, SAP, DCI, modularity, β-VAE, FactorVAE, ...)",
     )  # fmt: skip
     p.add_argument("--n-test", type=_positive_int, default=5_000, help="test/evaluation points")
+    p.add_argument(
+        "--val-images", type=_positive_int_or_all,
+        help="held-out losses of a seeded subset of N held-out images (the one training's "
+        "--val-images N scores), or all (default)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw of the metrics")
     p.add_argument("--n-bins", type=_positive_int, default=20, help="bins of MIG and modularity")
     p.add_argument(
@@ -555,6 +566,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = runs.data_at(args.run, args.data_path or None)
     check_moved_data(args.run, data)  # a moved dataset must hold the same images
     say = (lambda *a: None) if _quiet(args) else print
+    if args.metrics is not None and args.val_images is not None:
+        raise UserError("--val-images chooses the images of the held-out losses; the metrics "
+                        "take --n-samples and --n-test")  # fmt: skip
     if args.metrics is not None:
         bar = None
         if not (args.no_progress or _quiet(args)) and sys.stderr.isatty():
@@ -580,7 +594,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         say(_metrics_table(result))
         say(f"written to {Path(args.run) / 'metrics.json'}")
         return 0
-    result = evaluate(args.run, data=data, batch_size=args.batch_size or 1000, device=args.device)
+    bar = None
+    if not (args.no_progress or _quiet(args)) and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc="held-out losses", unit="img", leave=False)
+    try:
+        result = evaluate(
+            args.run, data=data, batch_size=args.batch_size or 1000, device=args.device,
+            n_images=args.val_images, progress=bar.update if bar is not None else None,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     say(
         f"held-out losses of {args.run} at step {result['step']} "
         f"({result['n_images']} images, {result['seconds']}s):"
@@ -593,6 +619,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ]
     for line in format_table(rows, "<<"):  # (a per-dimension list starts where a value does)
         say(line)
+    # (the numbers a user compares these with first, and which they differ from by design)
+    say("note: codes at the posterior means and schedules (β-VAE_B's capacity, warm-up) at "
+        "their final values, unlike the training log (docs/evaluate.md)")  # fmt: skip
     say(f"written to {Path(args.run) / 'eval_losses.json'}")
     return 0
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shlex
 import sys
 import types
 import typing
@@ -20,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from disvae.errors import UserError
+from disvae.errors import UserError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,6 +170,20 @@ class TrainConfig:
 AMP_MODES = ("auto", "none", "bf16")  # train.amp and `disvae evaluate --amp`
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+# Keys whose "all" or "off" is a value of their own (None or 0), not a word: a word there (`--set
+# val_images=all`) is refused with a message that spells the value (`--set val_images=none`).
+SPECIAL_VALUES: dict[str, tuple[Any, str]] = {
+    "data.subset": (None, "all images"),
+    "data.workers": (None, "all CPUs"),
+    "train.val_images": (None, "all held-out images"),
+    "train.grad_clip": (None, "no clipping"),
+    "train.snapshot_every": (0, "no training.gif"),
+    "train.eval_every": (0, "no metrics during training"),
+    "train.val_every": (0, "no held-out losses"),
+    "train.lr_warmup": (0, "no warm-up"),
+    "loss.reg_anneal": (0, "no warm-up"),
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -235,12 +250,12 @@ def from_dict(
                 )
             raise UserError(
                 f"{source}: {section} = ... stands outside any section and is no known key"
-                f"{_near(section, _all_keys())}; valid sections: {', '.join(_SECTION_TYPES)}"
+                f"{did_you_mean(section, _all_keys())}; valid sections: {', '.join(_SECTION_TYPES)}"
             )
         if section not in _SECTION_TYPES:
             valid = ", ".join(_SECTION_TYPES)
             raise UserError(
-                f"{source}: unknown section [{section}]{_near(section, _SECTION_TYPES)}; "
+                f"{source}: unknown section [{section}]{did_you_mean(section, _SECTION_TYPES)}; "
                 f"valid sections: {valid}"
             )
         if not isinstance(values, dict):
@@ -258,7 +273,7 @@ def _update(cfg: RunConfig, section: str, values: dict[str, Any], source: str) -
             valid = ", ".join(f.name for f in fields(cls))
             raise UserError(
                 f"{source}: unknown key {section}.{key}"
-                f"{_near(key, _field_names(cls), section)}; valid keys: {valid}"
+                f"{did_you_mean(key, _field_names(cls), section)}; valid keys: {valid}"
             )
         checked[key] = _check_type(value, hints[key], f"{section}.{key}", source)
     if section == "train":
@@ -280,25 +295,6 @@ def _all_keys() -> list[str]:
     return [f"{s}.{k}" for s, cls in _SECTION_TYPES.items() for k in _field_names(cls)]
 
 
-def _closest(word: str, choices: Any) -> str | None:
-    """The closest of ``choices`` to a mistyped ``word``, or None. A dotted choice
-    (``train.lr``) also matches on its last part (``lr`` for ``lrr``)."""
-    import difflib
-
-    choices = list(choices)
-    last = {c.rpartition(".")[2]: c for c in choices}
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6) or [
-        last[m] for m in difflib.get_close_matches(word.rpartition(".")[2], last, n=1, cutoff=0.6)
-    ]
-    return match[0] if match else None
-
-
-def _near(word: str, choices: Any, prefix: str = "") -> str:
-    """`` (did you mean X?)`` for the closest of ``choices`` to a mistyped ``word``, or ''."""
-    match = _closest(word, choices)
-    return f" (did you mean {prefix + '.' if prefix else ''}{match}?)" if match else ""
-
-
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if isinstance(value, str) and type(None) in allowed and str not in allowed:
@@ -307,8 +303,10 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     if value is None and type(None) in allowed:
         return None
     if value is None and str in allowed:  # `--set amp=none` parses as "no value"
-        name = key.rpartition(".")[2]
-        raise UserError(f'{source}: {key} must be a string; for the word none write {name}="none"')
+        raise UserError(
+            f"{source}: {key} must be a string; for the word none write "
+            f"{_spelling(key, 'none', source)}"
+        )
     for t in allowed:
         if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)):
             item = typing.get_args(t)[0]
@@ -324,7 +322,54 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
         if t is str and isinstance(value, str):
             return value
     names = " or ".join(_type_name(t) for t in allowed)
-    raise UserError(f"{source}: {key} must be {names}, got {value!r}")
+    raise UserError(
+        f"{source}: {key} must be {names}, got {value!r}{_word_hint(key, value, allowed, source)}"
+    )
+
+
+def _word_hint(key: str, value: Any, allowed: tuple[Any, ...], source: str) -> str:
+    """For a word where a number or a boolean goes (``all``, ``off``, ``yes``): how to write
+    what it likely meant, as the user types it in ``source``, or ''."""
+    if not isinstance(value, str):
+        return ""
+    if key in SPECIAL_VALUES:
+        special, meaning = SPECIAL_VALUES[key]
+        return f"; {_spelling(key, special, source)} means {meaning}"
+    if bool in allowed:
+        return f"; write {_spelling(key, True, source)} or {_spelling(key, False, source)}"
+    return ""
+
+
+def _spelling(key: str, value: Any, source: str) -> str:
+    """``section.name = value`` as the user writes it in ``source``: on the command line
+    (`typed`), in a JSON file (``"name": null``) or in a TOML file (``name = "none"``)."""
+    name = key.rpartition(".")[2]
+    if source in ("--set", "command line"):
+        return typed(key, value)
+    if source.endswith(".json"):
+        return f'"{name}": {json.dumps(value)}'
+    return f"{name} = {toml_value(value)}"
+
+
+def typed(key: str, value: Any) -> str:
+    """How ``section.name = value`` is typed on `disvae train`'s command line, for messages:
+    the key's flag where it has one that takes the value (``--eval-every 0``, ``--no-compile``),
+    else ``--set name=value`` (``section.name`` where more sections have the name; quoted where
+    the shell or the TOML reading of --set would change the value)."""
+    from disvae.cli import FLAG_KEYS  # (here, not above: the CLI imports this module)
+
+    flag = {k: "--" + dest.replace("_", "-") for dest, k in FLAG_KEYS.items()}.get(key)
+    if flag is not None and isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if flag is not None and value is not None:
+        return f"{flag} {shlex.quote(str(value))}"
+    name = key.rpartition(".")[2]
+    owners = [s for s, cls in _SECTION_TYPES.items() if name in _field_names(cls)]
+    name = key if len(owners) > 1 else name
+    text = "none" if value is None else toml_value(value)
+    if isinstance(value, str) and parse_value(value) == value and value == text[1:-1]:
+        text = value  # a bare word --set takes as a string
+    return f"--set {name}={text}" if '"' not in text else f"--set '{name}={text}'"
 
 
 def _type_name(t: Any) -> str:
@@ -369,8 +414,8 @@ def preset_text(name: str) -> str:
     if not name or "/" in name or "\\" in name or not path.is_file():
         names = preset_names()
         raise UserError(
-            f"unknown preset {name!r}{_near(name, names)}; choose one of: {', '.join(names)} "
-            "(a file of your own goes to --config)"
+            f"unknown preset {name!r}{did_you_mean(name, names)}; choose one of: "
+            f"{', '.join(names)} (a file of your own goes to --config)"
         )
     return path.read_text()
 
@@ -407,7 +452,9 @@ def resolve_key(key: str) -> tuple[str, str]:
     if "." in key:
         section, _, name = key.partition(".")
         if section not in _SECTION_TYPES or name not in _field_names(_SECTION_TYPES[section]):
-            raise UserError(f"unknown config key {key!r}{_near(key, _all_keys())}; {_KEYS_DOC}")
+            raise UserError(
+                f"unknown config key {key!r}{did_you_mean(key, _all_keys())}; {_KEYS_DOC}"
+            )
         return section, name
     owners = [s for s, cls in _SECTION_TYPES.items() if key in _field_names(cls)]
     if len(owners) == 1:
@@ -423,13 +470,11 @@ _KEYS_DOC = "the keys are listed in docs/train.md (section.key, or key alone)"
 
 
 def _near_bare(key: str) -> str:
-    """The suggestion for a mistyped bare key: the bare name where only one section has it."""
-    full = _closest(key, _all_keys())
-    if full is None:
-        return ""
-    section, _, name = full.partition(".")
-    owners = [s for s, cls in _SECTION_TYPES.items() if name in _field_names(cls)]
-    return f" (did you mean {name if len(owners) == 1 else full}?)"
+    """The suggestion for a mistyped bare key: a short name (``dataset`` for ``datset``), the
+    bare name where only one section has it, else ``section.name``."""
+    names = [k.rpartition(".")[2] for k in _all_keys()]
+    bare = [n if names.count(n) == 1 else k for n, k in zip(names, _all_keys(), strict=True)]
+    return did_you_mean(key, [*_ALIASES, *bare])
 
 
 def parse_value(raw: str) -> Any:
@@ -452,7 +497,8 @@ def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
     loss = cfg.loss
     if loss.name not in OBJECTIVE_DEFAULTS:
         raise UserError(
-            f"unknown loss {loss.name!r}; choose one of: {', '.join(OBJECTIVE_DEFAULTS)}"
+            f"unknown loss {loss.name!r}{did_you_mean(loss.name, OBJECTIVE_DEFAULTS)}; "
+            f"choose one of: {', '.join(OBJECTIVE_DEFAULTS)}"
         )
     defaults = OBJECTIVE_DEFAULTS[loss.name]
     updates: dict[str, Any] = {}
@@ -468,7 +514,10 @@ def resolve(cfg: RunConfig, default_rec_dist: str = "bernoulli") -> RunConfig:
     rec_dist = loss.rec_dist or default_rec_dist
     updates["rec_dist"] = rec_dist
     if rec_dist not in REC_DISTS:
-        raise UserError(f"unknown rec_dist {rec_dist!r}; choose one of: {', '.join(REC_DISTS)}")
+        raise UserError(
+            f"unknown rec_dist {rec_dist!r}{did_you_mean(rec_dist, REC_DISTS)}; "
+            f"choose one of: {', '.join(REC_DISTS)}"
+        )
     if loss.rec_scale is not None and rec_dist == "bernoulli":
         raise UserError("loss.rec_scale applies to gaussian or laplace likelihoods, not bernoulli")
     updates["rec_scale"] = (
@@ -539,7 +588,10 @@ def _check_values(cfg: RunConfig) -> None:
         if value > MAX_SEED:  # torch's generators take 64-bit seeds; TOML's integers too
             raise UserError(f"{key} must be at most 2**63 - 1 ({MAX_SEED}), got {value}")
     if L.sampling is not None and L.sampling not in ("mws", "mss"):
-        raise UserError(f"loss.sampling must be mws or mss, got {L.sampling!r}")
+        raise UserError(
+            f"loss.sampling must be mws or mss, got {L.sampling!r}"
+            f"{did_you_mean(L.sampling, ('mws', 'mss'))}"
+        )
     if T.nan_lr_factor > 1:
         raise UserError(f"train.nan_lr_factor must be at most 1, got {T.nan_lr_factor}")
     for key, value, choices in (
@@ -549,7 +601,10 @@ def _check_values(cfg: RunConfig) -> None:
         ("compile_mode", T.compile_mode, COMPILE_MODES),
     ):
         if value not in choices:
-            raise UserError(f"train.{key} must be one of {', '.join(choices)}, got {value!r}")
+            raise UserError(
+                f"train.{key} must be one of {', '.join(choices)}, got {value!r}"
+                f"{did_you_mean(value, choices)}"
+            )
     for key, value in (("lr_decay", T.lr_decay), ("lr_floor", T.lr_floor)):
         if value > 1:
             raise UserError(f"train.{key} must be at most 1, got {value}")
@@ -560,13 +615,16 @@ def _check_values(cfg: RunConfig) -> None:
     if T.cuda_graph and T.nan_check == "step":
         raise UserError(
             "train.cuda_graph needs the sync-free non-finite check (a recorded step cannot read "
-            "the device); drop nan_check=step or --cuda-graph"
+            f"the device); use {typed('train.nan_check', 'auto')} or drop "
+            f"{typed('train.cuda_graph', True)}"
         )
     if T.cuda_graph and T.compile and T.compile_mode in ("reduce-overhead", "max-autotune"):
         raise UserError(
             f"train.cuda_graph records the whole step itself; compile_mode {T.compile_mode!r} "
-            "records CUDA graphs of its own inside it: use compile_mode default or "
-            "max-autotune-no-cudagraphs with --cuda-graph"
+            "records CUDA graphs of its own inside it: use "
+            f"{typed('train.compile_mode', 'default')} or "
+            f"{typed('train.compile_mode', 'max-autotune-no-cudagraphs')} with "
+            f"{typed('train.cuda_graph', True)}"
         )
 
 

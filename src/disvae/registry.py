@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from disvae.errors import UserError
+from disvae.errors import UserError, did_you_mean
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A dict of named objects; an unknown name raises a `UserError` listing the valid ones."""
+    """A dict of named objects; an unknown name raises a `UserError` naming the nearest one
+    (``did you mean``) and listing the valid ones."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -31,7 +32,10 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items))
-            raise UserError(f"unknown {self.kind} {name!r}; choose one of: {valid}") from None
+            raise UserError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; "
+                f"choose one of: {valid}"
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
