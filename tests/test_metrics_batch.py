@@ -3,6 +3,8 @@ factor classes, with factor-aligned, rotated and pure-noise encoders."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -66,8 +68,30 @@ def test_factor_vae_score(data):
     assert s["rotated"]["eval_accuracy"] < s["aligned"]["eval_accuracy"] - 0.2
     assert s["noise"]["eval_accuracy"] < 0.4
     # aligned codes have standard deviations ~0.4: a high pruning threshold leaves nothing
-    pruned = metrics.factor_vae_score(data, make_encoder("aligned"), prune_threshold=10, **kw)
+    with pytest.warns(RuntimeWarning, match="no active code dimension"):
+        pruned = metrics.factor_vae_score(data, make_encoder("aligned"), prune_threshold=10, **kw)
     assert pruned["eval_accuracy"] == 0.0
+
+
+def test_factor_vae_of_a_collapsed_encoder_warns_that_it_is_no_score(data):
+    """Every dimension pruned (a collapsed model): disentanglement_lib's 0 accuracies, below
+    chance (1/4 here), with a warning saying that they are no score; none otherwise."""
+    kw = dict(KW, n_variance=500)
+
+    def collapsed(images):  # posterior means that barely move: std 0.001 < 0.05
+        return 0.001 * make_encoder("aligned")(images)
+
+    with pytest.warns(RuntimeWarning) as caught:
+        fv = metrics.factor_vae_score(data, collapsed, **kw)
+    assert fv == {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("factor_vae: no active code dimension") and "\n" not in message
+    assert "prune_threshold 0.05" in message and "not a score" in message
+    assert caught[0].filename == __file__  # points at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.factor_vae_score(data, make_encoder("aligned"), **kw)["num_active_dims"] == 4
 
 
 def test_cached_encoder_gives_the_same_numbers_and_encodes_each_image_once(data):

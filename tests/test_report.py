@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from disvae.report.content import (
     run_content,
     run_status,
 )
-from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS, _heldout_body
+from disvae.report.html import COMPARE_SECTIONS, SINGLE_SECTIONS, _heldout_body, _metrics_body
 from disvae.training import train
 from disvae.training.loop import Trainer
 from disvae.viz import decode
@@ -278,6 +279,72 @@ def test_held_out_losses_appear_in_the_report_and_side_by_side(trained, tiny_dat
     # Losses of older weights than those shown say so.
     stale = RunContent("e", [], {}, eval_losses={**result, "step": 8}, step=10)
     assert "with the weights of step 8; the weights shown here are step 10" in _heldout_body(stale)
+
+
+def test_metrics_of_older_weights_say_so_as_the_held_out_losses_do(trained, tiny_data, tmp_path):
+    """Scored at step 10, then resumed to step 12: both tables are of the weights of step 10,
+    and both say so, with the command that scores the weights shown (the metrics said only
+    "At step 10.")."""
+    from disvae.evaluation import evaluate_metrics
+
+    run = shutil.copytree(trained, tmp_path / "r")
+    evaluate(run, data=tiny_data, device="cpu")
+    evaluate_metrics(run, ["unsupervised"], n_samples=100, n_test=50, data=tiny_data,
+                     device="cpu")  # fmt: skip
+    train(C.apply_overrides(runs.read_config(run), ["steps=12"]), run, data=tiny_data,
+          resume=True, progress=False)  # fmt: skip
+    html = render_report([run], SMALL, data=tiny_data)
+    stale = "with the weights of step 10; the weights shown here are step 12: run <code>"
+    metrics, heldout = _section(html, "metrics"), _section(html, "heldout")
+    assert stale + "disvae evaluate RUN --metrics unsupervised</code> again" in metrics
+    assert stale + "disvae evaluate RUN</code> again" in heldout
+    # Of the weights shown: no note. A file without its metric names (written by other code)
+    # still says what to run.
+    c = RunContent("r", [], {}, metrics={"metrics": {"mig": 0.3}, "step": 10}, step=10)
+    assert "with the weights of step 10.</p>" in _metrics_body(c)
+    c.step = 12
+    assert "run <code>disvae evaluate RUN --metrics NAMES</code> again" in _metrics_body(c)
+
+
+def test_a_factor_vae_score_without_active_dimensions_is_noted_as_no_score():
+    doc = {"metrics": {"factor_vae": {"train_accuracy": 0.0, "eval_accuracy": 0.0,
+                                      "num_active_dims": 0.0}}, "step": 10}  # fmt: skip
+    body = _metrics_body(RunContent("r", [], {}, metrics=doc, step=10))
+    assert "factor_vae: no code dimension was active" in body and "not a score" in body
+    doc["metrics"]["factor_vae"].update(eval_accuracy=0.8, num_active_dims=3.0)
+    assert "no code dimension" not in _metrics_body(RunContent("r", [], {}, metrics=doc, step=10))
+
+
+def test_the_kl_table_the_explorer_and_the_figures_write_a_kl_alike(run_dir):
+    """One rule (`format_kl`) on the bars, the traversal labels, the report's table and the
+    explorer's sliders: 0.004943 was "0.004943" in the table and "0.00" beside its slider."""
+    from disvae.report.html import _explorer_body, _kl_body
+    from disvae.viz import kl_bars
+    from disvae.viz.curves import format_kl
+    from disvae.viz.traversal import row_labels
+
+    kl = [0.004943, 0.0078, 0.0112, 1.23456, 0.0, 123.4, 2.0]
+    order = sorted(range(len(kl)), key=lambda d: -kl[d])
+    want = [format_kl(kl[d]) for d in order]
+    assert want == ["123", "2", "1.23", "0.0112", "<0.01", "<0.01", "0"]
+    pairs = list(zip(order, want, strict=True))
+    table = re.findall(r'<td>z(\d+)</td><td class="num">([^<]*)</td>',
+                       _kl_body(RunContent("r", [], {}, kl=kl)))  # fmt: skip
+    assert [(int(d), html_unescape(t)) for d, t in table] == pairs
+    ex = {"cell": [2, 2], "values": [-1.0, 1.0], "dims": order, "kl": [kl[d] for d in order],
+          "bases": []}  # fmt: skip
+    sliders = re.findall(r'<span>z(\d+) <span class="note">KL ([^<]*)</span>', _explorer_body(ex))
+    assert [(int(d), html_unescape(t)) for d, t in sliders] == pairs
+    bars = [t.get_text() for t in kl_bars(kl).axes[0].texts]
+    assert bars == want
+    assert row_labels(order, np.array(kl)) == [f"z{d} KL {t}" for d, t in pairs]
+    # No KL known (no data, no eval_losses.json, no kl_per_dim logged): no "KL 0" by a slider.
+    view = open_run(run_dir)
+    view.kl = None
+    ex = explorer_data(view, ReportOptions(n_cols=3, explorer_steps=3, explorer_images=0))
+    assert ex["kl"] is None and ex["dims"] == [0, 1, 2, 3]
+    labels = re.findall(r'<label class="ex-slider"><span>(.*?)</span><input', _explorer_body(ex))
+    assert labels == ["z0", "z1", "z2", "z3"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 import signal
 import warnings
 from pathlib import Path
@@ -553,3 +554,56 @@ def test_fewer_gif_rows_remove_the_per_latent_gifs_of_an_earlier_call(tmp_path):
     left = sorted(p.name for p in gifs.glob("z[0-9]*.gif"))
     assert len(left) == 1 and left[0] in first
     assert (gifs / "all.gif").is_file() and mine.read_bytes() == b"a file of the user's"
+
+
+def test_more_rows_than_latents_says_that_all_latents_are_shown(tmp_path, capsys):
+    """`--rows 50` on a 4-latent model draws the 4 rows it has, and says so on one line
+    (silently, the figure looked like a lost flag); the library itself stays quiet."""
+    from disvae import cli
+
+    run = make_run(tmp_path / "r")
+    viz.plot_run(run, ["traversals"], viz.PlotOptions(rows=50, cols=2))  # no logging set up
+    assert capsys.readouterr().err == ""
+    argv = ["plot", str(run), "traversals", "gif-traversals", "-c", "2", "--n-steps", "2"]
+    assert cli.main([*argv, "--rows", "50"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "--rows 50 is more than the model's 4 latents: traversals, gif-traversals show all 4, "
+        "one row each\n"
+    )
+    pic = viz.images.read_png(run / "plots" / "traversals.png")
+    assert pic.shape[0] == 4 * 66 + 2  # 4 rows of 64-pixel images
+    assert cli.main(["plot", str(run), "traversals", "--rows", "4", "-c", "1"]) == 0  # all it has
+    assert cli.main(["plot", str(run), "samples", "--rows", "50", "-c", "1"]) == 0  # grid rows
+    assert capsys.readouterr().err == ""
+
+
+def test_the_training_gif_labels_its_rows_as_the_traversals_do(tiny_data, tmp_path):
+    """A real run's training.gif (frames of latents 0..2 in index order) has the row labels of
+    traversals.png beside every frame, under the step caption."""
+    from PIL import ImageSequence
+
+    from disvae.training import train
+
+    cfg = C.apply_overrides(C.RunConfig(), ["dataset=dsprites_tiny", "batch_size=16",
+                            "latent_dim=3", "steps=2", "snapshot_every=1"])  # fmt: skip
+    run = train(cfg, tmp_path / "g", data=tiny_data, progress=False)
+    with Image.open(run / "training.gif") as im:
+        frames = [np.asarray(f.convert("L")) for f in ImageSequence.Iterator(im)]
+    assert len(frames) == 3  # steps 0, 1, 2
+    model, _ = runs.load_run(run)
+    static = viz.traversals(model, n_cols=7)  # kl None: index order, labelled z0, z1, z2
+    grid_w = 7 * 66 + 2
+    label_w = static.shape[1] - grid_w
+    assert label_w > 10
+    strip = viz.images.posterize(static[:, :label_w], 16)[:, :, 0]
+    for f in frames:
+        assert f.shape == (14 + 3 * 66 + 2, label_w + grid_w)  # caption, then strip | grid
+        np.testing.assert_array_equal(f[14:, :label_w], strip)
+    # Frames that are no grid of the run's images (stored by other code) are shown as they are.
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    for step, _ in viz.training_frames(other):
+        viz.append_training_frame(other, step, np.zeros((20, 30, 1), np.uint8))
+    with Image.open(io.BytesIO(viz.training_gif_bytes(other))) as im:
+        assert im.size == (30, 14 + 20)

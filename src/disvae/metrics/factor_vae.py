@@ -13,6 +13,7 @@ variances, 10,000 training and 5,000 evaluation votes; variances with ddof=1.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,9 @@ def factor_vae_score(
         rng: generator or seed.
 
     Returns:
-        ``{"train_accuracy", "eval_accuracy", "num_active_dims"}``; with no active dimension the
-        accuracies are 0.
+        ``{"train_accuracy", "eval_accuracy", "num_active_dims"}``; with no active dimension (a
+        collapsed encoder) the accuracies are 0, as in disentanglement_lib, with a
+        `RuntimeWarning` saying that they are no score.
     """
     # A vote needs a variance within its batch (ddof=1: 2 images), the pruning one over codes.
     for name, value, least in (("batch_size", batch_size, 2), ("n_train", n_train, 1),
@@ -78,6 +80,17 @@ def factor_vae_score(
     global_var = codes.var(axis=0, ddof=1)
     active = np.sqrt(global_var) >= prune_threshold  # on the std (disentanglement_lib _prune_dims)
     if not active.any():
+        # disentanglement_lib's answer (0, 0, 0), kept so that scores compare with Locatello et
+        # al. 2019; but 0 is below chance (1 / number of factors) and measures nothing: no
+        # dimension is left to vote (Kim & Mnih's classifier is undefined), so say so.
+        warnings.warn(
+            "factor_vae: no active code dimension (every standard deviation is below "
+            f"prune_threshold {prune_threshold:g}, largest {np.sqrt(global_var.max()):.3g}: a "
+            "collapsed encoder), so its accuracies of 0 are a placeholder, not a score; check "
+            "the model's KL per dimension",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
     k = dataset.n_factors
     dims, labels = factor_vae_votes(dataset, encode, n_train, batch_size, global_var, active, rng)

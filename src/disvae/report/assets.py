@@ -3,7 +3,8 @@
 The latent explorer reads one JSON block (``<script id="explorer-data">``)::
 
     {"cell": [h, w], "values": [S floats], "dims": [latent index per sprite row],
-     "kl": [KL per sprite row], "bases": [{"label", "sprite", "code": [D floats]}]}
+     "kl": [KL per sprite row] or null when unknown,
+     "bases": [{"label", "sprite", "code": [D floats]}]}
 
 Sprite of a base: rows = ``dims`` (largest KL first), column 0 = the decode of the base code,
 column 1 + s = the decode of the base with z_dims[row] = values[s]. Moving a slider shows that

@@ -314,12 +314,12 @@ def explorer_data(view: RunView, opts: ReportOptions) -> dict[str, Any]:
                 "thumb": png_uri(I.make_grid(shown[None], 1, pad=0)),
             }
         )
-    kl = view.kl if view.kl is not None else np.zeros(m.latent_dim)
     return {
         "cell": list(sheet.shape[-2:]),
         "values": [float(v) for v in values],
         "dims": [int(d) for d in dims],
-        "kl": [float(kl[d]) for d in dims],
+        # (None when no KL is known: zeros would label every slider "KL 0")
+        "kl": None if view.kl is None else [float(view.kl[d]) for d in dims],
         "bases": bases,
     }
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
 from disvae.report.assets import CSS, JS
 from disvae.report.content import RunContent, flatten
+from disvae.viz.curves import format_kl
 
 SINGLE_SECTIONS = (
     ("summary", "Summary"),
@@ -45,14 +46,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: Callable[[Any], str] = _fmt
+) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{escape(_fmt(v))}</td>'
+            f'<td class="num">{escape(fmt(v))}</td>'
             if isinstance(v, (int, float))
-            else f"<td>{escape(_fmt(v))}</td>"
+            else f"<td>{escape(fmt(v))}</td>"
             for v in row
         )
         + "</tr>"
@@ -87,11 +90,36 @@ def _metrics_rows(metrics: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return flatten(metrics["metrics"]) if metrics else []
 
 
+def _weights_of(step: Any, c: RunContent, command: str) -> str:
+    """`` with the weights of step N`` of a file `disvae evaluate` wrote, and, when the weights
+    shown are of another step (the run trained on, or was resumed, since), that its numbers are
+    stale and the ``command`` that scores the weights shown; empty for a step that is no int."""
+    if not isinstance(step, int) or isinstance(step, bool):
+        return ""
+    said = f" with the weights of step {step}"
+    if step != c.step:
+        said += (
+            f"; the weights shown here are step {c.step}: run <code>{escape(command)}</code> "
+            "again to update them"
+        )
+    return said
+
+
 def _metrics_body(c: RunContent) -> str:
     if not c.metrics:
         return '<p class="note">No metrics.json yet: run the metrics to fill this table.</p>'
-    extra = f'<p class="note">At step {escape(str(c.metrics.get("step", "?")))}.</p>'
     proto = c.metrics.get("protocol")
+    names = proto.get("metrics") if isinstance(proto, dict) else None
+    ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+    again = f"disvae evaluate RUN --metrics {','.join(names) if ok else 'NAMES'}"
+    said = _weights_of(c.metrics.get("step"), c, again)
+    extra = f'<p class="note">Computed by <code>disvae evaluate --metrics</code>{said}.</p>'
+    fv = c.metrics["metrics"].get("factor_vae")
+    if isinstance(fv, dict) and fv.get("num_active_dims") == 0:  # (the warning is long gone)
+        extra += (
+            '<p class="note">factor_vae: no code dimension was active (all collapsed), so its '
+            "accuracies of 0 are a placeholder, not a score (below chance).</p>"
+        )
     if isinstance(proto, dict) and proto:
         extra += f"<details><summary>protocol</summary>{_table(['key', 'value'], flatten(proto))}"
         extra += "</details>"
@@ -106,19 +134,13 @@ def _heldout_body(c: RunContent) -> str:
             '<p class="note">No eval_losses.json yet: <code>disvae evaluate RUN</code> computes '
             "the losses on the held-out images.</p>"
         )
-    split, n, step = e.get("split"), e.get("n_images"), e.get("step")
+    split, n = e.get("split"), e.get("n_images")
     said = "Computed by <code>disvae evaluate</code>"
     if isinstance(n, int) and not isinstance(n, bool):
         said += f" on {n} held-out images"
     if isinstance(split, str) and split:
         said += f" (the {escape(split)} split)"
-    if isinstance(step, int) and not isinstance(step, bool):
-        said += f" with the weights of step {step}"
-        if step != c.step:
-            said += (
-                f"; the weights shown here are step {c.step}: run <code>disvae evaluate RUN"
-                "</code> again to update them"
-            )
+    said += _weights_of(e.get("step"), c, "disvae evaluate RUN")
     rows = [(k, v) for k, v in e["losses"].items()]
     return _table(["term", "mean per image"], rows) + f'<p class="note">{said}.</p>'
 
@@ -133,9 +155,14 @@ def _kl_body(c: RunContent) -> str:
         return '<p class="note">No KL available yet.</p>'
     order = sorted(range(len(c.kl)), key=lambda d: -c.kl[d])
     rows = [(f"z{d}", c.kl[d]) for d in order]
-    return f'<div class="row">{_img(c.figures.get("kl"), "KL bars", "fig")}' + (
-        f"{_table(['latent', 'KL (nats)'], rows)}</div>"
-    )
+    # As on the bars, the traversal labels and the explorer's sliders (`format_kl`): one value
+    # must not read 0.004943 here, <0.01 on the bars and 0.00 beside its slider.
+    table = _table(["latent", "KL (nats)"], rows, _fmt_kl)
+    return f'<div class="row">{_img(c.figures.get("kl"), "KL bars", "fig")}{table}</div>'
+
+
+def _fmt_kl(v: Any) -> str:
+    return format_kl(v) if isinstance(v, float) else _fmt(v)
 
 
 def _gifs_body(c: RunContent) -> str:
@@ -159,6 +186,11 @@ def _strict_json(v: Any) -> Any:
     return v
 
 
+def _kl_note(kl: float | None) -> str:
+    """A slider's KL, written as the KL table and the figures write it (`format_kl`)."""
+    return "" if kl is None else f' <span class="note">KL {escape(format_kl(kl))}</span>'
+
+
 def _explorer_body(ex: dict[str, Any] | None) -> str:
     if ex is None:
         return '<p class="note">Not available.</p>'
@@ -171,11 +203,12 @@ def _explorer_body(ex: dict[str, Any] | None) -> str:
         for b in ex["bases"]
     )
     s_max = len(ex["values"]) - 1
+    kls = ex["kl"] if ex["kl"] is not None else [None] * len(ex["dims"])  # None: no KL known
     sliders = "".join(
-        f'<label class="ex-slider"><span>z{d} <span class="note">KL {kl:.2f}</span></span>'
+        f'<label class="ex-slider"><span>z{d}{_kl_note(kl)}</span>'
         f'<input type="range" min="0" max="{s_max}" step="1" value="{s_max // 2}" '
         f'data-dim="{d}" data-row="{row}"><output></output></label>'
-        for row, (d, kl) in enumerate(zip(ex["dims"], ex["kl"], strict=True))
+        for row, (d, kl) in enumerate(zip(ex["dims"], kls, strict=True))
     )
     return (
         '<p class="note">Pick a starting image, then move a slider: the picture is the decode '

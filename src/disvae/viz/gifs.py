@@ -125,8 +125,9 @@ def training_snapshot(
 ) -> np.ndarray:
     """One frame of the training GIF: the traversal grid of the first ``max_rows`` latents.
 
-    Rows stay in index order (not sorted by KL) so that a latent keeps its row across frames.
-    Uses no randomness and restores the model's train/eval mode.
+    Rows stay in index order (not sorted by KL) so that a latent keeps its row across frames;
+    they are unlabelled (`training_gif_bytes` puts the ``zD`` labels beside them). Uses no
+    randomness and restores the model's train/eval mode.
 
     Args:
         model: the VAE being trained (on any device).
@@ -170,23 +171,50 @@ def prune_training_frames(run_dir: str | Path, after_step: int) -> int:
     return len(stale)
 
 
+def _training_rows(run_dir: Path, height: int) -> tuple[list[str], int] | None:
+    """``(labels, cell height)`` of the rows of training frames ``height`` pixels high: latents
+    0, 1, ... in index order (`training_snapshot`), cells of the run's image height
+    (config.json). None when that is unknown or the frames are not such a grid (frames stored by
+    other code), which are then shown unlabelled."""
+    from disvae.errors import UserError
+    from disvae.runs import image_shape_of
+
+    try:
+        cell = image_shape_of(run_dir)[1]
+    except (UserError, OSError, ValueError):  # no config.json, or a damaged one
+        return None
+    rows, rest = divmod(height - 2, cell + 2)  # `make_grid`: rows * (cell + pad) + pad
+    return ([f"z{d}" for d in range(rows)], cell) if rows >= 1 and not rest else None
+
+
 def training_gif_bytes(run_dir: str | Path, fps: float = 5.0, upsample: int = 1) -> bytes | None:
-    """The training GIF of the frames stored so far (each captioned with its step), as bytes;
-    None when there are none. Works while the run trains, or after it stopped early (when no
-    ``RUN/training.gif`` was written): a frame pruned meanwhile is left out."""
-    pictures = []
+    """The training GIF of the frames stored so far (each captioned with its step, its rows
+    labelled ``zD`` as in `disvae.viz.traversals`), as bytes; None when there are none. Works
+    while the run trains, or after it stopped early (when no ``RUN/training.gif`` was written):
+    a frame pruned meanwhile is left out."""
+    frames = []
     for s, p in training_frames(run_dir):
         try:
-            picture = I.read_png(p)
+            frames.append((s, I.read_png(p)))
         except OSError:  # pruned by a resume since it was listed
             continue
-        framed = I.caption(I.upsample(picture, upsample), f"step {s}")
-        pictures.append(I.posterize(framed, GIF_LEVELS))
-    if not pictures:
+    if not frames:
         return None
-    shape = pictures[0].shape
-    pictures = [p for p in pictures if p.shape == shape]  # a changed layout cannot animate
-    return I.gif_bytes(pictures, fps)
+    shape = frames[0][1].shape
+    frames = [(s, p) for s, p in frames if p.shape == shape]  # a changed layout cannot animate
+    pictures = [I.upsample(p, upsample) for _, p in frames]
+    # Labelled here, not in the stored frames: frames of runs from before the labels (a resume
+    # keeps them) would otherwise differ in width from the new ones and be left out.
+    rows = _training_rows(Path(run_dir), shape[0])
+    if rows is not None:
+        pictures = label_grids(pictures, rows[0], rows[1], upsample)
+    return I.gif_bytes(
+        [
+            I.posterize(I.caption(p, f"step {s}"), GIF_LEVELS)
+            for (s, _), p in zip(frames, pictures, strict=True)
+        ],
+        fps,
+    )
 
 
 def write_training_gif(run_dir: str | Path, fps: float = 5.0, upsample: int = 1) -> Path | None:

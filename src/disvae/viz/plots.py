@@ -344,6 +344,14 @@ def plot_run(
     # Before any plot: with `all` a bad index would only skip the plots that read images, and
     # a traversal from the prior does not read them at all.
     view.check_idcs(opts.idcs)
+    traversed = [n for n in wanted if n in ("traversals", "reconstruct-traverse", "gif-traversals")]
+    if traversed and opts.rows is not None and opts.rows > view.model.latent_dim:
+        # (a row per latent: the figures are right, but not the size the flag asked for)
+        d = view.model.latent_dim
+        log.info(
+            "--rows %d is more than the model's %d latents: %s show%s all %d, one row each",
+            opts.rows, d, ", ".join(traversed), "s" if len(traversed) == 1 else "", d,
+        )  # fmt: skip
     written = []
     for name in wanted:
         try:
