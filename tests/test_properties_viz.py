@@ -553,6 +553,11 @@ _FILES = ["spec", "state", "metrics", "eval", "log", "sweep"]
       "metrics": {"mig": 0.5}, "dci": {}, "val": {}, "last": None}],
     [(0, "sweep", ("garbage", b"\xff"))],
 )  # fmt: skip
+@example(  # a spec cut to nothing: its slot sorted in the directory's arbitrary order
+    [{"spec": {"name": ";", "method": ";", "params": {}}, "state": None, "metrics": {},
+      "dci": {}, "val": {}, "last": None}] * 3,
+    [(2, "spec", ("bytes", 0, []))],
+)  # fmt: skip
 def test_damaged_sweep_files_give_a_results_table_and_a_page_never_an_exception(
     tmp_path_factory, spec_runs, damages
 ):
@@ -579,10 +584,17 @@ def test_damaged_sweep_files_give_a_results_table_and_a_page_never_an_exception(
         if which == "sweep" and raw is None:
             raw = b""  # (without its sweep file the folder is no sweep: not this property)
         _write(path, raw)
-    slots = [p for p in sorted((out / S.RUNS).iterdir()) if (p / S.SPEC).is_file()]
+    slots = S.slots(out)  # index order; a spec damaged past its index last, by name
+    assert sorted(slots) == [p for p in sorted((out / S.RUNS).iterdir())
+                             if (p / S.SPEC).is_file()]  # fmt: skip
+    indices = [_json_of((p / S.SPEC).read_bytes()) for p in slots]
+    indices = [d.get("index") if isinstance(d, dict) else None for d in indices]
+    whole = [i for i in indices if type(i) is int]
+    assert indices[: len(whole)] == sorted(whole)
+    assert [p.name for p in slots[len(whole) :]] == sorted(p.name for p in slots[len(whole) :])
     rows = collect(out)[1]
     assert len(rows) == len(slots)
-    for row, slot in zip(rows, slots, strict=True):  # (indices 0, 1, 2: the slots' order)
+    for row, slot in zip(rows, slots, strict=True):
         spec = _json_of((slot / S.SPEC).read_bytes())
         state = _json_of((slot / S.STATE).read_bytes()) if (slot / S.STATE).is_file() else {}
         spec, state = (d if isinstance(d, dict) else {} for d in (spec, state))

@@ -49,7 +49,16 @@ def slots(out: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if (p / SPEC).is_file()]
-    return sorted(found, key=lambda p: read_json(p / SPEC).get("index", 0))
+
+    def order(slot: Path) -> tuple[int, int, str]:
+        # (a damaged spec without an integer index goes last, by name: not first in the
+        # directory's own arbitrary order, and no TypeError comparing a text index with 0)
+        index = read_json(slot / SPEC).get("index")
+        if isinstance(index, int) and not isinstance(index, bool):
+            return (0, index, slot.name)
+        return (1, 0, slot.name)
+
+    return sorted(found, key=order)
 
 
 def read_json(path: Path) -> dict[str, Any]:
