@@ -533,8 +533,11 @@ def train(
 
     With ``resume``, ``cfg`` is the run's saved config (possibly with more steps) and training
     continues from the newest checkpoint in ``out``. ``data`` may be given to skip loading.
-    Launched by ``torchrun`` with several processes, they train one model data-parallel
-    (`disvae.training.distributed`); rank 0 writes the run.
+    ``progress``: a tqdm bar (True; in a notebook, its widget), none (False), or a bar only
+    when stderr is a terminal (None). Without a bar, each log step's terms go to the
+    ``disvae`` logger at INFO as a line (at most one per 10 s): ``logging.basicConfig(
+    level=logging.INFO)`` shows them. Launched by ``torchrun`` with several processes, they
+    train one model data-parallel (`disvae.training.distributed`); rank 0 writes the run.
     """
     from disvae.utils import tune_allocator
 
