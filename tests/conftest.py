@@ -31,6 +31,18 @@ settings.register_profile(
 settings.load_profile("disvae")
 
 
+def damaged_bytes(raw: bytes, cut: int | None, edits: list[tuple[int, int]]) -> bytes:
+    """``raw`` with byte ``pos % len`` set to ``value`` for each edit, then cut at ``cut``
+    (the damaged files of the property tests: `from conftest import damaged_bytes`)."""
+    out = bytearray(raw)
+    for pos, value in edits:
+        if out:
+            out[pos % len(out)] = value
+    if cut is not None:
+        out = out[: cut % (len(out) + 1)]
+    return bytes(out)
+
+
 def make_tiny_dsprites(n: int = TINY_N, seed: int = 0) -> ArrayDataset:
     """``n`` dSprites images at random factor classes, bit-packed like the full dataset."""
     from disvae.data.dsprites import render

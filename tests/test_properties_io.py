@@ -32,6 +32,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageSequence
 
+from conftest import damaged_bytes
 from disvae import config as C
 from disvae.data import (
     ArrayDataset,
@@ -57,17 +58,6 @@ SEEDS = st.integers(0, 2**32 - 1)
 def _fresh(factory) -> Path:
     """A new empty folder for one Hypothesis example."""
     return factory.mktemp("ex", numbered=True)
-
-
-def _damage(raw: bytes, cut: int | None, edits: list[tuple[int, int]]) -> bytes:
-    """``raw`` with byte ``pos % len`` set to ``value`` for each edit, then cut at ``cut``."""
-    out = bytearray(raw)
-    for pos, value in edits:
-        if out:
-            out[pos % len(out)] = value
-    if cut is not None:
-        out = out[: cut % (len(out) + 1)]
-    return bytes(out)
 
 
 CUTS = st.none() | st.integers(0, 2**20)
@@ -153,7 +143,7 @@ def test_damaged_idx_files_are_data_errors(tmp_path_factory, seed, gz, which, cu
     _mnist_files(root, seed, 3, 2, gz)
     file = sorted(root.iterdir())[which]
     raw = file.read_bytes()
-    file.write_bytes(junk[0] + junk[1] if junk is not None else _damage(raw, cut, edits))
+    file.write_bytes(junk[0] + junk[1] if junk is not None else damaged_bytes(raw, cut, edits))
     try:
         data = load_dataset("mnist", str(root))
     except DataError as err:
@@ -273,7 +263,7 @@ def test_plain_pickle_reads_any_plain_data_as_pickle_wrote_it(value, protocol):
 @given(PLAIN, st.integers(0, 5), CUTS, EDITS, st.none() | GARBAGE)
 def test_damaged_pickles_are_refused_with_pickle_data_error_only(value, protocol, cut, edits, junk):
     raw = pickle.dumps(value, protocol=protocol)
-    raw = junk[0] + junk[1] if junk is not None else _damage(raw, cut, edits)
+    raw = junk[0] + junk[1] if junk is not None else damaged_bytes(raw, cut, edits)
     try:
         plain_pickle.read(raw)
     except plain_pickle.PickleDataError as err:
@@ -463,7 +453,7 @@ _ENCODINGS = (
 def test_damaged_image_files_are_data_errors(tmp_path_factory, enc, cut, edits, junk, channels):
     raw = _encoded(*enc)
     path = _fresh(tmp_path_factory) / f"x.{enc[0].lower()}"
-    path.write_bytes(junk[0] + junk[1] if junk is not None else _damage(raw, cut, edits))
+    path.write_bytes(junk[0] + junk[1] if junk is not None else damaged_bytes(raw, cut, edits))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (Pillow warns of truncated or odd files)
@@ -531,7 +521,7 @@ def test_damaged_shapes3d_files_are_data_errors(tmp_path_factory, cut, edits, he
     if head:  # the metadata (superblock, groups, types) lies in the first 4 KB
         edits = [(pos % 4096, v) for pos, v in edits]
     root = _fresh(tmp_path_factory)
-    raw = junk[0] + junk[1] if junk is not None else _damage(raw, cut, edits)
+    raw = junk[0] + junk[1] if junk is not None else damaged_bytes(raw, cut, edits)
     (root / "3dshapes.h5").write_bytes(raw)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shapes3d, "FACTOR_SIZES", (1, 1, 1, 1, 1, 2))
@@ -801,7 +791,7 @@ def test_cache_round_trips_and_a_damaged_cache_is_rebuilt(tmp_path_factory, arra
     elif kind == "append":
         raw += how
     elif kind == "edit":
-        raw = _damage(raw[:offset], None, how) + raw[offset:]  # the header only
+        raw = damaged_bytes(raw[:offset], None, how) + raw[offset:]  # the header only
     elif kind == "header":
         descr, fortran, other_shape = how
         shape = arr.shape[::-1] + (1,) if other_shape else arr.shape
@@ -1135,7 +1125,7 @@ def test_damaged_checkpoints_are_refused_or_load_exactly_what_was_saved(
         alnum = [i for i in range(begin, end) if raw[i] in ALNUM]
         edits = [(alnum[pos % len(alnum)], ALNUM[v % len(ALNUM)]) for pos, v in edits]
         cut = None
-    path.write_bytes(junk[0] + junk[1] if junk is not None else _damage(raw, cut, edits))
+    path.write_bytes(junk[0] + junk[1] if junk is not None else damaged_bytes(raw, cut, edits))
     try:
         got, got_meta = ckpt.load_state(path)
     except ckpt.CheckpointError as err:

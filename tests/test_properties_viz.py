@@ -29,6 +29,7 @@ from hypothesis.extra import numpy as hnp
 from scipy import stats
 from torch import nn
 
+from conftest import damaged_bytes
 from disvae import runs
 from disvae.models.vae import VAE
 from disvae.report.content import (
@@ -68,17 +69,6 @@ def _one_line(text: str) -> None:
     assert text and "\n" not in text and "\r" not in text and "Traceback" not in text
 
 
-def _damage(raw: bytes, cut: int | None, edits: list[tuple[int, int]]) -> bytes:
-    """``raw`` with byte ``pos % len`` set to ``value`` for each edit, then cut at ``cut``."""
-    out = bytearray(raw)
-    for pos, value in edits:
-        if out:
-            out[pos % len(out)] = value
-    if cut is not None:
-        out = out[: cut % (len(out) + 1)]
-    return bytes(out)
-
-
 CUTS = st.none() | st.integers(0, 2**16)
 EDITS = st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=3)
 # a file's new content: cut and/or bytes changed, JSON of another shape, or bytes not UTF-8
@@ -94,7 +84,7 @@ def _damaged(raw: bytes, damage: tuple) -> bytes | None:
     """The bytes a file holds after ``damage`` (None: the file is gone)."""
     kind = damage[0]
     if kind == "bytes":
-        return _damage(raw, damage[1], damage[2])
+        return damaged_bytes(raw, damage[1], damage[2])
     if kind == "json":
         return json.dumps(damage[1]).encode()
     return damage[1] if kind == "garbage" else None
