@@ -10,6 +10,7 @@ derived in each test and hold with probability >= 1 - 1e-6 per example.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -347,9 +348,32 @@ def test_dci_of_the_factors_themselves_is_informative_and_disentangled(sizes, n_
     perm = data.draw(st.permutations(range(k + n_const)))
     codes = np.concatenate([f, np.full((len(f), n_const), 7.0)], axis=1)[:, perm]
     n_test = len(f) // 4
-    out = metrics.dci(codes.astype(float), f, n_train=None, n_test=n_test, rng=3)
-    assert out["informativeness"] == 1.0
-    assert out["disentanglement"] > 0.95 and out["completeness"] > 0.95
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = metrics.dci(codes.astype(float), f, n_train=None, n_test=n_test, rng=3)
+    assert out["informativeness"] == 1.0 and out["completeness"] > 0.95
+    if k == 1:  # D compares factors: undefined with one (it would be 1 for any code)
+        assert math.isnan(out["disentanglement"]) and len(caught) == 1
+        assert "undefined with one varied factor" in str(caught[0].message)
+    else:
+        assert out["disentanglement"] > 0.95 and not caught
+
+
+def test_dci_disentanglement_and_modularity_of_one_factor_are_nan_with_a_warning_for_any_code():
+    """With one factor (MNIST's label) D's entropy has base K = 1 and modularity divides by
+    K - 1 = 0: noise codes scored D = 1.0 and modularity 1.0."""
+    rng = np.random.default_rng(0)
+    codes, f = rng.normal(size=(400, 5)), rng.integers(0, 10, (400, 1))
+    with pytest.warns(RuntimeWarning, match="dci disentanglement is undefined"):
+        out = metrics.dci(codes, f, n_train=300, n_test=100)
+    assert math.isnan(out["disentanglement"]) and 0 <= out["completeness"] <= 1
+    with pytest.warns(RuntimeWarning, match="modularity is undefined"):
+        out = metrics.modularity(codes, f, n_train=300, n_test=100)
+    assert math.isnan(out["modularity"]) and 0 <= out["explicitness"] <= 1
+    # one varied factor beside a constant one is one factor too
+    f2 = np.concatenate([f, np.zeros_like(f)], axis=1)
+    with pytest.warns(RuntimeWarning):
+        assert math.isnan(metrics.modularity(codes, f2, n_train=300, n_test=100)["modularity"])
 
 
 @settings(max_examples=15)
@@ -362,7 +386,8 @@ def test_dci_lasso_of_an_exact_linear_code_has_the_closed_form_informativeness(
     # t = v / max(v) and x the code standardised on the training points, t = s x + m exactly
     # (s = std of t on the training points); the Lasso (1/2n)|t - b - w x|^2 + alpha |w| gives
     # b = m, w = s - alpha, so the test residual is alpha x_test and
-    # I = max(0, 1 - alpha * rms(x_test) / std(t_test)); D = C = 1 (one code, one factor).
+    # I = max(0, 1 - alpha * rms(x_test) / std(t_test)); C = 1 (one code); D, which compares
+    # factors, is undefined with one: NaN.
     rng = np.random.default_rng(seed)
     v = rng.integers(0, classes, size=(n, 1))
     tr, te = metric_split(n, None, n // 3, np.random.default_rng(seed))
@@ -376,7 +401,7 @@ def test_dci_lasso_of_an_exact_linear_code_has_the_closed_form_informativeness(
     x_te = (codes[te, 0] - codes[tr, 0].mean()) / codes[tr, 0].std()
     expected = max(0.0, 1 - alpha * np.sqrt(np.mean(x_te**2)) / np.std(v[te, 0] / scale))
     assert out["informativeness"] == pytest.approx(expected, abs=2e-3)
-    assert out["disentanglement"] == pytest.approx(1.0) and out["completeness"] == 1.0
+    assert math.isnan(out["disentanglement"]) and out["completeness"] == 1.0
 
 
 # ========================================================== Chen's MI, AAM (deterministic)

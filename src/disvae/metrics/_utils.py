@@ -193,3 +193,16 @@ def varied_factors(dataset: object) -> np.ndarray:
             f"{tuple(dataset.factor_sizes)}): no factor to score"  # type: ignore[attr-defined]
         )
     return varied
+
+
+def warn_one_factor(score: str) -> None:
+    """The `RuntimeWarning` of a score that compares factors (DCI's disentanglement,
+    modularity) computed with one varied factor, which makes it NaN."""
+    import warnings
+
+    warnings.warn(
+        f"{score} is undefined with one varied factor (it measures how each code dimension "
+        "spreads over factors; with one, any code, noise too, would score 1): NaN",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from disvae.metrics._sampling import as_rng
-from disvae.metrics._utils import check_codes_factors, train_test_split
+from disvae.metrics._utils import check_codes_factors, train_test_split, warn_one_factor
 from disvae.metrics.gbt import gbt_importance
 
 DCI_MODELS = ("gbt", "sklearn", "lasso")
@@ -136,7 +136,8 @@ def dci(
     (the paper).
 
     Factors with a single value among the training points are left out of D, C and I (as MIG
-    and SAP leave them out); with none left all three are 0.
+    and SAP leave them out); with none left all three are 0. With one factor left D is
+    undefined (how a code spreads over one factor): NaN, with a `RuntimeWarning`.
 
     Returns:
         ``{"disentanglement", "completeness", "informativeness"}``, each in [0, 1].
@@ -149,6 +150,9 @@ def dci(
     if not varied.any():
         return {"disentanglement": 0.0, "completeness": 0.0, "informativeness": 0.0}
     dis, comp = disentanglement_completeness(importance[:, varied])
+    if varied.sum() == 1:  # (Eq. 1's entropy to the base K = 1: 1 for any code, noise too)
+        warn_one_factor("dci disentanglement")
+        dis = float("nan")
     return {
         "disentanglement": dis,
         "completeness": comp,

@@ -15,7 +15,9 @@ class, whose probabilities, normalised over the classes as scikit-learn's one-vs
 factor's classes, then over factors.
 
 Factors with a single value among the training points carry no information to find and are left
-out of both scores, as MIG and SAP leave them out (with none left both scores are 0).
+out of both scores, as MIG and SAP leave them out (with none left both scores are 0). With one
+factor left (MNIST's, CIFAR-10's label) modularity, which measures how a code dimension spreads
+over factors, is undefined: NaN, with a warning (explicitness is still defined).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ import warnings
 import numpy as np
 
 from disvae.metrics._sampling import as_rng
-from disvae.metrics._utils import check_codes_factors, discretize, mutual_info_matrix
+from disvae.metrics._utils import (
+    check_codes_factors,
+    discretize,
+    mutual_info_matrix,
+    warn_one_factor,
+)
 from disvae.metrics._utils import train_test_split as _split
 
 
@@ -34,9 +41,10 @@ def modularity_score(mi: np.ndarray) -> float:
     mi = np.asarray(mi, dtype=np.float64)
     d, k = mi.shape
     if k < 2:
-        # One factor: every informative dimension is perfectly modular (delta_i = 0); one with
-        # no information (theta_i = 0) still scores 0, as for any K.
-        return float(np.mean(np.abs(mi).max(axis=1) > 0))
+        # One factor: delta_i divides by K - 1 = 0. Every dimension would be "perfectly
+        # modular", noise included (its binned MI with the factor is never exactly 0): the
+        # score is undefined, NaN, not 1.
+        return float("nan")
     sq = mi**2
     top = sq.max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -106,6 +114,8 @@ def modularity(
     if not varied.any():
         return {"modularity": 0.0, "explicitness": 0.0}
     factors = factors[:, varied]
+    if factors.shape[1] == 1:
+        warn_one_factor("modularity")
     mi = mutual_info_matrix(discretize(codes[tr], n_bins), factors[tr])
     return {
         "modularity": modularity_score(mi),
