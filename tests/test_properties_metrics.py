@@ -254,6 +254,8 @@ def test_sample_codes_draws_uniform_classes_and_encodes_their_images(sizes, n, b
     )
     np.testing.assert_array_equal(classes2, classes)
     np.testing.assert_array_equal(again, codes)
+    # A seed stands for its generator, as in every metric (it raised AttributeError).
+    np.testing.assert_array_equal(metrics.sample_codes(ds, encode, n, seed, batch)[1], classes)
 
 
 # ===================================================================================== SAP

@@ -135,11 +135,17 @@ def encode_classes(
 
 
 def sample_codes(
-    dataset: Any, encode: EncodeFn, n: int, rng: np.random.Generator, batch_size: int = 1000
+    dataset: Any,
+    encode: EncodeFn,
+    n: int,
+    rng: np.random.Generator | int | None = 0,
+    batch_size: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` points with uniformly drawn factors: codes (n, D) and factor classes (n, K)."""
+    """``n`` points of a `GridDataset` with uniformly drawn factor classes: their codes (n, D)
+    float64, from ``encode`` (images (B, C, H, W) -> codes (B, D)) in batches of
+    ``batch_size``, and the classes (n, K) int64. ``rng``: a generator or a seed (None: 0)."""
     check_count(n, "n")
-    classes = dataset.sample_factors(n, rng)
+    classes = dataset.sample_factors(n, as_rng(rng))
     return encode_classes(dataset, encode, classes, batch_size), classes
 
 
