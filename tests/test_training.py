@@ -182,6 +182,31 @@ def test_progress_lines_are_throttled_but_the_last_step_always_shows():
     assert lines.line({"step": 200}, last=False) == "step 200/400 (50%)  eta 0:00:20"
 
 
+def test_a_run_of_data_passed_in_python_asks_for_that_data_not_a_shape_traceback(tmp_path):
+    """`train(cfg, out, data=my_data)` with a cfg.data that names other images: evaluating
+    or plotting the run loaded cfg.data's 64x64 images into a 32x32 model (a PyTorch shape
+    error, exit 1). It says what to pass instead; with the data given again it works."""
+    import numpy as np
+
+    from disvae import viz
+    from disvae.data import ArrayDataset, DatasetInfo
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((96, 1, 32, 32)) < 0.3).astype(np.uint8) * 255
+    mine = ArrayDataset(images, DatasetInfo("squares", (1, 32, 32)), packed=False)
+    run = train(_cfg("betaH", "steps=4", "log_every=2"), tmp_path / "p", data=mine,
+                progress=False)  # fmt: skip
+    assert json.loads((run / runs.CONFIG).read_text())["data_passed"] is True
+    for use in (lambda: evaluate(run, device="cpu"), lambda: viz.plot_run(run, ["samples"])):
+        with pytest.raises(
+            UserError,
+            match=r"image_shape \[1, 64, 64\], the run's \[1, 32, "
+            r"32\]\); it trained on a dataset passed in Python .*data=",
+        ):
+            use()  # fmt: skip
+    assert evaluate(run, data=mine, device="cpu")["n_images"] == 10  # (val_fraction 0.1)
+
+
 def test_load_run_chooses_its_weights(tiny_data, tmp_path):
     run = train(_cfg("vae", "steps=10", "checkpoint_every=5", "val_every=5", "val_images=64"),
                 tmp_path / "w", data=tiny_data, progress=False)  # fmt: skip

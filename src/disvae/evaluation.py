@@ -76,6 +76,7 @@ def _open_run(
     dev = pick_device(device)
     if data is None:
         data = load_data(cfg.data)
+        runs.check_run_data(run_dir, data)  # (a run trained on data passed in Python)
     runs.check_preprocessing(run_dir, data)
     data.to(dev)
     return model, cfg, tensors, meta, data, dev
@@ -85,15 +86,8 @@ def check_moved_data(run_dir: str | Path, data: ArrayDataset | None) -> None:
     """`UserError` when ``data`` (the run's dataset loaded from another ``--data-path``) is not
     what the run trained on: other image shapes or another number of images, which would move
     the held-out split onto training images (`runs.check_same_data`). None: nothing to check."""
-    if data is None:
-        return
-    from disvae.data.batching import split_indices
-
-    cfg = runs.read_config(run_dir)
-    train_idx, val_idx = split_indices(
-        len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
-    )
-    runs.check_same_data(run_dir, data.image_shape, len(train_idx), len(val_idx))
+    if data is not None:
+        runs.check_run_data(run_dir, data)
 
 
 def evaluate(

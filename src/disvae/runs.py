@@ -333,10 +333,28 @@ def check_same_data(run_dir: str | Path, image_shape: Any, n_train: int, n_val: 
     now = {"image_shape": list(image_shape), "n_train": n_train, "n_val": n_val}
     for key, value in now.items():
         if key in record and record[key] != value:
+            fix = "point --data-path at the same dataset"
+            if record.get("data_passed"):  # `disvae.train(cfg, out, data=...)`
+                fix = (
+                    "it trained on a dataset passed in Python (disvae.train(..., data=)): pass "
+                    "that dataset again (data=)"
+                )
             raise UserError(
                 f"the data loaded for {str(run_dir)!r} is not what it trained on ({key} "
-                f"{value}, the run's {record[key]}); point --data-path at the same dataset"
+                f"{value}, the run's {record[key]}); {fix}"
             )
+
+
+def check_run_data(run_dir: str | Path, data: Any) -> None:
+    """`check_same_data` for ``data`` loaded to use with a finished run (its own dataset, or one
+    from another --data-path), with the run's split of it."""
+    from disvae.data.batching import split_indices
+
+    cfg = read_config(run_dir)
+    train_idx, val_idx = split_indices(
+        len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
+    )
+    check_same_data(run_dir, data.image_shape, len(train_idx), len(val_idx))
 
 
 def read_eval_losses(run_dir: str | Path) -> dict[str, Any] | None:

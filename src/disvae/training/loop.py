@@ -628,6 +628,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         saved = runs.read_config(out)  # (a clear error when `out` is not a run)
     else:
         _on_main(dist, device, lambda: runs.check_out_dir(out, overwrite))
+    data_passed = data is not None  # (config.json says so: `cfg.data` may not describe it)
     if data is None:
         data = load_data(cfg.data)
     if resume and dist.main:  # (before config.json records this version)
@@ -670,6 +671,8 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record["speed"] = trainer.forward.speed()  # what "auto" became on this device
         record["fingerprint"] = trainer.fingerprint
         record["processes"] = dist.world
+        if data_passed:
+            record["data_passed"] = True
         if dist.main:
             atomic_write_json(out / runs.CONFIG, record)
 
