@@ -200,10 +200,10 @@ def test_a_run_of_data_passed_in_python_asks_for_that_data_not_a_shape_traceback
     for use in (lambda: evaluate(run, device="cpu"), lambda: viz.plot_run(run, ["samples"])):
         with pytest.raises(
             UserError,
-            match=r"image_shape \[1, 64, 64\], the run's \[1, 32, "
-            r"32\]\); it trained on a dataset passed in Python .*data=",
+            match=r"images of \[1, 64, 64\], the run's \[1, 32, 32\]; it trained on a dataset "
+            r"passed in Python .*data=",
         ):
-            use()  # fmt: skip
+            use()
     assert evaluate(run, data=mine, device="cpu")["n_images"] == 10  # (val_fraction 0.1)
 
 

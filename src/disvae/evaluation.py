@@ -76,7 +76,7 @@ def _open_run(
     dev = pick_device(device)
     if data is None:
         data = load_data(cfg.data)
-        runs.check_run_data(run_dir, data)  # (a run trained on data passed in Python)
+        runs.check_own_data(run_dir, data)  # (a run trained on data passed in Python)
     runs.check_preprocessing(run_dir, data)
     data.to(dev)
     return model, cfg, tensors, meta, data, dev

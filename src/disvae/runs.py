@@ -333,16 +333,31 @@ def check_same_data(run_dir: str | Path, image_shape: Any, n_train: int, n_val: 
     now = {"image_shape": list(image_shape), "n_train": n_train, "n_val": n_val}
     for key, value in now.items():
         if key in record and record[key] != value:
-            fix = "point --data-path at the same dataset"
-            if record.get("data_passed"):  # `disvae.train(cfg, out, data=...)`
-                fix = (
-                    "it trained on a dataset passed in Python (disvae.train(..., data=)): pass "
-                    "that dataset again (data=)"
-                )
             raise UserError(
                 f"the data loaded for {str(run_dir)!r} is not what it trained on ({key} "
-                f"{value}, the run's {record[key]}); {fix}"
+                f"{value}, the run's {record[key]}); point --data-path at the same dataset"
             )
+
+
+def check_own_data(run_dir: str | Path, data: Any) -> None:
+    """`UserError` when the dataset config.json names has other images than the run's
+    (config.json's ``image_shape``): a run trained on data passed in Python
+    (``disvae.train(cfg, out, data=...)``), whose ``cfg.data`` need not describe it, would
+    otherwise feed the model images of another shape (a PyTorch traceback)."""
+    record = _run_record(run_dir)[1]
+    want = record.get("image_shape")
+    if want is None or list(data.image_shape) == want:
+        return
+    how = (
+        "it trained on a dataset passed in Python (disvae.train(..., data=)): pass that dataset "
+        "again (data=)"
+        if record.get("data_passed")
+        else "point --data-path at its dataset"
+    )
+    raise UserError(
+        f"the dataset {data.info.name!r} that {str(run_dir)!r}'s config.json names has images "
+        f"of {list(data.image_shape)}, the run's {want}; {how}"
+    )
 
 
 def check_run_data(run_dir: str | Path, data: Any) -> None:

@@ -173,7 +173,7 @@ def open_run(run_dir: str | Path, data: Any = None, load_data: bool = True) -> R
                 "dataset %r not loaded (%s); figures that need images are skipped", cfg.data.name, e
             )
         else:
-            runs.check_run_data(run_dir, data)  # (a run trained on data passed in Python)
+            runs.check_own_data(run_dir, data)  # (a run trained on data passed in Python)
     if data is not None:
         runs.check_preprocessing(run_dir, data)
         view.data = data
