@@ -86,8 +86,15 @@ def check_moved_data(run_dir: str | Path, data: ArrayDataset | None) -> None:
     """`UserError` when ``data`` (the run's dataset loaded from another ``--data-path``) is not
     what the run trained on: other image shapes or another number of images, which would move
     the held-out split onto training images (`runs.check_same_data`). None: nothing to check."""
-    if data is not None:
-        runs.check_run_data(run_dir, data)
+    if data is None:
+        return
+    from disvae.data.batching import split_indices
+
+    cfg = runs.read_config(run_dir)
+    train_idx, val_idx = split_indices(
+        len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
+    )
+    runs.check_same_data(run_dir, data.image_shape, len(train_idx), len(val_idx))
 
 
 def evaluate(

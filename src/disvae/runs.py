@@ -360,18 +360,6 @@ def check_own_data(run_dir: str | Path, data: Any) -> None:
     )
 
 
-def check_run_data(run_dir: str | Path, data: Any) -> None:
-    """`check_same_data` for ``data`` loaded to use with a finished run (its own dataset, or one
-    from another --data-path), with the run's split of it."""
-    from disvae.data.batching import split_indices
-
-    cfg = read_config(run_dir)
-    train_idx, val_idx = split_indices(
-        len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
-    )
-    check_same_data(run_dir, data.image_shape, len(train_idx), len(val_idx))
-
-
 def read_eval_losses(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN/eval_losses.json`` (written by `disvae evaluate`) with ``losses`` kept to its
     numbers and non-empty lists of numbers; None when the file is missing, unreadable or holds
