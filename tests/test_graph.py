@@ -131,6 +131,38 @@ def test_bad_combinations_are_refused(tiny_data, tmp_path):
     assert t.accel.deferred_nan_check and t.graph is not None and not t.graph.enabled
 
 
+@pytest.mark.parametrize(
+    "extra, device, distributed, on",
+    [([], "cuda", False, True),  # the default on a GPU
+     ([], "cuda:1", False, True),
+     ([], "cpu", False, False),  # nothing to record
+     ([], "mps", False, False),
+     ([], "cuda", True, False),  # torchrun: the all-reduce is one process's part of the step
+     (["deterministic=true"], "cuda", False, False),  # replays draw other noise: no exact resume
+     (["nan_check=step"], "cuda", False, False),  # a host read in the step
+     (["compile=true", 'compile_mode="reduce-overhead"'], "cuda", False, False),  # its own graphs
+     (["compile=true", 'compile_mode="max-autotune"'], "cuda", False, False),
+     (["compile=true", 'compile_mode="max-autotune-no-cudagraphs"'], "cuda", False, True),
+     (["compile=true"], "cuda", False, True),
+     (["cuda_graph=false"], "cuda", False, False),  # what the user says stands
+     (["cuda_graph=true"], "cpu", False, True),  # (runs uncaptured there, with a warning)
+     (["cuda_graph=true", "deterministic=true"], "cuda", False, True)],
+)  # fmt: skip
+def test_auto_records_the_step_on_one_cuda_process_unless_a_setting_rules_it_out(
+    extra, device, distributed, on
+):
+    cfg = _cfg("betaH", *extra)
+    assert cfg.train.cuda_graph is (None if not any("cuda_graph" in e for e in extra) else on)
+    assert accel.auto_cuda_graph(cfg.train, torch.device(device), distributed) is on
+
+
+def test_auto_on_the_cpu_is_the_eager_step_without_a_warning(tiny_data, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "no CUDA graphs on cpu" is for an explicit request
+        t = Trainer(_cfg("betaH"), tmp_path, tiny_data)
+    assert t.graph is None and not t.accel.cuda_graph and not t.accel.deferred_nan_check
+
+
 # ---------------------------------------------------------------------- the step itself
 
 
@@ -414,9 +446,9 @@ def test_a_compiled_forward_failing_in_the_recording_is_not_retried_eagerly(
 @pytest.mark.parametrize("loss", ["betaB", "factor", "btcvae"])
 def test_cuda_the_recorded_step_trains_as_the_eager_one(tiny_data, tmp_path, loss):
     # a cosine schedule: the learning rate changes at every replayed step
-    common = ['device="cuda"', "amp=none", "lr_warmup=3", "lr_schedule=cosine", "steps=20"]
+    common = ['device="cuda"', 'amp="none"', "lr_warmup=3", "lr_schedule=cosine", "steps=20"]
     common += ["c_steps=7"] if loss == "betaB" else []
-    a = _steps(Trainer(_cfg(loss, *common), tmp_path / "a", tiny_data), 12)
+    a = _steps(Trainer(_cfg(loss, "cuda_graph=false", *common), tmp_path / "a", tiny_data), 12)
     fixed = Trainer(_cfg(loss, "cuda_graph=true", *common), tmp_path / "b", tiny_data)
     b = _steps(fixed, 12)
     assert fixed.graph.captured and fixed.graph.captures == 1
@@ -437,7 +469,7 @@ def test_cuda_a_rollback_of_a_recorded_run_records_it_again(
     made = []
     real_record = graph.StepGraph._record
     monkeypatch.setattr(graph.StepGraph, "_record", lambda g: made.append(1) or real_record(g))
-    cfg = _cfg("betaH", "cuda_graph=true", 'device="cuda"', "amp=none", "steps=20",
+    cfg = _cfg("betaH", "cuda_graph=true", 'device="cuda"', 'amp="none"', "steps=20",
                "checkpoint_every=5", "nan_patience=3")  # fmt: skip
     run = train(cfg, tmp_path / "r", data=tiny_data, progress=False)
     log = _log(run)

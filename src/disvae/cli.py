@@ -253,8 +253,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     g.add_argument(
         "--cuda-graph", action=argparse.BooleanOptionalAction,
-        help="capture the whole training step in one CUDA graph and replay it (CUDA, one "
-        "process; not with CUDA-graph compile modes) (off)",
+        help="capture the whole training step in one CUDA graph and replay it (default: on for "
+        "one process on CUDA, unless --deterministic, nan_check=step or a compile mode that "
+        "records CUDA graphs itself)",
     )  # fmt: skip
     g.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,

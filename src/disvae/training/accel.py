@@ -23,8 +23,8 @@ What `resolve` turns on (the fast path is the default path; each can be forced e
   for bit.
 - **sync-free non-finite check** (``nan_check = "auto"``: on CUDA, and with ``cuda_graph``):
   see `DeferredGuard`.
-- **the whole step in one CUDA graph** (``cuda_graph = true``, off by default): see
-  `disvae.training.graph`.
+- **the whole step in one CUDA graph** (``cuda_graph = None``: on CUDA for one process, unless
+  a setting rules it out: `auto_cuda_graph`): see `disvae.training.graph`.
 """
 
 from __future__ import annotations
@@ -100,12 +100,33 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
-    """The speed settings of ``cfg`` on ``device`` ("auto" values decided here)."""
+def auto_cuda_graph(cfg: TrainConfig, device: torch.device, distributed: bool = False) -> bool:
+    """``cfg.cuda_graph`` with None ("auto") decided: the whole step is recorded on a CUDA
+    device for one process, unless another setting asks for what a recorded step cannot give:
+    ``deterministic`` (replays draw other random numbers than eager steps, so a resumed run
+    would not repeat the uninterrupted one bit for bit), ``nan_check = "step"`` (a host read
+    inside the step) or a compile mode recording CUDA graphs of its own. Under torchrun each
+    step all-reduces across processes, which one process's graph does not record."""
+    if cfg.cuda_graph is not None:
+        return cfg.cuda_graph
+    own_graphs = cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+    return (
+        device.type == "cuda"
+        and not distributed
+        and not cfg.deterministic
+        and cfg.nan_check != "step"
+        and not own_graphs
+    )
+
+
+def resolve(cfg: TrainConfig, device: torch.device, distributed: bool = False) -> Accel:
+    """The speed settings of ``cfg`` on ``device`` ("auto" values decided here; ``distributed``:
+    the run is one of several torchrun processes)."""
     cuda = device.type == "cuda"
     amp = auto_amp(cfg.amp, device)
+    graph = auto_cuda_graph(cfg, device, distributed)
     # A step recorded in a CUDA graph cannot read the device: the check must be the deferred one.
-    deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and (cuda or cfg.cuda_graph))
+    deferred = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and (cuda or graph))
     cl = cfg.channels_last
     return Accel(
         device=device,
@@ -117,7 +138,7 @@ def resolve(cfg: TrainConfig, device: torch.device) -> Accel:
         fused_adam=device.type in ("cuda", "cpu") or deferred,
         deferred_nan_check=deferred,
         deterministic=cfg.deterministic,
-        cuda_graph=cfg.cuda_graph,
+        cuda_graph=graph,
     )
 
 

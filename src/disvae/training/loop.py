@@ -89,7 +89,7 @@ class Trainer(TrainerState, NonFiniteHandling):
         self.val_idx_used = validation.val_subset(
             self.val_idx, cfg.train.val_images, cfg.data.split_seed
         )
-        self.accel = accel.resolve(cfg.train, self.device)
+        self.accel = accel.resolve(cfg.train, self.device, distributed=self.dist.active)
         accel.configure_backends(self.accel)
         runtime.seed_everything(cfg.train.seed)
         self.stream = BatchStream(self.train_idx, seed=cfg.train.seed)
