@@ -110,7 +110,7 @@ def main() -> None:
             runs["plain"].append(time_plain(plain, packed, index, batch))
         med = {k: statistics.median(v) for k, v in runs.items()}
         half = {k: (max(v) - min(v)) / 2 for k, v in runs.items()}
-        row = "".join(f"{med[k]:>7.0f}±{half[k]:<3.0f}" for k in cols)
+        row = "".join(" " + f"{med[k]:.0f}±{half[k]:.0f}".rjust(10) for k in cols)
         print(f"{batch:>6}{row}{med['disvae'] / med['limit']:>14.3f}"
               f"{med['disvae'] / med['plain']:>14.3f}", flush=True)  # fmt: skip
 

@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--objectives vae,betaH,betaB,factor,btcvae]
         [--batch-sizes 64,256] [--steps 30] [--reps 3] [--device cpu|cuda]
         [--amp auto|none|bf16] [--compile] [--compile-mode MODE] [--channels-last auto|on|off]
-        [--cuda-graph] [--no-plain]
+        [--cuda-graph auto|on|off] [--no-plain]
 
 For each objective and batch size, four ways of training the Burgess model on the built-in
 dSprites are timed in interleaved repetitions (median and spread of images/s; FactorVAE counts
@@ -23,7 +23,8 @@ both of its batches):
 
 The trainer runs with the speed settings given (by default those of `disvae train`: channels-
 last, glibc's allocator told to keep freed buffers (`disvae.utils.tune_allocator`); on CUDA also
-bf16 autocast, fused Adam and the sync-free non-finite check); the plain loops always in fp32
+bf16 autocast, fused Adam, the sync-free non-finite check and the whole step recorded as one
+CUDA graph, which the limit's step then is too); the plain loops always in fp32
 eager mode, NCHW, plain Adam. On CUDA every timing starts and ends with a synchronisation.
 """
 
@@ -56,8 +57,8 @@ def _trainer(name: str, batch: int, steps: int, data, args, out: Path) -> Traine
              f"compile_mode={args.compile_mode!r}"]  # fmt: skip
     if args.channels_last != "auto":
         speed.append(f"channels_last={str(args.channels_last == 'on').lower()}")
-    if args.cuda_graph:
-        speed.append("cuda_graph=true")
+    if args.cuda_graph != "auto":
+        speed.append(f"cuda_graph={str(args.cuda_graph == 'on').lower()}")
     cfg = C.apply_overrides(
         C.RunConfig(),
         [f"loss={name}", f"batch_size={batch}", f"steps={steps}", "log_every=100",
@@ -69,9 +70,9 @@ def _trainer(name: str, batch: int, steps: int, data, args, out: Path) -> Traine
 
 def _warm_up(t: Trainer) -> None:
     """Untimed steps: with ``--compile-mode reduce-overhead`` the first call of the compiled
-    model only warms up and the CUDA graphs are recorded on the next ones; with
-    ``--cuda-graph`` the step is recorded after its warm-up steps (and again whenever the
-    timing switches between the fixed batch and the real ones: `_rerecord`)."""
+    model only warms up and the CUDA graphs are recorded on the next ones; a recorded step
+    (``--cuda-graph``, on by default on CUDA) is recorded after its warm-up steps (and again
+    whenever the timing switches between the fixed batch and the real ones: `_rerecord`)."""
     graph = t.graph is not None and t.graph.enabled
     for _ in range(t.graph.WARMUP + 2 if graph else 3):
         t.train_step()
@@ -242,8 +243,9 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument(
-        "--cuda-graph", action="store_true",
-        help="the trainer's whole step recorded as one CUDA graph (train.cuda_graph)",
+        "--cuda-graph", default="auto", choices=("auto", "on", "off"),
+        help="the trainer's whole step recorded as one CUDA graph (train.cuda_graph; auto: "
+        "as `disvae train` decides, on for CUDA)",
     )  # fmt: skip
     parser.add_argument(
         "--no-plain", action="store_true",
@@ -304,7 +306,7 @@ def _row(name, batch, data, packed, args, tmp: Path, cols, shown: bool) -> bool:
     nan = float("nan")
     med = {k: statistics.median(v) if v else nan for k, v in runs.items()}
     spread = {k: (max(v) - min(v)) / 2 if v else nan for k, v in runs.items()}
-    row = "".join(f"{med[k]:>6.0f}±{spread[k]:<3.0f}" for k in cols)
+    row = "".join(" " + f"{med[k]:.0f}±{spread[k]:.0f}".rjust(9) for k in cols)
     print(f"{name:<9}{batch:>6}{row}{med['disvae'] / med['limit']:>14.3f}"
           f"{med['disvae'] / med['plain']:>14.3f}"
           f"{med['disvae'] / med['plain*']:>15.3f}", flush=True)  # fmt: skip
