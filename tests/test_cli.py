@@ -53,6 +53,13 @@ def test_train_evaluate_resume_round(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--steps", "20", "--no-progress"]) == 0
     assert [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()] == [
         5, 10, 15, 20]  # fmt: skip
+    assert re.search(r"finished at step 20 in \d+s ", capsys.readouterr().out)
+    # Resuming the finished run trains nothing, and the summary does not say it just finished.
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    noop = capsys.readouterr()
+    assert "already finished its 20 steps; nothing to do" in noop.err
+    assert "finished at step 20 (earlier; nothing trained now)  loss=" in noop.out
+    assert " in 0s" not in noop.out
     assert main(["evaluate", str(run), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "recon" in out and "capacity" in out

@@ -553,7 +553,9 @@ def _print_summary(run: Path, seconds: float, done: bool) -> None:
         terms = f"(logged at step {step}: {terms})" if terms else ""
         step = stopped_at
     state = "finished" if done else "stopped"
-    print(f"run {run}: {state} at step {step} in {seconds:.0f}s  {terms}")
+    # A resume of a finished run trained nothing: no "in 0s" as if it had just finished.
+    took = " (earlier; nothing trained now)" if runtime.last_was_noop else f" in {seconds:.0f}s"
+    print(f"run {run}: {state} at step {step}{took}  {terms}")
     if done:
         print(f"held-out losses: disvae evaluate {run}")
     else:

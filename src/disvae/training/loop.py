@@ -622,6 +622,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
     from disvae.data import load_data
 
     C.check(cfg)  # fail fast on bad values, before touching the disk or loading data
+    runtime.last_was_noop = False
     distributed.check_batch(dist, cfg.train.batch_size)
     device = pick_device(distributed.device_for(dist, cfg.train.device))  # (for the agreements)
     if resume:
@@ -661,6 +662,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
             finished = dist.main_says(_final_weights_readable(out), trainer.device)
             if trainer.step == trainer.total_steps and finished:
                 log.info("%s already finished its %d steps; nothing to do", out, trainer.step)
+                runtime.last_was_noop = True
                 return out
         record = runs.config_record(cfg)
         record["image_shape"] = list(data.image_shape)

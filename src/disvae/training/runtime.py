@@ -40,6 +40,8 @@ def seed_everything(seed: int) -> None:
 # and the step it stopped at (checkpointed there; the CLI's summary names it).
 last_stop_signal: int | None = None
 last_stop_step: int | None = None
+# Whether the last `train` was a resume of a run that had already finished (nothing trained).
+last_was_noop: bool = False
 
 
 @contextmanager
