@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -651,6 +652,24 @@ def test_the_sweep_page_shows_names_and_values_as_text_never_as_markup(
         assert (inject(f"err{i}") in texts) == (status == "failed")
     alts = [a.get("alt") for tag, a in parsed.tags if tag == "img"]
     assert all(alt == metric for alt in alts)  # (a figure's alt text: its metric)
+
+
+def test_names_with_dollar_signs_are_drawn_as_text_not_as_math(tmp_path):
+    """Matplotlib reads ``$...$`` as math text and fails the figure on an invalid formula: a
+    method, metric, swept value, logged key or run title holding one still gets its figure."""
+    bad = r"a$\frac$b"
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / S.SWEEP_FILE).write_text("# a sweep\n")
+    for i in range(2):
+        spec = {"name": f"r{i}", "method": bad, "index": i, "params": {"loss.beta": f"{bad}{i}"}}
+        _slot(out, i, spec, {"status": "done"}, {"metrics.json": json.dumps({"metrics": {bad: i}})})
+    page = render_sweep_report(out)
+    assert page.count('<img class="fig"') == 1 and escape(bad) in page
+    records = [{"step": 1, "loss": 2.0, bad: 1.0}, {"step": 2, "loss": 1.0, bad: 0.5}]
+    for fig in (curves.loss_curves(records, title=bad), curves.kl_bars([0.5, 0.1], title=bad)):
+        assert curves.figure_to_array(fig).ndim == 3
+    assert curves.literal("$5 and $x$") == r"\$5 and \$x\$"
 
 
 _METRIC_VALUES = st.none() | st.just(math.nan) | st.integers(-4, 4).map(float)

@@ -113,6 +113,8 @@ def _metric_figure(rows: list[dict[str, Any]], metric: str) -> str:
 def _spread_figure(by_method: dict[str, list[dict[str, Any]]], metric: str):
     from matplotlib.figure import Figure
 
+    from disvae.viz.curves import literal
+
     n = len(by_method)
     ncols = min(n, _MAX_COLS)
     nrows = math.ceil(n / ncols)
@@ -136,10 +138,10 @@ def _spread_figure(by_method: dict[str, list[dict[str, Any]]], metric: str):
         if numeric and min(pos) > 0 and max(pos) / min(pos) >= 10:
             ax.set_xscale("log")
         if not numeric:
-            ax.set_xticks(pos, [str(x) for x in xs])
-        ax.set_title(method, fontsize=10)
-        ax.set_xlabel(key or "", fontsize=9)
-        ax.set_ylabel(metric, fontsize=9)
+            ax.set_xticks(pos, [literal(x) for x in xs])
+        ax.set_title(literal(method), fontsize=10)
+        ax.set_xlabel(literal(key or ""), fontsize=9)
+        ax.set_ylabel(literal(metric), fontsize=9)
         ax.tick_params(labelsize=8)
     for ax in axes[n:]:
         ax.set_visible(False)

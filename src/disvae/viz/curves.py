@@ -44,6 +44,13 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def literal(text: object) -> str:
+    """``text`` as matplotlib shows it literally: names from users (sweep methods, run
+    directories, logged keys) may hold ``$``, which matplotlib reads as math text, and an
+    invalid formula ("$\\frac$") fails the whole figure when it is drawn."""
+    return str(text).replace("$", r"\$")
+
+
 def figure_to_array(fig) -> np.ndarray:
     """Render a Figure with Agg: uint8 RGB picture ``(H, W, 3)``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,14 +115,14 @@ def loss_curves(records: Sequence[Mapping[str, Any]], title: str = ""):
                 ax.legend(fontsize=6, ncol=2)
         else:
             ax.plot(steps, np.array([p[1] for p in pts], dtype=float), lw=1.2, marker=marker)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(literal(name), fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(literal(title))
     return fig
 
 
@@ -153,6 +160,6 @@ def kl_bars(kl: Sequence[float], title: str = "KL per latent dimension"):
     ax.bar_label(bars, labels=[format_kl(v) for v in kl[order]], fontsize=7)
     ax.set_xticks(range(len(kl)), [f"z{d}" for d in order], fontsize=8)
     ax.set_ylabel("KL (nats)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(literal(title), fontsize=10)
     ax.margins(y=0.15)
     return fig
