@@ -464,3 +464,35 @@ def test_options_are_spelt_in_full_and_a_misspelling_names_the_nearest(argv, mes
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_text_files_are_read_and_written_as_utf8_whatever_the_locale(tmp_path):
+    """Config files, sweep files, run records, logs and the results table are UTF-8 (TOML's and
+    JSON's own encoding; disvae writes its files so): opened without ``encoding`` they would be
+    decoded in the locale's encoding (Latin-1, cp1252), which reads "é" in a data path wrong.
+    Python's ``-X warn_default_encoding`` flags each such open; here they are errors."""
+    script = r"""
+import json, sys, warnings
+from pathlib import Path
+warnings.filterwarnings("error", category=EncodingWarning, module=r"disvae(\.|$)")
+from disvae import config as C, runs
+from disvae.sweep.results import read_results
+from disvae.sweep.spec import load_sweep
+from disvae.training.logs import append_record
+d = Path(sys.argv[1])
+(d / "c.toml").write_text('[data]\npath = "/data/données"\n', encoding="utf-8")
+assert C.load_file(d / "c.toml").data.path == "/data/données"
+(d / "s.toml").write_text('# étude\nname = "e"\n[[methods]]\nloss = "vae"\n', encoding="utf-8")
+assert load_sweep(d / "s.toml").name == "e"
+(d / "sweep_results.csv").write_bytes("name,method\r\nrun-é,a\r\n".encode())
+assert read_results(d) == [{"name": "run-é", "method": "a"}]
+run = d / "run"
+run.mkdir()
+(run / runs.CONFIG).write_text(json.dumps(runs.config_record(C.RunConfig())), encoding="utf-8")
+assert runs.read_config(run).loss.name == C.RunConfig().loss.name
+append_record(run / runs.TRAIN_LOG, {"step": 1, "loss": 1.0})
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-c", script,
+                           str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

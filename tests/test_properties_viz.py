@@ -404,7 +404,7 @@ def _not_a_number(s: str) -> bool:
 # text as a name, a method, a swept value or an error holds: commas, quotes, line ends, HTML
 _TEXT = st.text(st.sampled_from("ab,\"'\n\r <>&é;="), min_size=1, max_size=8).filter(_not_a_number)
 _FLOAT = st.floats(allow_nan=True, allow_infinity=True)
-_VALUE = st.none() | st.integers(-(10**12), 10**12) | _FLOAT | _TEXT
+_VALUE = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | _FLOAT | _TEXT
 _RUN = st.fixed_dictionaries(
     {
         "spec": st.fixed_dictionaries(
@@ -428,7 +428,7 @@ _RUN = st.fixed_dictionaries(
 def _same(got, want) -> bool:
     """``got`` (read back) is ``want`` (written): ints and text exactly, floats to 6
     significant digits (non-finite ones exactly), no value as None."""
-    if want is None or isinstance(want, (str, int)):
+    if want is None or isinstance(want, (str, int)):  # (bool too)
         return got == want and type(got) is type(want)
     if not isinstance(got, float):
         return False

@@ -542,7 +542,9 @@ def _print_summary(run: Path, seconds: float, done: bool) -> None:
     from disvae.training import runtime
 
     lines = (
-        (run / runs.TRAIN_LOG).read_text().splitlines() if (run / runs.TRAIN_LOG).exists() else []
+        (run / runs.TRAIN_LOG).read_text(encoding="utf-8").splitlines()
+        if (run / runs.TRAIN_LOG).exists()
+        else []
     )
     last = json.loads(lines[-1]) if lines else {}
     terms = "  ".join(f"{k}={last[k]:.4g}" for k in ("loss", "recon", "kl") if k in last)

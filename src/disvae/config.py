@@ -391,13 +391,13 @@ def load_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         raise UserError(f"config file {str(p)!r} not found; pass the path of a .toml or .json file")
     try:
         if p.suffix == ".json":
-            d = json.loads(p.read_text())
+            d = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(d, dict):
                 raise UserError(f"config file {str(p)!r}: expected a JSON object of sections")
             if "versions" in d:  # a run's config.json: its record (versions, sizes) is no setting
                 d = {k: v for k, v in d.items() if k in _SECTION_TYPES}
         else:
-            d = tomllib.loads(p.read_text())
+            d = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(
             f"config file {str(p)!r} is not valid {p.suffix[1:] or 'TOML'}: {e}"
@@ -419,7 +419,7 @@ def preset_text(name: str) -> str:
             f"unknown preset {name!r}{did_you_mean(name, names)}; choose one of: "
             f"{', '.join(names)} (a file of your own goes to --config)"
         )
-    return path.read_text()
+    return path.read_text(encoding="utf-8")
 
 
 def load_preset(name: str, base: RunConfig | None = None) -> RunConfig:

@@ -51,7 +51,7 @@ def _run_record(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{str(run_dir)!r} is not a disvae run (no {CONFIG}); pass a run directory")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{str(path)!r} is not valid JSON; the run directory is damaged") from None
     if not isinstance(d, dict) or not all(k in d for k in C.SECTIONS):
@@ -410,7 +410,7 @@ def _numbers(v: Any) -> bool:
 
 def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
     """The image shape recorded in config.json (saved by the trainer)."""
-    d = json.loads((Path(run_dir) / CONFIG).read_text())
+    d = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     shape = d.get("image_shape")
     if not (isinstance(shape, list) and len(shape) == 3):
         raise UserError(
@@ -422,7 +422,8 @@ def image_shape_of(run_dir: Path) -> tuple[int, int, int]:
 
 def patches_of(run_dir: Path) -> tuple[str, ...]:
     """The patch names of multi-patch data recorded in config.json; () for ordinary images."""
-    patches = json.loads((Path(run_dir) / CONFIG).read_text()).get("patches", [])
+    config = (Path(run_dir) / CONFIG).read_text(encoding="utf-8")
+    patches = json.loads(config).get("patches", [])
     if not (isinstance(patches, list) and all(isinstance(p, str) for p in patches)):
         raise UserError(f"{str(run_dir)!r}: config.json's patches is not a list of names")
     return tuple(patches)

@@ -99,8 +99,9 @@ def git_commit() -> str | None:
     src = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5
-        )
+            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, encoding="ascii",
+            errors="replace", timeout=5,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -170,8 +171,8 @@ def process_age() -> float | None:
     ``/proc``; None elsewhere or when it cannot be read. Used to report how soon the first
     training step comes after the command."""
     try:
-        stat = Path("/proc/self/stat").read_text()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        stat = Path("/proc/self/stat").read_text(encoding="utf-8", errors="replace")
+        uptime = float(Path("/proc/uptime").read_text(encoding="ascii").split()[0])
         # Field 22 (starttime, in clock ticks since boot); the command name (field 2) may hold
         # spaces, so count from its closing parenthesis.
         start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])

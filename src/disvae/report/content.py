@@ -105,7 +105,7 @@ def read_metrics(run_dir) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) else None

@@ -93,8 +93,9 @@ def write_results(out: str | Path) -> Path:
 
 
 def read_results(out: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``sweep_results.csv`` with numbers parsed (empty cells are None)."""
-    with open(Path(out) / S.RESULTS, newline="") as f:
+    """The rows of ``sweep_results.csv`` with numbers and booleans parsed (empty cells are
+    None). The file is UTF-8 (`write_results`), whatever the locale's encoding."""
+    with open(Path(out) / S.RESULTS, newline="", encoding="utf-8") as f:
         return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -147,6 +148,8 @@ def _cell(v: Any) -> Any:
 def _parse(text: str) -> Any:
     if text == "":
         return None
+    if text in ("True", "False"):  # a swept boolean (model.shared_tower = [true, false])
+        return text == "True"
     for kind in (int, float):
         try:
             return kind(text)

@@ -222,7 +222,7 @@ def _sweep_name(out: Path) -> str | None:
     try:  # a sweep directory made before sweep.json: the name its sweep file declares, if any
         from disvae.sweep.spec import tomllib
 
-        name = tomllib.loads((out / S.SWEEP_FILE).read_text()).get("name")
+        name = tomllib.loads((out / S.SWEEP_FILE).read_text(encoding="utf-8")).get("name")
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return name if isinstance(name, str) else None

@@ -109,10 +109,10 @@ def find_sweep_file(name_or_path: str | Path) -> tuple[str, str]:
     """``(source, text)`` of a sweep file given by path or by the name of a shipped one."""
     p = Path(name_or_path).expanduser()
     if p.is_file():
-        return str(p), p.read_text()
+        return str(p), p.read_text(encoding="utf-8")
     shipped = resources.files("disvae") / "sweeps" / f"{name_or_path}.toml"
     if shipped.is_file():
-        return f"sweep {name_or_path}", shipped.read_text()
+        return f"sweep {name_or_path}", shipped.read_text(encoding="utf-8")
     raise UserError(
         f"sweep file {str(name_or_path)!r} not found; pass a path or one of the shipped "
         f"sweeps: {', '.join(sweep_names())}"

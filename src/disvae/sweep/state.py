@@ -65,7 +65,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``; ``{}`` when it is missing, unreadable, corrupt or not an
     object (``[]``, ``null``: a damaged file must not stop the sweep or its results)."""
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -85,7 +85,7 @@ def truncate_log(path: Path, step: int) -> None:
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line (a crash can tear only this last line; `truncate_log` drops it)."""
-    with open(path, "a") as f:
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 

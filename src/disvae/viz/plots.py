@@ -163,7 +163,7 @@ def open_run(run_dir: str | Path, data: Any = None, load_data: bool = True) -> R
     run_dir = Path(run_dir)
     model, cfg, _, meta = runs.load_run_state(run_dir)
     model.eval()
-    record = json.loads((run_dir / runs.CONFIG).read_text())
+    record = json.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))
     view = RunView(run_dir, model, record, int(meta.get("step", 0)))
     if data is None and load_data:
         try:
@@ -339,7 +339,7 @@ def plot_run(
         raise UserError(f"--out-dir {str(out)!r} is a file; pass a directory (new or existing)")
     if wanted == ["losses"]:  # the curves read the log alone: no weights, no dataset
         runs.read_config(run_dir)
-        record = json.loads((Path(run_dir) / runs.CONFIG).read_text())
+        record = json.loads((Path(run_dir) / runs.CONFIG).read_text(encoding="utf-8"))
         view = RunView(Path(run_dir), None, record, 0)  # type: ignore[arg-type]
     else:
         view = open_run(run_dir, data=data)
