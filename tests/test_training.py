@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +207,31 @@ def test_a_run_of_data_passed_in_python_asks_for_that_data_not_a_shape_traceback
         ):
             use()
     assert evaluate(run, data=mine, device="cpu")["n_images"] == 10  # (val_fraction 0.1)
+
+
+def test_a_run_of_a_same_shaped_subset_passed_in_python_warns_its_split_is_another(
+    tiny_data, tmp_path, caplog
+):
+    """Data passed in Python with the images of the named dataset but fewer of them: scored
+    on the named dataset, the held-out images are not the run's. It runs, with a warning that
+    says so; with the run's data given again, or with the whole named dataset, no warning."""
+    from disvae.data import ArrayDataset, DatasetInfo
+
+    images = tiny_data.numpy_images(np.arange(len(tiny_data) // 2)) * 255
+    info = DatasetInfo("dsprites_tiny", (1, 64, 64), "bernoulli")
+    half = ArrayDataset(images, info, packed=False)
+    runs_of = {}
+    for name, data in (("half", half), ("whole", tiny_data)):
+        runs_of[name] = train(_cfg("vae", "steps=2"), tmp_path / name, data=data, progress=False)
+    warned = "trained on a dataset passed in Python"
+    with caplog.at_level(logging.WARNING):
+        assert evaluate(runs_of["half"], device="cpu", n_images=8)["n_images"] == 8
+    assert warned in caplog.text and "not the run's: pass the run's dataset (data=)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate(runs_of["half"], data=half, device="cpu", n_images=8)
+        evaluate(runs_of["whole"], device="cpu", n_images=8)
+    assert warned not in caplog.text
 
 
 def test_load_run_chooses_its_weights(tiny_data, tmp_path):

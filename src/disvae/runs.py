@@ -12,6 +12,7 @@ RUN/stopped.json           why training stopped early on non-finite values (unti
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple
 
 from disvae import config as C
 from disvae.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -347,6 +350,7 @@ def check_own_data(run_dir: str | Path, data: Any) -> None:
     record = _run_record(run_dir)[1]
     want = record.get("image_shape")
     if want is None or list(data.image_shape) == want:
+        _warn_other_split(run_dir, record, data)
         return
     how = (
         "it trained on a dataset passed in Python (disvae.train(..., data=)): pass that dataset "
@@ -358,6 +362,26 @@ def check_own_data(run_dir: str | Path, data: Any) -> None:
         f"the dataset {data.info.name!r} that {str(run_dir)!r}'s config.json names has images "
         f"of {list(data.image_shape)}, the run's {want}; {how}"
     )
+
+
+def _warn_other_split(run_dir: str | Path, record: dict[str, Any], data: Any) -> None:
+    """A warning when a run trained on data passed in Python is scored on the dataset its
+    config.json names and that dataset splits into other sizes than the run's data did (a
+    subset of dSprites passed in Python, say): the held-out images are then not the run's."""
+    if not record.get("data_passed"):
+        return
+    from disvae.data.batching import split_indices
+
+    d = read_config(run_dir).data
+    train, val = split_indices(len(data), d.val_fraction, d.split_seed, d.subset)
+    if (len(train), len(val)) != (record.get("n_train"), record.get("n_val")):
+        log.warning(
+            "%s trained on a dataset passed in Python (%s training, %s held-out images); %r, "
+            "which its config.json names, splits into %d and %d, so these held-out images are "
+            "not the run's: pass the run's dataset (data=) to use its own",
+            run_dir, record.get("n_train"), record.get("n_val"), data.info.name, len(train),
+            len(val),
+        )  # fmt: skip
 
 
 def read_eval_losses(run_dir: str | Path) -> dict[str, Any] | None:
