@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -98,6 +99,35 @@ def test_labelled_dataset_gets_the_metrics_on_codes(run, caplog):
     # The labels are the grid's classes, so MIG estimates the same quantity from other draws.
     on_grid = evaluate_metrics(run, "mig", data=grid, device="cpu", **KW)["metrics"]["mig"]
     assert res["metrics"]["mig"] == pytest.approx(on_grid, abs=0.1)
+
+
+def test_an_undefined_metric_is_nan_in_python_and_null_in_strict_json_metrics(run):
+    """One varied factor (MNIST's label, say): DCI's disentanglement and modularity are
+    undefined. `evaluate_metrics` returns NaN; metrics.json holds null, not Python's NaN token,
+    which strict JSON readers (jq, JavaScript) refuse; the report's table says "undefined"."""
+    from disvae.data.ground_truth import LabeledDataset
+    from disvae.report.content import read_metrics
+    from disvae.report.html import _metrics_rows
+
+    grid = small_grid()
+    index = np.arange(len(grid))
+    labels = grid.classes_of(index)[:, :1].astype(float)  # the shape alone
+    one = LabeledDataset((grid.numpy_images(index) * 255).astype(np.uint8), grid.info, False,
+                         ["shape"], labels, [True])  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="undefined with one varied factor"):
+        res = evaluate_metrics(run, "dci,modularity", data=one, device="cpu", **KW)
+    assert math.isnan(res["metrics"]["dci"]["disentanglement"])
+    text = (run / "metrics.json").read_text()
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    saved = json.loads(text, parse_constant=refuse)["metrics"]
+    assert saved["dci"]["disentanglement"] is None and saved["modularity"]["modularity"] is None
+    assert saved["dci"]["completeness"] == res["metrics"]["dci"]["completeness"]  # defined
+    rows = dict(_metrics_rows(read_metrics(run)))
+    assert rows["dci.disentanglement"] == "undefined"
+    assert isinstance(rows["dci.completeness"], float)
 
 
 def test_batch_scores_encode_each_image_once_when_they_need_most_of_them(run):

@@ -557,7 +557,7 @@ def evaluate_metrics(
     The file holds ``{"metrics": {...}, "protocol": {...}, "step": N, "versions": {...}}``;
     see `compute_metrics` for the protocol and docs/metrics.md for each metric.
     """
-    from disvae.utils import atomic_write_json, versions
+    from disvae.utils import atomic_write_json, strict_json, versions
 
     run_dir = Path(run_dir)
     check_seed(seed)  # before the run and its dataset are loaded
@@ -576,7 +576,8 @@ def evaluate_metrics(
 
     vers = dict(versions(), sklearn=sklearn.__version__)
     result = {"metrics": values, "protocol": protocol, "step": meta["step"], "versions": vers}
-    _write(run_dir / METRICS_FILE, lambda path: atomic_write_json(path, result))
+    # strict JSON: an undefined value (DCI's disentanglement with one factor) is written as null
+    _write(run_dir / METRICS_FILE, lambda path: atomic_write_json(path, strict_json(result)))
     return result
 
 

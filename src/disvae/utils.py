@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -78,6 +79,18 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def strict_json(v: Any) -> Any:
+    """``v`` with every non-finite float replaced by None: JSON has no NaN or infinity (RFC 8259),
+    and strict readers (JavaScript's ``JSON.parse``, jq) refuse Python's ``NaN`` token."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: strict_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [strict_json(x) for x in v]
+    return v
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

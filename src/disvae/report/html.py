@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
 from disvae.report.assets import CSS, JS
 from disvae.report.content import RunContent, flatten
+from disvae.utils import strict_json
 from disvae.viz.curves import format_kl
 
 SINGLE_SECTIONS = (
@@ -87,7 +87,9 @@ def _page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) -
 
 
 def _metrics_rows(metrics: dict[str, Any] | None) -> list[tuple[str, Any]]:
-    return flatten(metrics["metrics"]) if metrics else []
+    """(name, value) of each metric; an undefined one (NaN, written as null) says so."""
+    rows = flatten(metrics["metrics"]) if metrics else []
+    return [(k, "undefined" if v is None else v) for k, v in rows]
 
 
 def _weights_of(step: Any, c: RunContent, command: str) -> str:
@@ -175,17 +177,6 @@ def _gifs_body(c: RunContent) -> str:
     )
 
 
-def _strict_json(v: Any) -> Any:
-    """``v`` with every non-finite float replaced by None."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _strict_json(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_strict_json(x) for x in v]
-    return v
-
-
 def _kl_note(kl: float | None) -> str:
     """A slider's KL, written as the KL table and the figures write it (`format_kl`)."""
     return "" if kl is None else f' <span class="note">KL {escape(format_kl(kl))}</span>'
@@ -196,7 +187,7 @@ def _explorer_body(ex: dict[str, Any] | None) -> str:
         return '<p class="note">Not available.</p>'
     # (strict JSON for the page's JSON.parse: a non-finite number, e.g. the KL of a diverged
     # latent, is null there; Python's json would write Infinity, which no browser parses)
-    data = json.dumps(_strict_json(ex), allow_nan=False).replace("</", "<\\/")
+    data = json.dumps(strict_json(ex), allow_nan=False).replace("</", "<\\/")
     buttons = "".join(
         f'<button type="button" title="{escape(b["label"])}">'
         f'<img src="{b["thumb"]}" alt="{escape(b["label"])}"></button>'
