@@ -421,6 +421,7 @@ def test_dry_run_prints_a_config_file_and_the_runs_size_and_writes_nothing(tmp_p
     assert f"{n - n_val:,} train, {n_val:,} held out" in out
     assert f"# {steps:,} steps of batch 16 (2 batches a step): 2 epochs" in out
     assert "(VAE + discriminator)" in out and f"trains into {run}" in out
+    assert "CUDA graph" not in out  # (TINY trains on the CPU; on CUDA the line says so)
     # the output is a config file: training from it is the same run
     saved = tmp_path / "saved.toml"
     saved.write_text(out)

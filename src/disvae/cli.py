@@ -508,7 +508,7 @@ def _dry_run(cfg, out: Path, overwrite: bool) -> int:
         f"{p['epochs']:.3g} epochs\n"
         f"# model {c.model.arch}: {params} parameters"
         f"{' (VAE + discriminator)' if len(p['parameters']) > 1 else ''}; {p['device']}, "
-        f"{p['precision']}\n"
+        f"{p['precision']}{', the step recorded as one CUDA graph' if p['cuda_graph'] else ''}\n"
         f"# dry run: nothing written; without --dry-run it trains into {out}"
     )
     return 0

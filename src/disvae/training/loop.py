@@ -582,6 +582,9 @@ def plan(
         "parameters": [sum(p.numel() for p in m.parameters()) for m in modules],
         "device": str(t.device),
         "precision": "bf16 autocast" if t.accel.amp_dtype is not None else "fp32",
+        # (t records nothing; the run would, where this says so)
+        "cuda_graph": t.device.type == "cuda"
+        and accel.auto_cuda_graph(cfg.train, t.device, t.dist.active),
     }
 
 
