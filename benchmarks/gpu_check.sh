@@ -19,7 +19,9 @@
 #   7. a 3,000-step run as `disvae train` runs it (no snapshots, as in a 300,000-step run: 1 in
 #      6,000 steps) whose logged images/s give the 300,000-step protocol's time
 #      (RUN_ARGS=--no-cuda-graph for eager)
-# Seven result files under $OUT (a device command brings back at most eight), and a summary of
+#   8. a FactorVAE run of 300 steps with frames, held-out losses, metrics during training and
+#      checkpoints between the replays, resumed to 400 (which records the step again)
+# Eight result files under $OUT (a device command brings back at most eight), and a summary of
 # their figures at the end of the output (SUMMARY_ONLY=1 prints it again from the files).
 # On an H200 (2026-11-29, before the recorded step became the default) it took 5.6 minutes, the
 # eager batch-64 step running past its limit then.
@@ -63,6 +65,7 @@ summary() {
     [ -f "$OUT/encode.txt" ] && { echo "-- encode"; grep -E '^ +[0-9]+ ' "$OUT/encode.txt"; }
     [ -f "$OUT/tests.txt" ] && { echo "-- tests"; grep -E '(passed|failed|error)' "$OUT/tests.txt" | tail -1; }
     [ -f "$OUT/run.txt" ] && { echo "-- real run"; grep -E 'protocol|error' "$OUT/run.txt"; }
+    [ -f "$OUT/extras.txt" ] && { echo "-- extras"; grep -E '^last step|error' "$OUT/extras.txt"; }
     return 0
 }
 if [ "${SUMMARY_ONLY:-0}" = 1 ]; then  # re-read the files of an earlier run
@@ -78,9 +81,9 @@ $PY -c "from disvae.data import load_dataset; print(len(load_dataset('dsprites')
 TT=(benchmarks/train_throughput.py --device "$DEVICE")
 step 130 train64.txt "training throughput, batch 64 (the step recorded as one CUDA graph)" -- \
     $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPS64:-200}" --reps 3
-step 60 train64_eager.txt "the same step eager (--cuda-graph off), batch 64" -- \
+step 50 train64_eager.txt "the same step eager (--cuda-graph off), batch 64" -- \
     $PY "${TT[@]}" --batch-sizes 64 --steps "${STEPSEAGER:-60}" --reps 3 --cuda-graph off --no-plain
-step 90 train64_compiled_graph.txt "compiled model in the recorded step, betaB, batch 64" -- \
+step 80 train64_compiled_graph.txt "compiled model in the recorded step, betaB, batch 64" -- \
     $PY "${TT[@]}" --objectives betaB --batch-sizes 64 --steps "${STEPS64:-200}" --reps 2 \
     --compile --no-plain
 step 50 encode.txt "encoding for the metrics" -- \
@@ -94,7 +97,7 @@ step 70 train1024.txt "training throughput, batch 1024" -- \
 # the CPU and compile C++ from a cold cache there (over 60 s on the H200 machine): left out.
 PT_TIMEOUT=()
 $PY -c "import pytest_timeout" 2>/dev/null && PT_TIMEOUT=(--timeout=60)
-step 100 tests.txt "tests of the fast path (CUDA paths run where a GPU is present)" -- \
+step 80 tests.txt "tests of the fast path (CUDA paths run where a GPU is present)" -- \
     $PY -m pytest -v --tb=short -p no:cacheprovider "${PT_TIMEOUT[@]}" tests/test_adam.py \
     tests/test_graph.py tests/test_fastpath.py -k "not inductor"
 # The run directory stays out of $OUT, whose files all come back (only a few may).
@@ -112,6 +115,37 @@ print(f"last logged rate {rate:.0f} images/s: the 300,000-step x 64 protocol wou
       f"{300_000 * 64 / rate / 60:.1f} min")
 PY
 fi
+
+# What runs between replays of the recorded step: training.gif frames, held-out losses, metrics
+# during training, checkpoints, then a resume (which records the step again). FactorVAE: its
+# discriminator's step is recorded too.
+extras() {
+    local dir=${EX_DIR:-/tmp/gpu_check_extras} n=${EXSTEPS:-300}
+    $PY -m disvae train --dataset dsprites --loss factor --device "$DEVICE" --no-progress \
+        --steps "$n" --log-every 50 --snapshot-every 50 --val-every 100 --val-images 2000 \
+        --eval-every 150 --set eval_samples=200 --checkpoint-every 100 --overwrite --out "$dir" \
+        || return 1
+    $PY -m disvae train --resume "$dir" --steps $((n + 100)) --no-progress || return 1
+    $PY - "$dir" $((n + 100)) <<'PY'
+import json, math, os, sys
+from pathlib import Path
+run, last = Path(sys.argv[1]), int(sys.argv[2])
+rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+graph = json.loads((run / "config.json").read_text())["speed"]["cuda_graph"]
+val = [r["step"] for r in rows if "val/loss" in r]
+mig = [r["step"] for r in rows if "metrics/mig" in r]
+finite = all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+gif = (run / "training.gif").is_file()
+print(f"last step {rows[-1]['step']}, cuda_graph {graph}, held-out losses at {val}, "
+      f"MIG at {mig}, every logged number finite: {finite}, training.gif: {gif}")
+recorded = graph or not os.environ["DEVICE"].startswith("cuda")  # (the CPU dry run: never)
+sys.exit(0 if rows[-1]["step"] == last and val and mig and finite and gif and recorded else 1)
+PY
+}
+export -f extras
+export PY DEVICE
+step 40 extras.txt "the recorded step with frames, held-out losses, metrics and a resume" -- \
+    bash -c extras
 
 summary
 echo
