@@ -167,6 +167,25 @@ def test_without_a_bar_training_reports_progress_lines(tiny_data, tmp_path, capl
     assert "resumed " + str(run) + " at step 10: training betaH on to step 15" in caplog.text
 
 
+def test_log_lines_are_strict_json_with_null_for_an_undefined_metric(tmp_path):
+    """`--eval-every dci` on one-factor data logs an undefined (NaN) metric: the JSON line holds
+    null, which jq and JavaScript read (Python's NaN token they refuse); lists too."""
+    from disvae.training.logs import append_record
+    from disvae.viz.curves import read_train_log
+
+    log = tmp_path / "train_log.jsonl"
+    append_record(log, {"step": 5, "loss": 1.5, "metrics/dci/disentanglement": float("nan"),
+                        "kl_per_dim": [0.5, float("inf")]})  # fmt: skip
+
+    def refuse(token):
+        raise ValueError(token)
+
+    line = json.loads(log.read_text(encoding="utf-8"), parse_constant=refuse)
+    assert line == {"step": 5, "loss": 1.5, "metrics/dci/disentanglement": None,
+                    "kl_per_dim": [0.5, None]}  # fmt: skip
+    assert read_train_log(log) == [line]
+
+
 def test_progress_lines_are_throttled_but_the_last_step_always_shows():
     from disvae.training.logs import ProgressLines
 

@@ -248,8 +248,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     g.add_argument(
         "--compile-mode", choices=COMPILE_MODES, metavar="MODE",
-        help="torch.compile mode, implies --compile: default | reduce-overhead (CUDA graphs, "
-        "for small models on a GPU) | max-autotune | max-autotune-no-cudagraphs (default: default)",
+        help="torch.compile mode, implies --compile: default | reduce-overhead (CUDA graphs of "
+        "the model only; turns the recorded whole step off, which is faster on CUDA) | "
+        "max-autotune (likewise) | max-autotune-no-cudagraphs (default: default)",
     )  # fmt: skip
     g.add_argument(
         "--cuda-graph", action=argparse.BooleanOptionalAction,

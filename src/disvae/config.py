@@ -159,8 +159,8 @@ class TrainConfig:
     compile_mode: str = "default"
     # The whole training step (batch gather, forward, objective, backward, clipping, Adam; the
     # discriminator's step too) captured once in a CUDA graph and replayed: one launch a step
-    # instead of hundreds (training/graph.py), 7-8x the eager step's speed at batch 64 on an
-    # H200. None (auto): on for one process on CUDA, unless deterministic, nan_check = "step"
+    # instead of hundreds (training/graph.py), about 8x the eager step's speed at batch 64 on
+    # an H200. None (auto): on for one process on CUDA, unless deterministic, nan_check = "step"
     # or a compile mode that records graphs itself asks otherwise; true on another device runs
     # the same step uncaptured.
     cuda_graph: bool | None = None

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from disvae.utils import atomic_write_bytes
+from disvae.utils import atomic_write_bytes, strict_json
 
 
 def open_tensorboard(out: Path, purge_step: int | None) -> Any:
@@ -84,9 +84,11 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line (a crash can tear only this last line; `truncate_log` drops it)."""
+    """Append one JSON line (a crash can tear only this last line; `truncate_log` drops it).
+    Strict JSON, as jq and JavaScript read it: an undefined metric logged by ``--eval-every``
+    (NaN: DCI's disentanglement with one factor) is written as null."""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
 
 def write_scalars(writer: Any, record: dict[str, Any], step: int) -> None:
