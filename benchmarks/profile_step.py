@@ -66,7 +66,7 @@ def main() -> None:
     cfg = C.apply_overrides(
         C.RunConfig(),
         [f"loss={args.loss}", f"batch_size={args.batch_size}", "snapshot_every=0",
-         f"device={args.device!r}"],
+         f"device={args.device!r}", "cuda_graph=false"],  # the step's parts, not one graph launch
     )  # fmt: skip
     cfg = C.resolve(cfg, data.info.default_rec_dist)
     with tempfile.TemporaryDirectory() as tmp:

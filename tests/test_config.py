@@ -271,7 +271,10 @@ def test_metric_names_of_evaluate_and_eval_metrics_name_the_near_one():
         ("val_every=off", r"--val-every 0 means no held-out losses$"),
         ("snapshot_every=off", r"--snapshot-every 0 means no training.gif$"),
         ("compile=off", r"train.compile must be bool, got 'off'; write --compile or --no-compile$"),
-        ("shared_tower=yes", r"write --set shared_tower=true or --set shared_tower=false$"),
+        ("shared_tower=yes", r"write --set shared_tower=true or --set shared_tower=false, or "
+         r"--set shared_tower=none for the default \(one tower for each patch\)$"),
+        ("cuda_graph=auto", r"write --cuda-graph or --no-cuda-graph, or --set cuda_graph=none "
+         r"for the default \(on for one process on CUDA\)$"),
         ("lr=fast", r"train.lr must be float, got 'fast'$"),  # nothing to suggest
         # the word none for a string key: the flag, else a --set the shell leaves intact
         ("amp=none", r"train.amp must be a string; for the word none write --amp none$"),

@@ -156,6 +156,13 @@ def test_auto_records_the_step_on_one_cuda_process_unless_a_setting_rules_it_out
     assert accel.auto_cuda_graph(cfg.train, torch.device(device), distributed) is on
 
 
+def test_auto_leaves_the_step_eager_on_rocm_unless_asked(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", "6.2.0", raising=False)  # an AMD GPU's build
+    cuda = torch.device("cuda")  # (ROCm's device type too)
+    assert not accel.auto_cuda_graph(_cfg("betaH").train, cuda)
+    assert accel.auto_cuda_graph(_cfg("betaH", "cuda_graph=true").train, cuda)
+
+
 def test_auto_on_the_cpu_is_the_eager_step_without_a_warning(tiny_data, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "no CUDA graphs on cpu" is for an explicit request

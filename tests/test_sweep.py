@@ -173,6 +173,10 @@ def test_resume_reruns_only_what_did_not_finish(tiny_sweep, tmp_path):
     S.write_state(b, status="pending")
     S.write_state(c, status="failed", error="boom")
     d_weights = (d / S.RUN / runs.MODEL).stat().st_mtime_ns
+    # d's spec as an earlier disvae wrote it: cuda_graph false, the default before "auto" (None)
+    spec = json.loads((d / S.SPEC).read_text())
+    spec["config"]["train"]["cuda_graph"] = False
+    (d / S.SPEC).write_text(json.dumps(spec))
     summary = run_sweep("tiny", out, workers=2, progress=False)
     assert sorted(summary.ran) == sorted([a.name, b.name])
     assert S.read_state(a)["resumed_from_step"] == 2 and S.read_state(a)["attempts"] == 2

@@ -12,7 +12,7 @@ import torch
 from disvae import config as C
 from disvae import runs
 from disvae.errors import UserError
-from disvae.evaluation import evaluate
+from disvae.evaluation import evaluate, evaluate_metrics
 from disvae.training import checkpoint as ckpt
 from disvae.training import train
 
@@ -240,17 +240,30 @@ def test_a_run_of_a_same_shaped_subset_passed_in_python_warns_its_split_is_anoth
     info = DatasetInfo("dsprites_tiny", (1, 64, 64), "bernoulli")
     half = ArrayDataset(images, info, packed=False)
     runs_of = {}
-    for name, data in (("half", half), ("whole", tiny_data)):
-        runs_of[name] = train(_cfg("vae", "steps=2"), tmp_path / name, data=data, progress=False)
+    # (subset=40: the same split sizes from either dataset, but other held-out images)
+    for name, data, extra in (("half", half, []), ("half_subset", half, ["subset=40"]),
+                              ("whole", tiny_data, [])):  # fmt: skip
+        cfg = _cfg("vae", "steps=2", *extra)
+        runs_of[name] = train(cfg, tmp_path / name, data=data, progress=False)
     warned = "trained on a dataset passed in Python"
-    with caplog.at_level(logging.WARNING):
-        assert evaluate(runs_of["half"], device="cpu", n_images=8)["n_images"] == 8
-    assert warned in caplog.text and "not the run's: pass the run's dataset (data=)" in caplog.text
+    for name in ("half", "half_subset"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert evaluate(runs_of[name], device="cpu", n_images=4)["n_images"] == 4
+        assert warned in caplog.text and "not the run's: pass the run's dataset" in caplog.text
+    # A run made before config.json recorded n_images: its split sizes tell (they differ here).
+    config = runs_of["half"] / runs.CONFIG
+    config.write_text(json.dumps({**json.loads(config.read_text()), "n_images": None}))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        evaluate(runs_of["half"], data=half, device="cpu", n_images=8)
-        evaluate(runs_of["whole"], device="cpu", n_images=8)
-    assert warned not in caplog.text
+        evaluate(runs_of["half"], device="cpu", n_images=4)
+    assert warned in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate(runs_of["half"], data=half, device="cpu", n_images=4)
+        evaluate(runs_of["whole"], device="cpu", n_images=4)
+        evaluate_metrics(runs_of["half"], "unsupervised", device="cpu", n_samples=100, n_test=0)
+    assert warned not in caplog.text  # (the metrics use no held-out split)
 
 
 def test_load_run_chooses_its_weights(tiny_data, tmp_path):

@@ -329,6 +329,14 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     )
 
 
+# What None, the default, means for a boolean setting that may also be None ("auto").
+NONE_MEANS = {
+    "train.cuda_graph": "the default (on for one process on CUDA)",
+    "train.channels_last": "the default (on for CUDA and the CPU)",
+    "model.shared_tower": "the default (one tower for each patch)",
+}
+
+
 def _word_hint(key: str, value: Any, allowed: tuple[Any, ...], source: str) -> str:
     """For a word where a number or a boolean goes (``all``, ``off``, ``yes``): how to write
     what it likely meant, as the user types it in ``source``, or ''."""
@@ -338,7 +346,11 @@ def _word_hint(key: str, value: Any, allowed: tuple[Any, ...], source: str) -> s
         special, meaning = SPECIAL_VALUES[key]
         return f"; {_spelling(key, special, source)} means {meaning}"
     if bool in allowed:
-        return f"; write {_spelling(key, True, source)} or {_spelling(key, False, source)}"
+        said = f"; write {_spelling(key, True, source)} or {_spelling(key, False, source)}"
+        if type(None) in allowed:  # "auto" is None, the default
+            meaning = NONE_MEANS.get(key, "the default")
+            said += f", or {_spelling(key, None, source)} for {meaning}"
+        return said
     return ""
 
 

@@ -124,6 +124,12 @@ def evaluate(
     check_batch_size(batch_size)
     check_batch_size(n_images, "n_images")  # (None: all)
     tune_allocator()
+    if data is None:
+        from disvae.data import load_data
+
+        data = load_data(runs.read_config(run_dir).data)
+        runs.check_own_data(run_dir, data)  # (a run trained on data passed in Python)
+        runs.warn_other_split(run_dir, data)
     model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device)
     model = inference_copy(model.to(dev))
     train_idx, val_idx = split_indices(
@@ -334,7 +340,8 @@ def _encode_points(
     idx = torch.as_tensor(index).to(data.device)
     mus, lvs, errs = [], [], []
     for s in range(0, len(idx), bs):
-        x = _nhwc(data.batch(idx[s : s + bs]).to(device, non_blocking=True))
+        # (asynchronous only to a GPU: a copy to the host may be read before it lands)
+        x = _nhwc(data.batch(idx[s : s + bs]).to(device, non_blocking=device.type == "cuda"))
         with _autocast(amp, device):
             mu, lv = model.encode(x)
             logits = model.decode(mu) if rec is not None else None

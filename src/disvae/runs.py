@@ -350,7 +350,6 @@ def check_own_data(run_dir: str | Path, data: Any) -> None:
     record = _run_record(run_dir)[1]
     want = record.get("image_shape")
     if want is None or list(data.image_shape) == want:
-        _warn_other_split(run_dir, record, data)
         return
     how = (
         "it trained on a dataset passed in Python (disvae.train(..., data=)): pass that dataset "
@@ -364,23 +363,37 @@ def check_own_data(run_dir: str | Path, data: Any) -> None:
     )
 
 
-def _warn_other_split(run_dir: str | Path, record: dict[str, Any], data: Any) -> None:
-    """A warning when a run trained on data passed in Python is scored on the dataset its
-    config.json names and that dataset splits into other sizes than the run's data did (a
-    subset of dSprites passed in Python, say): the held-out images are then not the run's."""
+def warn_other_split(run_dir: str | Path, data: Any) -> None:
+    """A warning when a run trained on data passed in Python has its held-out images taken from
+    the dataset its config.json names (``data``) and that dataset is not the one the run split:
+    it holds another number of images (config.json's ``n_images``; for runs made before it was
+    recorded, the split sizes), so the same split seed picks other held-out images. The
+    callers are those that use the held-out split (held-out losses, reconstructions)."""
+    record = _run_record(run_dir)[1]
     if not record.get("data_passed"):
         return
-    from disvae.data.batching import split_indices
+    n = record.get("n_images")
+    if isinstance(n, int) and not isinstance(n, bool):
+        other, had = len(data) != n, f"{n} images"
+    else:
+        from disvae.data.batching import split_indices
 
-    d = read_config(run_dir).data
-    train, val = split_indices(len(data), d.val_fraction, d.split_seed, d.subset)
-    if (len(train), len(val)) != (record.get("n_train"), record.get("n_val")):
+        d = read_config(run_dir).data
+        try:
+            train, val = split_indices(len(data), d.val_fraction, d.split_seed, d.subset)
+        except ValueError:  # (a dataset too small to split as the run did: surely another)
+            train = val = []
+        want = (record.get("n_train"), record.get("n_val"))
+        other, had = (
+            (len(train), len(val)) != want,
+            "{} training and {} held-out images".format(*want),
+        )
+    if other:
         log.warning(
-            "%s trained on a dataset passed in Python (%s training, %s held-out images); %r, "
-            "which its config.json names, splits into %d and %d, so these held-out images are "
-            "not the run's: pass the run's dataset (data=) to use its own",
-            run_dir, record.get("n_train"), record.get("n_val"), data.info.name, len(train),
-            len(val),
+            "%s trained on a dataset passed in Python (%s); %r, which its config.json names, "
+            "has %d images, so the held-out images taken from it are not the run's: pass the "
+            "run's dataset (data=) to use its own",
+            run_dir, had, data.info.name, len(data),
         )  # fmt: skip
 
 

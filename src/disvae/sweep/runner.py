@@ -239,10 +239,18 @@ def check_resources(cpus_per_run: float, gpus_per_run: float) -> None:
             raise UserError(f"{flag} must be a number {low}, got {value}")
 
 
+# Train settings that change how fast a run goes, not what it trains; `--resume` accepts new
+# values of them (config.RESUMABLE_KEYS), and a sweep made by an earlier disvae may hold another
+# default (cuda_graph was false before "auto", None, became the default).
+_SPEED_KEYS = ("device", "amp", "compile", "compile_mode", "channels_last", "nan_check",
+               "deterministic", "cuda_graph")  # fmt: skip
+
+
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
-    """A spec without what may change on resume (the order and the device)."""
+    """A spec without what may change on resume (the order, the device and speed settings)."""
     d = json.loads(json.dumps({k: v for k, v in spec.items() if k != "index"}))
-    d["config"]["train"].pop("device", None)
+    for key in _SPEED_KEYS:
+        d["config"]["train"].pop(key, None)
     return d
 
 

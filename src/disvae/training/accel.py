@@ -107,12 +107,15 @@ def auto_cuda_graph(cfg: TrainConfig, device: torch.device, distributed: bool = 
     ``deterministic`` (replays draw other random numbers than eager steps, so a resumed run
     would not repeat the uninterrupted one bit for bit), ``nan_check = "step"`` (a host read
     inside the step) or a compile mode recording CUDA graphs of its own. Under torchrun each
-    step all-reduces across processes, which one process's graph does not record."""
+    step all-reduces across processes, which one process's graph does not record. On ROCm
+    (AMD GPUs, also device type "cuda") the recorded step has not been measured: eager there
+    unless asked for."""
     if cfg.cuda_graph is not None:
         return cfg.cuda_graph
     own_graphs = cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
     return (
         device.type == "cuda"
+        and getattr(torch.version, "hip", None) is None
         and not distributed
         and not cfg.deterministic
         and cfg.nan_check != "step"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -582,9 +583,9 @@ def plan(
         "parameters": [sum(p.numel() for p in m.parameters()) for m in modules],
         "device": str(t.device),
         "precision": "bf16 autocast" if t.accel.amp_dtype is not None else "fp32",
-        # (t records nothing; the run would, where this says so)
+        # (t records nothing; the run would, where this says so: not under torchrun)
         "cuda_graph": t.device.type == "cuda"
-        and accel.auto_cuda_graph(cfg.train, t.device, t.dist.active),
+        and accel.auto_cuda_graph(cfg.train, t.device, os.environ.get("WORLD_SIZE", "1") != "1"),
     }
 
 
@@ -672,6 +673,7 @@ def _train(cfg, out, data, resume, overwrite, progress, dist: distributed.Dist) 
         record["patches"] = list(getattr(data.info, "patches", ()))
         record["preprocessing"] = getattr(data, "preprocessing", 1)
         record["n_train"], record["n_val"] = len(trainer.train_idx), len(trainer.val_idx)
+        record["n_images"] = len(data)  # what the split drew from (a subset draws from all)
         record["total_steps"] = trainer.total_steps
         record["speed"] = trainer.forward.speed()  # what "auto" became on this device
         record["fingerprint"] = trainer.fingerprint

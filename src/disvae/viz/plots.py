@@ -174,6 +174,7 @@ def open_run(run_dir: str | Path, data: Any = None, load_data: bool = True) -> R
             )
         else:
             runs.check_own_data(run_dir, data)  # (a run trained on data passed in Python)
+            runs.warn_other_split(run_dir, data)  # (its held-out reconstructions)
     if data is not None:
         runs.check_preprocessing(run_dir, data)
         view.data = data
