@@ -324,7 +324,11 @@ def _record_exit(slot: Path, rc: int, interrupted: bool = False) -> None:
 
 def _log_tail(path: Path) -> str:
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [
+            ln
+            for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if ln.strip()
+        ]
     except OSError:
         return ""
     return f"; last output: {lines[-1].strip()[:200]}" if lines else ""

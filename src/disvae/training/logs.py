@@ -70,7 +70,7 @@ def truncate_log(path: Path, step: int) -> None:
     line torn by a crash, and lines that are not JSON (e.g. garbled bytes)."""
     if not path.is_file():
         return
-    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
     kept = []
     for line in lines:
         try:
