@@ -16,31 +16,12 @@ from pathlib import Path
 
 from disvae import __version__
 from disvae.cli_format import HelpFormatter
-from disvae.config import AMP_MODES, COMPILE_MODES  # no torch behind it: --help stays fast
+from disvae.config import (  # no torch behind it: --help stays fast
+    AMP_MODES,
+    COMPILE_MODES,
+    FLAG_KEYS,
+)
 from disvae.errors import UserError
-
-# flag destination -> config key
-FLAG_KEYS = {
-    "loss": "loss.name", "dataset": "data.name", "data_path": "data.path",
-    "val_fraction": "data.val_fraction", "split_seed": "data.split_seed", "subset": "data.subset",
-    "img_size": "data.img_size", "workers": "data.workers",
-    "arch": "model.arch", "latent_dim": "model.latent_dim",
-    "rec_dist": "loss.rec_dist", "rec_scale": "loss.rec_scale", "beta": "loss.beta",
-    "gamma": "loss.gamma", "alpha": "loss.alpha", "c_init": "loss.c_init", "c_fin": "loss.c_fin",
-    "c_steps": "loss.c_steps", "lr_disc": "loss.lr_disc", "sampling": "loss.sampling",
-    "reg_anneal": "loss.reg_anneal",
-    "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
-    "lr": "train.lr", "seed": "train.seed", "device": "train.device",
-    "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
-    "log_every": "train.log_every", "snapshot_every": "train.snapshot_every",
-    "eval_every": "train.eval_every", "eval_metrics": "train.eval_metrics",
-    "lr_schedule": "train.lr_schedule", "lr_decay_every": "train.lr_decay_every",
-    "lr_decay": "train.lr_decay", "lr_floor": "train.lr_floor", "lr_warmup": "train.lr_warmup",
-    "grad_clip": "train.grad_clip", "val_every": "train.val_every",
-    "val_images": "train.val_images", "amp": "train.amp", "compile": "train.compile",
-    "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
-    "deterministic": "train.deterministic", "cuda_graph": "train.cuda_graph",
-}  # fmt: skip
 
 
 def _positive_int(text: str) -> int:

@@ -365,13 +365,36 @@ def _spelling(key: str, value: Any, source: str) -> str:
     return f"{name} = {toml_value(value)}"
 
 
+# `disvae train`'s flags: the argparse destination of each -> the config key it sets (the CLI
+# turns the flags given into these keys; `typed` writes a key as its flag in messages)
+FLAG_KEYS = {
+    "loss": "loss.name", "dataset": "data.name", "data_path": "data.path",
+    "val_fraction": "data.val_fraction", "split_seed": "data.split_seed", "subset": "data.subset",
+    "img_size": "data.img_size", "workers": "data.workers",
+    "arch": "model.arch", "latent_dim": "model.latent_dim",
+    "rec_dist": "loss.rec_dist", "rec_scale": "loss.rec_scale", "beta": "loss.beta",
+    "gamma": "loss.gamma", "alpha": "loss.alpha", "c_init": "loss.c_init", "c_fin": "loss.c_fin",
+    "c_steps": "loss.c_steps", "lr_disc": "loss.lr_disc", "sampling": "loss.sampling",
+    "reg_anneal": "loss.reg_anneal",
+    "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "train.lr", "seed": "train.seed", "device": "train.device",
+    "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
+    "log_every": "train.log_every", "snapshot_every": "train.snapshot_every",
+    "eval_every": "train.eval_every", "eval_metrics": "train.eval_metrics",
+    "lr_schedule": "train.lr_schedule", "lr_decay_every": "train.lr_decay_every",
+    "lr_decay": "train.lr_decay", "lr_floor": "train.lr_floor", "lr_warmup": "train.lr_warmup",
+    "grad_clip": "train.grad_clip", "val_every": "train.val_every",
+    "val_images": "train.val_images", "amp": "train.amp", "compile": "train.compile",
+    "compile_mode": "train.compile_mode", "channels_last": "train.channels_last",
+    "deterministic": "train.deterministic", "cuda_graph": "train.cuda_graph",
+}  # fmt: skip
+
+
 def typed(key: str, value: Any) -> str:
     """How ``section.name = value`` is typed on `disvae train`'s command line, for messages:
     the key's flag where it has one that takes the value (``--eval-every 0``, ``--no-compile``),
     else ``--set name=value`` (``section.name`` where more sections have the name; quoted where
     the shell or the TOML reading of --set would change the value)."""
-    from disvae.cli import FLAG_KEYS  # (here, not above: the CLI imports this module)
-
     flag = {k: "--" + dest.replace("_", "-") for dest, k in FLAG_KEYS.items()}.get(key)
     if flag is not None and isinstance(value, bool):
         return flag if value else f"--no-{flag[2:]}"
