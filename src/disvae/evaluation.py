@@ -65,10 +65,15 @@ def heldout_losses(
 
 
 def _open_run(
-    run_dir: Path, data: ArrayDataset | None, device: str, weights: str = "final"
+    run_dir: Path,
+    data: ArrayDataset | None,
+    device: str,
+    weights: str = "final",
+    held_out: bool = False,
 ) -> tuple:
     """(model, config, saved tensors, metadata, dataset, device) of a run to evaluate, with the
-    dataset (loaded as the run's config says unless given) moved to the device."""
+    dataset (loaded as the run's config says unless given) moved to the device. ``held_out``:
+    the caller uses the run's held-out split (`runs.warn_other_split`)."""
     from disvae.data import load_data
     from disvae.utils import pick_device
 
@@ -77,6 +82,8 @@ def _open_run(
     if data is None:
         data = load_data(cfg.data)
         runs.check_own_data(run_dir, data)  # (a run trained on data passed in Python)
+        if held_out:
+            runs.warn_other_split(run_dir, data)
     runs.check_preprocessing(run_dir, data)
     data.to(dev)
     return model, cfg, tensors, meta, data, dev
@@ -124,13 +131,7 @@ def evaluate(
     check_batch_size(batch_size)
     check_batch_size(n_images, "n_images")  # (None: all)
     tune_allocator()
-    if data is None:
-        from disvae.data import load_data
-
-        data = load_data(runs.read_config(run_dir).data)
-        runs.check_own_data(run_dir, data)  # (a run trained on data passed in Python)
-        runs.warn_other_split(run_dir, data)
-    model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device)
+    model, cfg, tensors, meta, data, dev = _open_run(run_dir, data, device, held_out=True)
     model = inference_copy(model.to(dev))
     train_idx, val_idx = split_indices(
         len(data), cfg.data.val_fraction, cfg.data.split_seed, cfg.data.subset
